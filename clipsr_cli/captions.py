@@ -1,0 +1,56 @@
+"""Caption lookup for the pipeline: caption files (through the registered
+caption sources), `.txt` sidecars, and the missing-caption policy."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+from clipsr_cli.plugins import registry
+from stages.captions import CaptionError, normalise_key
+
+
+class MissingPolicy(str, Enum):
+    error = "error"
+    empty = "empty"
+    default = "default"
+
+
+def read_caption_file(path: Path) -> dict[str, list[str]]:
+    sources = registry("caption_source")
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in sources:
+        raise CaptionError(f"{path}: unknown caption format {fmt!r}; known: {', '.join(sorted(sources))}")
+    if not path.is_file():
+        raise CaptionError(f"{path}: caption file not found")
+    return sources[fmt].factory(path)
+
+
+class Captions:
+    """Captions for images under an input root.  Order of precedence: `--caption`
+    text, the caption file, a `.txt` sidecar next to the image, the policy."""
+
+    def __init__(self, root: Path, file: Path | None = None, text: str | None = None,
+                 policy: MissingPolicy = MissingPolicy.error, default: str = ""):
+        self.root = root
+        self.table = read_caption_file(file) if file else {}
+        self.text = text
+        self.policy = policy
+        self.default = default
+
+    def get(self, image: Path) -> list[str] | None:
+        """Captions of `image`, or None when missing under the 'error' policy."""
+        if self.text is not None:
+            return [self.text]
+        rel = normalise_key(image.relative_to(self.root).as_posix(), image) if image != self.root else image.name
+        for key in (rel, image.name, Path(rel).stem):
+            if key in self.table:
+                return self.table[key]
+        sidecar = image.with_suffix(".txt")
+        if sidecar.is_file():
+            lines = [ln.strip() for ln in sidecar.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            if lines:
+                return lines
+        if self.policy is MissingPolicy.error:
+            return None
+        return [self.default if self.policy is MissingPolicy.default else ""]

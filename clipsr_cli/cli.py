@@ -1,0 +1,210 @@
+"""The `clipsr` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from clipsr_cli import __version__
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Text-guided image super-resolution (CLIP-SR).")
+weights_app = typer.Typer(no_args_is_help=True, help="List, locate and verify weights files.")
+app.add_typer(weights_app, name="weights")
+console = Console(stderr=True)
+out = Console()
+
+
+def user_errors(fn):
+    """Known failures become one red line and exit code 2, not a traceback."""
+    from clipsr_cli.checkpoint import CheckpointError
+    from clipsr_cli.config import ConfigError
+    from clipsr_cli.plugins import UnknownStage
+    from clipsr_cli.upscale import UsageError
+    from clipsr_cli.weights import WeightsError
+    from stages.captions import CaptionError
+
+    known = (CheckpointError, ConfigError, UnknownStage, UsageError, WeightsError, CaptionError)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except known as e:
+            console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _version(value: bool):
+    if value:
+        out.print(f"clipsr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    pass
+
+
+@app.command()
+@user_errors
+def upscale(
+    input: str = typer.Argument(..., help="Image file, folder, or glob pattern."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder."),
+    captions: Optional[Path] = typer.Option(None, "--captions", help="Captions file: .json, .jsonl or .csv."),
+    caption: Optional[str] = typer.Option(None, "--caption", help="One caption for every image."),
+    missing_caption: str = typer.Option("error", "--missing-caption",
+                                        help="When an image has no caption: error | empty | default."),
+    default_caption: str = typer.Option("a photo", "--default-caption", help="Text for --missing-caption default."),
+    scale: Optional[int] = typer.Option(None, "-s", "--scale", help="2, 4, 8 or 16 (default: the checkpoint's, else 4)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="clipsr checkpoint (.safetensors)."),
+    preset: str = typer.Option("tiny", "--preset", help="Preset when no --weights is given (untrained!)."),
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder holding manifest weights files."),
+    suffix: str = typer.Option("", "--suffix", help="Added to each output file name."),
+    ext: Optional[str] = typer.Option(None, "--ext", help="png | jpg | webp (default: keep; png with alpha)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip images whose outputs exist."),
+    recursive: bool = typer.Option(False, "-r", "--recursive", help="Descend into sub-folders."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] | mps."),
+    json_report: Optional[Path] = typer.Option(None, "--json", help="Write a machine-readable report."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors."),
+):
+    """Upscale images, each steered by its caption."""
+    from clipsr_cli.captions import Captions, MissingPolicy
+    from clipsr_cli.checkpoint import checkpoint_config, load_generator, read_metadata
+    from clipsr_cli.clip import load_clip
+    from clipsr_cli.config import check_scale, load_preset
+    from clipsr_cli.devices import pick_device
+    from clipsr_cli.network import Generator
+    from clipsr_cli.upscale import UsageError, Upscaler, collect_inputs, run
+
+    try:
+        policy = MissingPolicy(missing_caption)
+        dev = pick_device(device)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if ext is not None and ext.lower() not in ("png", "jpg", "jpeg", "webp"):
+        raise UsageError(f"--ext {ext}: choose png, jpg or webp")
+    root, images = collect_inputs(input, recursive)
+    if output.resolve() == root.resolve() and not suffix:
+        raise UsageError(f"output folder {output} is the input folder; give another -o or a --suffix")
+    caps = Captions(root, captions, caption, policy, default_caption)
+
+    if weights is not None:
+        _, ckpt_scale = checkpoint_config(read_metadata(weights))
+        if scale is not None and scale != ckpt_scale:
+            raise UsageError(f"--scale {scale} but {weights} is a x{ckpt_scale} model; "
+                             f"drop --scale or use a x{scale} checkpoint")
+        gen = load_generator(weights, weights_dir=weights_dir)
+    else:
+        cfg = load_preset(preset)
+        gen = Generator(cfg, load_clip(cfg, weights_dir=weights_dir), check_scale(scale or 4))
+        console.print(f"[yellow]note:[/yellow] no --weights: preset {cfg.name!r} with untrained "
+                      "generator weights; the output shows the pipeline, not CLIP-SR quality")
+    upscaler = Upscaler(gen, dev, warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False))
+    if not quiet:
+        console.print(f"{len(images)} image(s), x{gen.scale}, preset {gen.cfg.name!r}, device {dev}")
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, disable=quiet, transient=True) as bar:
+        task = bar.add_task("upscaling", total=len(images))
+        report = run(upscaler, root, images, output, caps, suffix, ext and ext.lower(), skip_existing,
+                     progress=lambda: bar.advance(task))
+    for image, reason in report.failed:
+        console.print(f"[red]failed:[/red] {image}: {reason}", highlight=False, soft_wrap=True)
+    if not quiet:
+        table = Table(title="upscale summary")
+        for col in ("outputs written", "inputs skipped", "inputs failed", "missing captions"):
+            table.add_column(col, justify="right")
+        table.add_row(str(len(report.done)), str(len(report.skipped)), str(len(report.failed)),
+                      str(report.missing_captions))
+        console.print(table)
+        console.print(f"results in {output}/")
+    if json_report:
+        json_report.write_text(json.dumps({
+            "done": [{"input": str(i), "output": str(o)} for i, o in report.done],
+            "skipped": [{"input": str(i), "reason": r} for i, r in report.skipped],
+            "failed": [{"input": str(i), "reason": r} for i, r in report.failed],
+            "missing_captions": report.missing_captions,
+        }, indent=2))
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def info(
+    preset: str = typer.Option("paper", "--preset", help="Preset name or TOML file."),
+    scale: Optional[list[int]] = typer.Option(None, "-s", "--scale", help="Scales (default: all)."),
+):
+    """Parameter counts and FLOPs per image of a preset (offline, no weights needed)."""
+    from clipsr_cli.config import SCALES, check_scale, load_preset
+    from clipsr_cli.info import describe
+
+    cfg = load_preset(preset)
+    rows = describe(cfg, [check_scale(s) for s in scale] if scale else SCALES)
+    out.print(f"[bold]{cfg.name}[/bold]: {cfg.description}")
+    table = Table()
+    for col in ("scale", "LR -> SR", "trainable params", "frozen params (CLIP)", "GFLOPs / image",
+                "GFLOPs / caption"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(f"x{r.scale}", f"{r.lr_size} -> {r.lr_size * r.scale}", f"{r.trainable / 1e6:.2f} M",
+                      f"{r.frozen / 1e6:.2f} M", f"{r.image_gflops:.2f}", f"{r.text_gflops:.2f}")
+    out.print(table)
+    out.print("FLOPs: multiply-adds x 2, counted by torch.utils.flop_counter on the training LR size; "
+              "a caption is encoded once per run, whatever the number of images.")
+
+
+@app.command()
+def plugins():
+    """List every registered stage and the plugin that provides it."""
+    from clipsr_cli.plugins import KINDS, registry
+
+    table = Table()
+    for col in ("kind", "name", "plugin", "from"):
+        table.add_column(col)
+    for kind in KINDS:
+        for name, entry in sorted(registry(kind).items()):
+            table.add_row(kind, name, entry.plugin, entry.source)
+    out.print(table)
+
+
+@weights_app.command("list")
+def weights_list():
+    """Every weights file clipsr knows, and whether it is available here."""
+    from clipsr_cli.weights import cache_dir, manifest
+
+    table = Table()
+    for col in ("name", "file", "in cache", "source"):
+        table.add_column(col, overflow="fold")
+    for name, entry in manifest().items():
+        present = "yes" if (cache_dir() / entry.filename).is_file() else "no"
+        table.add_row(name, entry.filename, present, entry.url)
+    out.print(table)
+    out.print(f"cache: {cache_dir()}")
+
+
+@weights_app.command("fetch")
+@user_errors
+def weights_fetch(
+    name: str = typer.Argument(..., help="Manifest name (see `clipsr weights list`)."),
+    path: Optional[Path] = typer.Option(None, "--path", help="Verify this file instead of searching."),
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder to look in first."),
+):
+    """Find (or download) a weights file, verify its sha256 and print its path."""
+    from clipsr_cli.weights import resolve
+
+    out.print(str(resolve(name, path=path, weights_dir=weights_dir)))
+
+
+def main():
+    app()

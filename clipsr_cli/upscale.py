@@ -1,0 +1,129 @@
+"""The batch upscaling pipeline: inputs -> captions -> generator -> outputs.
+
+One bad file never stops a run: it is reported and the run goes on.  Outputs
+are written atomically, so `--skip-existing` resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from clipsr_cli.captions import Captions
+from clipsr_cli.images import IMAGE_EXTS, ImageError, load_image, save_image
+
+CLIP_MAX_TOKENS = 75  # 77 minus the start and end markers
+
+
+class UsageError(ValueError):
+    pass
+
+
+@dataclass
+class Report:
+    done: list[tuple[Path, Path]] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    missing_captions: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def collect_inputs(spec: str, recursive: bool = False) -> tuple[Path, list[Path]]:
+    """(root, images) for a file, a folder or a glob pattern."""
+    path = Path(spec)
+    if path.is_file():
+        return path.parent, [path]
+    if path.is_dir():
+        pattern = "**/*" if recursive else "*"
+        files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        return path, files
+    matches = sorted(Path(p) for p in glob.glob(spec, recursive=recursive) if Path(p).is_file())
+    if not matches:
+        raise UsageError(f"{spec}: no such file or folder, and no file matches it as a pattern")
+    fixed = []  # the pattern's leading parts without wildcards form the root
+    for part in Path(spec).parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path("."), matches
+
+
+def output_name(rel: Path, suffix: str, ext: str | None, alpha: bool, index: int | None) -> Path:
+    """`<stem><suffix>.<ext>`; with several captions per image, `<stem><suffix>_c<i>.<ext>`
+    (i counts from 0 in caption order)."""
+    ext = ext or ("png" if alpha else rel.suffix.lstrip(".").lower())
+    if ext not in ("png", "jpg", "jpeg", "webp"):
+        ext = "png"
+    tag = f"_c{index}" if index is not None else ""
+    return rel.with_name(f"{rel.stem}{suffix}{tag}.{ext}")
+
+
+class Upscaler:
+    """Holds the generator and the per-caption text cache for one run."""
+
+    def __init__(self, gen, device: torch.device, warn: Callable[[str], None] = print):
+        self.gen = gen.to(device).eval()
+        self.device = device
+        self.warn = warn
+        self._text: dict[str, object] = {}
+
+    def condition(self, caption: str, image: Path):
+        if caption not in self._text:  # each unique caption is encoded once
+            if self.gen.text.n_tokens(caption) > CLIP_MAX_TOKENS:
+                self.warn(f"{image}: caption longer than CLIP's {CLIP_MAX_TOKENS} tokens was truncated")
+            self._text[caption] = self.gen.encode_text([caption])
+        return self._text[caption]
+
+    @torch.inference_mode()
+    def upscale(self, rgb: torch.Tensor, caption: str, image: Path) -> torch.Tensor:
+        sr = self.gen(rgb[None].to(self.device), self.condition(caption, image))
+        return sr[0].clamp(0, 1).cpu()
+
+
+def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, captions: Captions,
+        suffix: str = "", ext: str | None = None, skip_existing: bool = False,
+        progress: Callable[[], None] = lambda: None) -> Report:
+    report = Report()
+    inputs = {p.resolve() for p in images}
+    scale = upscaler.gen.scale
+    for image in images:
+        try:
+            caps = captions.get(image)
+            if caps is None:
+                report.failed.append((image, "no caption (give --captions, a .txt sidecar, or --missing-caption)"))
+                report.missing_captions += 1
+                continue
+            rel = image.relative_to(root) if image.is_relative_to(root) else Path(image.name)
+            several = len(caps) > 1
+            targets = []
+            for i, _ in enumerate(caps):
+                # alpha is only known after decoding; name with the kept extension for now
+                targets.append(out_dir / output_name(rel, suffix, ext, False, i if several else None))
+            if any(t.resolve() in inputs for t in targets):
+                report.failed.append((image, "output would overwrite an input; choose another -o or a --suffix"))
+                continue
+            if skip_existing and all(t.exists() for t in targets):
+                report.skipped.append((image, "output exists"))
+                continue
+            decoded = load_image(image)
+            alpha_up = None
+            if decoded.alpha is not None:
+                alpha_up = F.interpolate(decoded.alpha[None], scale_factor=scale, mode="bicubic")[0].clamp(0, 1)
+                targets = [out_dir / output_name(rel, suffix, ext, True, i if several else None)
+                           for i, _ in enumerate(caps)]
+            for caption, target in zip(caps, targets):
+                sr = upscaler.upscale(decoded.rgb, caption, image)
+                save_image(target, sr, alpha_up, decoded.gray, decoded.bits)
+                report.done.append((image, target))
+        except ImageError as e:
+            report.failed.append((image, str(e).removeprefix(f"{image}: ")))
+        except (OSError, RuntimeError) as e:
+            report.failed.append((image, f"{type(e).__name__}: {e}"))
+        finally:
+            progress()
+    return report

@@ -1,0 +1,1 @@
+"""Built-in clipsr stages, registered as plugins through the `clipsr` entry-point group."""

@@ -1,0 +1,58 @@
+"""Upsamplers G: refined LR-size features -> SR image."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipsr_cli.config import ModelConfig
+from clipsr_cli.hookspecs import hookimpl
+
+
+def bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:
+    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+class PixelShuffleUpsampler(nn.Module):
+    """log2(scale) blocks of conv3x3 (stride 1, pad 1) + PixelShuffle(2), then a
+    conv3x3 to RGB (paper §III-B4).  With `global_residual`, the network predicts
+    the difference to bicubic: the same function class, but training starts
+    from bicubic quality instead of from noise."""
+
+    uses_features = True
+
+    def __init__(self, cfg: ModelConfig, scale: int, in_channels: int):
+        super().__init__()
+        self.scale = scale
+        self.residual = cfg.generator.global_residual
+        blocks = []
+        for _ in range(int(math.log2(scale))):
+            blocks += [nn.Conv2d(in_channels, 4 * in_channels, 3, 1, 1), nn.PixelShuffle(2), nn.LeakyReLU(0.2, True)]
+        self.body = nn.Sequential(*blocks)
+        self.to_rgb = nn.Conv2d(in_channels, 3, 3, 1, 1)
+
+    def forward(self, features: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        out = self.to_rgb(self.body(features))
+        return out + bicubic(lr, self.scale) if self.residual else out
+
+
+class BicubicUpsampler(nn.Module):
+    """Baseline: plain bicubic interpolation; the generator skips the feature path."""
+
+    uses_features = False
+
+    def __init__(self, cfg: ModelConfig, scale: int, in_channels: int):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, features, lr: torch.Tensor) -> torch.Tensor:
+        return bicubic(lr, self.scale)
+
+
+@hookimpl
+def register_upsamplers(register):
+    register("pixelshuffle", PixelShuffleUpsampler)
+    register("bicubic", BicubicUpsampler)

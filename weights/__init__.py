@@ -1,0 +1,7 @@
+"""What weights clipsr knows: `manifest.toml` (name, file, source URL, sha256),
+and the bundled checkpoints beside it.  Resolution and caching live in
+`clipsr_cli.weights`."""
+
+from pathlib import Path
+
+MANIFEST = Path(__file__).parent / "manifest.toml"
