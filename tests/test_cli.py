@@ -1,0 +1,115 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from clipsr_cli.cli import app
+
+runner = CliRunner()
+
+
+def _img(path, size=(12, 10), mode="RGB"):
+    arr = (np.random.rand(size[1], size[0], 3) * 255).astype(np.uint8)
+    Image.fromarray(arr).convert(mode).save(path)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    _img(lr / "a.png")
+    _img(lr / "b.jpg")
+    _img(lr / "gray.png", mode="L")
+    _img(lr / "alpha.png", mode="RGBA")
+    (lr / "empty.png").write_bytes(b"")
+    (lr / "notes.png").write_text("not an image")
+    return lr
+
+
+def test_upscale_keeps_going_past_bad_files(folder, tmp_path):
+    out = tmp_path / "sr"
+    report = tmp_path / "r.json"
+    res = runner.invoke(app, ["upscale", str(folder), "-o", str(out), "--caption", "a test",
+                              "--scale", "2", "--json", str(report), "-q"])
+    assert res.exit_code == 1, res.output
+    data = json.loads(report.read_text())
+    failed = {f["input"].rsplit("/", 1)[-1] for f in data["failed"]}
+    assert failed == {"empty.png", "notes.png"}
+    assert Image.open(out / "a.png").size == (24, 20)
+    assert Image.open(out / "b.jpg").size == (24, 20)
+    assert Image.open(out / "gray.png").mode == "L"
+    assert Image.open(out / "alpha.png").mode == "RGBA"
+    assert not list(out.glob(".*tmp"))  # no temporary files left behind
+
+
+def test_several_captions_give_one_output_each_and_missing_caption_policy(folder, tmp_path):
+    for bad in ("empty.png", "notes.png", "gray.png", "alpha.png", "b.jpg"):
+        (folder / bad).unlink()
+    _img(folder / "c.png")
+    caps = tmp_path / "caps.json"
+    caps.write_text(json.dumps({"a.png": ["a red bird", "a blue bird"]}))
+    out = tmp_path / "sr"
+    res = runner.invoke(app, ["upscale", str(folder), "-o", str(out), "--captions", str(caps), "-s", "2", "-q"])
+    assert res.exit_code == 1  # c.png has no caption under the default 'error' policy
+    assert sorted(p.name for p in out.iterdir()) == ["a_c0.png", "a_c1.png"]
+    assert not np.array_equal(np.asarray(Image.open(out / "a_c0.png")), np.asarray(Image.open(out / "a_c1.png")))
+    res = runner.invoke(app, ["upscale", str(folder), "-o", str(out), "--captions", str(caps), "-s", "2",
+                              "--missing-caption", "empty", "--skip-existing", "-q"])
+    assert res.exit_code == 0, res.output
+    assert (out / "c.png").exists()
+
+
+def test_caption_key_outside_the_input_is_rejected(folder, tmp_path):
+    caps = tmp_path / "caps.json"
+    caps.write_text(json.dumps({"../secret.png": "x"}))
+    res = runner.invoke(app, ["upscale", str(folder), "-o", str(tmp_path / "sr"), "--captions", str(caps)])
+    assert res.exit_code == 2 and "outside the input folder" in res.output
+
+
+def test_output_folder_equal_to_input_is_refused_without_suffix(folder):
+    res = runner.invoke(app, ["upscale", str(folder), "-o", str(folder), "--caption", "x"])
+    assert res.exit_code == 2 and "is the input folder" in res.output
+
+
+def test_scale_must_match_checkpoint(tiny_cfg, tiny_clip, folder, tmp_path):
+    from clipsr_cli.checkpoint import save_generator
+    from clipsr_cli.network import Generator
+
+    ckpt = tmp_path / "g.safetensors"
+    save_generator(ckpt, Generator(tiny_cfg, tiny_clip, 4))
+    res = runner.invoke(app, ["upscale", str(folder / "a.png"), "-o", str(tmp_path / "sr"),
+                              "--caption", "x", "--weights", str(ckpt), "--scale", "8"])
+    assert res.exit_code == 2 and "x4 model" in res.output
+    res = runner.invoke(app, ["upscale", str(folder / "a.png"), "-o", str(tmp_path / "sr"),
+                              "--caption", "x", "--weights", str(ckpt), "-q"])
+    assert res.exit_code == 0 and Image.open(tmp_path / "sr" / "a.png").size == (48, 40)
+
+
+def test_info_and_plugins_work_offline():
+    res = runner.invoke(app, ["info", "--preset", "paper", "-s", "4"])
+    assert res.exit_code == 0, res.output
+    assert "x4" in res.output and "151.28 M" in res.output  # frozen ViT-B/32 towers
+    res = runner.invoke(app, ["plugins"])
+    assert res.exit_code == 0 and "pixelshuffle" in res.output and "clipsr 0.1.0" in res.output
+    res = runner.invoke(app, ["info", "--preset", "nope"])
+    assert res.exit_code == 2 and "available: paper, tiny" in res.output
+
+
+def test_caption_formats_agree(tmp_path):
+    from clipsr_cli.captions import read_caption_file
+
+    (tmp_path / "c.json").write_text(json.dumps({"x/a.png": ["one", "two"], "b.png": "three"}))
+    (tmp_path / "c.jsonl").write_text('{"image": "x/a.png", "captions": ["one", "two"]}\n'
+                                      '{"image": "b.png", "caption": "three"}\n')
+    (tmp_path / "c.csv").write_text("image,caption\nx/a.png,one\nx/a.png,two\nb.png,three\n")
+    tables = [read_caption_file(tmp_path / f"c.{ext}") for ext in ("json", "jsonl", "csv")]
+    assert tables[0] == tables[1] == tables[2] == {"x/a.png": ["one", "two"], "b.png": ["three"]}
+
+
+def test_shared_caption_file_shape_is_accepted(shared_dir):
+    from clipsr_cli.captions import read_caption_file
+
+    table = read_caption_file(shared_dir / "data" / "sr-bench" / "captions.json")
+    assert table and all(isinstance(v, list) and v for v in table.values())

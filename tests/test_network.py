@@ -1,0 +1,109 @@
+import dataclasses
+
+import pytest
+import torch
+
+from clipsr_cli.config import ModelConfig
+from clipsr_cli.discriminator import Discriminator
+from clipsr_cli.network import Generator
+from stages.tifblock import TextReweight
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8, 16])
+@pytest.mark.parametrize("size", [(16, 16), (13, 29), (37, 8)])
+def test_output_is_exactly_scale_times_input(tiny_cfg, tiny_clip, scale, size):
+    gen = Generator(tiny_cfg, tiny_clip, scale).eval()
+    cond = gen.encode_text(["a red bird on a branch"])
+    with torch.no_grad():
+        sr = gen(torch.rand(1, 3, *size), cond)
+    assert sr.shape == (1, 3, size[0] * scale, size[1] * scale)
+    assert torch.isfinite(sr).all()
+
+
+def test_batch_of_different_captions(tiny_cfg, tiny_clip):
+    gen = Generator(tiny_cfg, tiny_clip, 4)
+    cond = gen.encode_text(["a", "b", "c"])
+    assert gen(torch.rand(3, 3, 20, 24), cond).shape == (3, 3, 80, 96)
+
+
+def test_gradients_reach_trainable_parts_and_never_frozen_clip(tiny_cfg, tiny_clip):
+    gen = Generator(tiny_cfg, tiny_clip, 4)
+    # move every affine away from identity so gradients flow through the text MLPs too
+    with torch.no_grad():
+        for name, p in gen.named_parameters():
+            if name.endswith("gamma.2.weight") or name.endswith("beta.2.weight"):
+                p.normal_(0, 0.01)
+    lr = torch.rand(2, 3, 16, 16)
+    loss = gen(lr, gen.encode_text(["a cat", "a dog"])).square().mean()
+    loss.backward()
+    clip_params = {id(p) for p in tiny_clip.parameters()}
+    assert all(not p.requires_grad and p.grad is None for p in tiny_clip.parameters())
+    trainable = [(n, p) for n, p in gen.named_parameters() if id(p) not in clip_params]
+    assert trainable and all(p.requires_grad for _, p in trainable)
+    no_grad = [n for n, p in trainable if p.grad is None or p.grad.abs().sum() == 0]
+    assert no_grad == []
+
+
+def test_different_captions_give_different_outputs(tiny_cfg, tiny_clip):
+    gen = Generator(tiny_cfg, tiny_clip, 4).eval()
+    lr = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        a = gen(lr, gen.encode_text(["a yellow bird with black wings"]))
+        b = gen(lr, gen.encode_text(["a red car parked on a street"]))
+        a2 = gen(lr, gen.encode_text(["a yellow bird with black wings"]))
+    assert torch.equal(a, a2)
+    # the caption must move the output measurably, not by rounding noise
+    assert (a - b).abs().mean() > 1e-3 * a.abs().mean()
+
+
+def test_output_depends_on_the_clip_vit_stage(tiny_cfg, tiny_clip):
+    gen = Generator(tiny_cfg, tiny_clip, 4).eval()
+    lr = torch.rand(1, 3, 16, 16)
+    cond = gen.encode_text(["a bird"])
+    with torch.no_grad():
+        before = gen(lr, cond)
+        block = tiny_clip.visual.transformer.resblocks[-1]
+        saved = block.mlp.c_proj.weight.clone()
+        block.mlp.c_proj.weight.mul_(3.0)  # perturb the last frozen ViT block only
+        after = gen(lr, cond)
+        block.mlp.c_proj.weight.copy_(saved)
+    assert (before - after).abs().max() > 1e-4
+    # and the ablation without CLIP-ViT really skips it
+    no_vit = dataclasses.replace(tiny_cfg, stages=dataclasses.replace(tiny_cfg.stages, clip_vit=False))
+    assert Generator(no_vit, tiny_clip, 4).refiner.vit is None
+
+
+def test_softmax_reweighting_is_not_uniform(tiny_clip, tiny_cfg):
+    # DESIGN.md: a plain softmax over a small-magnitude 512-d embedding is ~uniform
+    gen = Generator(tiny_cfg, tiny_clip, 4)
+    sentence = gen.text.encode(["a small bird with a red head"]).sentence
+    plain = torch.softmax(sentence * 0.01, dim=-1) * sentence.shape[-1]
+    weights = TextReweight(sentence.shape[-1])(sentence)
+    assert plain.std() < 0.05
+    assert weights.std() > 0.5
+    assert torch.allclose(weights.mean(), torch.tensor(1.0), atol=1e-4)
+
+
+def test_tifblock_starts_as_identity_modulation(tiny_cfg, tiny_clip):
+    gen = Generator(tiny_cfg, tiny_clip, 4)
+    affine = gen.refiner.blocks[0].fuse1
+    x = torch.randn(2, affine.gamma[-1].out_features, 4, 4)
+    assert torch.allclose(affine(x, torch.randn(2, affine.gamma[0].in_features)), x)
+
+
+def test_discriminator_logit_and_shared_clip_features(tiny_cfg, tiny_clip):
+    d = Discriminator(tiny_cfg, tiny_clip)
+    img = torch.rand(2, 3, 40, 56, requires_grad=True)
+    maps, emb = d.features(img)
+    assert emb.shape == (2, tiny_clip.text_projection.shape[1])
+    logit = d.logit(maps, torch.randn(2, emb.shape[1]))
+    assert logit.shape == (2,)
+    logit.sum().backward()
+    assert img.grad is not None and img.grad.abs().sum() > 0
+
+
+def test_unknown_preset_key_is_refused():
+    from clipsr_cli.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown key"):
+        ModelConfig.from_dict({"generator": {"base_channel": 3}})

@@ -1,0 +1,93 @@
+import hashlib
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from clipsr_cli import weights as W
+from clipsr_cli.clip import build_clip
+from clipsr_cli.network import Generator
+
+
+def test_clip_loaded_from_local_file_through_open_clip(tiny_cfg, tiny_clip, tmp_path):
+    # a different random tower, saved as an open_clip state dict
+    other = build_clip(tiny_cfg.__class__.from_dict({**tiny_cfg.to_dict(), "clip": {**tiny_cfg.to_dict()["clip"], "seed": 7}}))
+    path = tmp_path / "tiny-clip.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    loaded = build_clip(tiny_cfg, weights_path=path)
+    ref, got = other.state_dict(), loaded.state_dict()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    assert not torch.equal(got["token_embedding.weight"], tiny_clip.state_dict()["token_embedding.weight"])
+    assert not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_named_open_clip_model_loads_a_state_dict_file(tmp_path):
+    # the paper preset's path: open_clip.create_model(name, pretrained=<file>)
+    import open_clip
+
+    from clipsr_cli.config import load_preset
+
+    cfg = load_preset("paper")
+    src = open_clip.create_model("ViT-B-32-quickgelu")
+    path = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    model = build_clip(cfg, weights_path=path)
+    assert torch.equal(model.visual.proj, src.visual.proj)
+
+
+def _entry(tmp_path, content: bytes):
+    return W.WeightsFile("thing", "thing.bin", "https://example.invalid/thing.bin",
+                         hashlib.sha256(content).hexdigest())
+
+
+def test_hash_mismatch_and_truncation_are_refused(tmp_path, monkeypatch):
+    good = b"x" * 1000
+    entry = _entry(tmp_path, good)
+    monkeypatch.setattr(W, "get_entry", lambda name: entry)
+    path = tmp_path / "thing.bin"
+    path.write_bytes(good)
+    assert W.resolve("thing", path=path) == path
+    path.write_bytes(good[:500])  # truncated
+    with pytest.raises(W.WeightsError, match="corrupt, truncated"):
+        W.resolve("thing", path=path)
+    with pytest.raises(W.WeightsError, match="example.invalid"):
+        W.resolve("thing", weights_dir=tmp_path / "empty")
+
+
+def test_offline_error_names_file_url_and_place(monkeypatch):
+    with pytest.raises(W.WeightsError) as err:
+        W.resolve("clip-vit-b-32-openai")
+    msg = str(err.value)
+    assert "ViT-B-32-openai.safetensors" in msg and "huggingface.co" in msg and "CLIPSR_WEIGHTS_DIR" in msg
+
+
+def test_bad_download_is_deleted(tmp_path, monkeypatch):
+    served = tmp_path / "served.bin"  # a file:// URL stands in for the server
+    served.write_bytes(b"wrong")
+    entry = W.WeightsFile("thing", "thing.bin", served.as_uri(), hashlib.sha256(b"right").hexdigest())
+    monkeypatch.setattr(W, "get_entry", lambda name: entry)
+    with pytest.raises(W.WeightsError, match="bad and was deleted"):
+        W.resolve("thing", download=True)
+    assert list((tmp_path / "cache").glob("*")) == []
+    served.write_bytes(b"right")
+    got = W.resolve("thing", download=True)
+    assert got.read_bytes() == b"right" and got.parent == tmp_path / "cache"
+
+
+def test_unknown_name_lists_known():
+    with pytest.raises(W.WeightsError, match="niqe-pris-params"):
+        W.get_entry("nope")
+
+
+def test_resolver_finds_shared_niqe_params(shared_dir):
+    path = W.resolve("niqe-pris-params", weights_dir=shared_dir / "weights")
+    import numpy as np
+
+    data = np.load(path)
+    assert data["mu_pris_param"].shape == (1, 36) and data["cov_pris_param"].shape == (36, 36)
+
+
+def test_every_manifest_entry_is_complete():
+    for name, entry in W.manifest().items():
+        assert entry.url.startswith("https://"), name
+        assert len(entry.sha256) in (8, 64) and int(entry.sha256, 16) >= 0, name
