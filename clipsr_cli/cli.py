@@ -141,6 +141,92 @@ def upscale(
 
 @app.command()
 @user_errors
+def score(
+    sr_dir: Optional[Path] = typer.Argument(None, help="Folder of super-resolved images."),
+    ref: Optional[Path] = typer.Option(None, "--ref", help="Folder of reference (HR) images."),
+    metrics: str = typer.Option("psnr,ssim", "--metrics", help="Comma-separated metric names (see --list)."),
+    scale: Optional[int] = typer.Option(None, "-s", "--scale", help="Scale of the results: default crop border."),
+    crop_border: Optional[int] = typer.Option(None, "--crop-border", help="Pixels cut from each edge (default: scale)."),
+    suffix: str = typer.Option("", "--suffix", help="Suffix that upscale added to the SR names."),
+    crop_to_common: bool = typer.Option(False, "--crop-to-common", help="Compare differently sized pairs on their common area."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Per-image results as JSON."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Per-image results as CSV."),
+    list_metrics: bool = typer.Option(False, "--list", help="List the metrics and exit."),
+):
+    """Score SR results against references (PSNR/SSIM with BasicSR's conventions)."""
+    import csv
+
+    import numpy as np
+
+    from clipsr_cli.images import ImageError
+    from clipsr_cli.plugins import lookup, registry
+    from clipsr_cli.score import load_pair, pair_folders
+    from clipsr_cli.upscale import UsageError
+    from stages.metrics import Y_DEFINITION
+
+    if list_metrics:
+        table = Table()
+        for col in ("metric", "better", "range", "needs --ref", "what"):
+            table.add_column(col)
+        for name, entry in sorted(registry("metric").items()):
+            m = entry.factory
+            table.add_row(name, "higher" if m.higher_is_better else "lower", m.range,
+                          "yes" if m.needs_reference else "no", m.description)
+        out.print(table)
+        return
+    chosen = [lookup("metric", n.strip()).factory for n in metrics.split(",") if n.strip()]
+    if sr_dir is None or not sr_dir.is_dir():
+        raise UsageError(f"{sr_dir or 'SR_DIR'}: give the folder of results to score")
+    if any(m.needs_reference for m in chosen) and ref is None:
+        raise UsageError(f"{', '.join(m.name for m in chosen if m.needs_reference)} need --ref HR_DIR")
+    if ref is not None and not ref.is_dir():
+        raise UsageError(f"--ref {ref}: not a folder")
+    border = crop_border if crop_border is not None else (scale or 0)
+    pairing = pair_folders(sr_dir, ref, suffix)
+    for p in pairing.extra:
+        console.print(f"[yellow]no reference:[/yellow] {p}", highlight=False)
+    for p in pairing.missing:
+        console.print(f"[yellow]no SR result:[/yellow] {p}", highlight=False)
+    rows, failed = [], []
+    for sr, hr in pairing.pairs:
+        try:
+            a, b = load_pair(sr, hr, crop_to_common)
+        except ImageError as e:
+            failed.append((sr, str(e)))
+            continue
+        row = {"image": str(sr.relative_to(sr_dir)), "reference": str(hr)}
+        for m in chosen:
+            row[m.name] = float(m.fn(a[None], b[None], border)[0])
+        rows.append(row)
+    for sr, reason in failed:
+        console.print(f"[red]failed:[/red] {reason}", highlight=False, soft_wrap=True)
+    table = Table(title=f"{len(rows)} pair(s); {Y_DEFINITION}; crop border {border}")
+    for col in ("metric", "mean", "std", "count", "better"):
+        table.add_column(col, justify="right")
+    for m in chosen:
+        values = [r[m.name] for r in rows]
+        with np.errstate(invalid="ignore"):  # identical pairs give PSNR = inf, as in BasicSR
+            mean = float(np.mean(values)) if values else float("nan")
+            std = float(np.std(values)) if len(values) > 1 else 0.0
+        table.add_row(m.name, f"{mean:.4f}", f"{std:.4f}", str(len(values)),
+                      "higher" if m.higher_is_better else "lower")
+    out.print(table)
+    if json_out:
+        json_out.write_text(json.dumps({"crop_border": border, "y_channel": Y_DEFINITION, "images": rows,
+                                        "failed": [{"image": str(s), "reason": r} for s, r in failed],
+                                        "no_reference": [str(p) for p in pairing.extra],
+                                        "no_result": [str(p) for p in pairing.missing]}, indent=2))
+    if csv_out:
+        with open(csv_out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["image", "reference", *[m.name for m in chosen]])
+            writer.writeheader()
+            writer.writerows(rows)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
 def info(
     preset: str = typer.Option("paper", "--preset", help="Preset name or TOML file."),
     scale: Optional[list[int]] = typer.Option(None, "-s", "--scale", help="Scales (default: all)."),

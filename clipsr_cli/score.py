@@ -1,0 +1,65 @@
+"""Scoring a folder of SR results: pairing with references, per-image metrics."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from clipsr_cli.images import IMAGE_EXTS, ImageError, load_image
+
+_CAPTION_TAG = re.compile(r"_c\d+$")  # upscale's one-output-per-caption names
+
+
+@dataclass
+class Pairing:
+    pairs: list[tuple[Path, Path]] = field(default_factory=list)
+    extra: list[Path] = field(default_factory=list)  # SR files with no reference
+    missing: list[Path] = field(default_factory=list)  # references with no SR file
+
+
+def _index(folder: Path) -> dict[str, Path]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    return {p.relative_to(folder).with_suffix("").as_posix(): p for p in files}
+
+
+def _candidates(key: str, suffix: str) -> list[str]:
+    keys = [key]
+    if suffix and key.endswith(suffix):
+        keys.append(key[: -len(suffix)])
+    for k in list(keys):
+        stripped = _CAPTION_TAG.sub("", k)
+        if stripped != k:
+            keys.append(stripped)
+            if suffix and stripped.endswith(suffix):
+                keys.append(stripped[: -len(suffix)])
+    return keys
+
+
+def pair_folders(sr_dir: Path, ref_dir: Path, suffix: str = "") -> Pairing:
+    """Pair by relative path and stem (extension free), recognising the
+    `--suffix` and `_c<i>` names that `upscale` writes; never by sorted order."""
+    srs, refs = _index(sr_dir), _index(ref_dir)
+    result, used = Pairing(), set()
+    for key, sr in srs.items():
+        match = next((k for k in _candidates(key, suffix) if k in refs), None)
+        if match is None:
+            result.extra.append(sr)
+        else:
+            result.pairs.append((sr, refs[match]))
+            used.add(match)
+    result.missing = [p for k, p in refs.items() if k not in used]
+    return result
+
+
+def load_pair(sr: Path, ref: Path, crop_to_common: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = load_image(sr).rgb, load_image(ref).rgb
+    if a.shape != b.shape:
+        if not crop_to_common:
+            raise ImageError(f"{sr}: size {a.shape[2]}x{a.shape[1]} differs from reference {ref} "
+                             f"({b.shape[2]}x{b.shape[1]}); pass --crop-to-common to compare the common area")
+        h, w = min(a.shape[1], b.shape[1]), min(a.shape[2], b.shape[2])
+        a, b = a[:, :h, :w], b[:, :h, :w]
+    return a, b

@@ -1,0 +1,105 @@
+"""PSNR/SSIM against an independent float64 numpy implementation of BasicSR's
+`calculate_psnr` / `calculate_ssim` (test_y_channel=True): Y = 16 + (65.481 R +
+128.553 G + 24.966 B) / 255 on uint8 images, cv2.getGaussianKernel(11, 1.5)
+window, valid filtering.  The numpy side uses sliding windows, not convolutions."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from numpy.lib.stride_tricks import sliding_window_view
+from PIL import Image
+from typer.testing import CliRunner
+
+from clipsr_cli.cli import app
+from clipsr_cli.score import pair_folders
+from stages.metrics import psnr, ssim
+
+
+def _y(u8):
+    return u8.astype(np.float64) @ np.array([65.481, 128.553, 24.966]) / 255.0 + 16.0
+
+
+def _ref_psnr(a, b, border):
+    ya, yb = _y(a)[border:-border, border:-border], _y(b)[border:-border, border:-border]
+    return 10 * math.log10(255.0**2 / np.mean((ya - yb) ** 2))
+
+
+def _ref_ssim(a, b, border):
+    x, y = _y(a)[border:-border, border:-border], _y(b)[border:-border, border:-border]
+    k = np.exp(-((np.arange(11) - 5) ** 2) / (2 * 1.5**2))
+    k /= k.sum()
+    win = np.outer(k, k)
+
+    def filt(img):
+        return np.einsum("ijkl,kl->ij", sliding_window_view(img, (11, 11)), win)
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = filt(x), filt(y)
+    sxx, syy, sxy = filt(x * x) - mx**2, filt(y * y) - my**2, filt(x * y) - mx * my
+    return np.mean(((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2)))
+
+
+def _images(seed=3, h=48, w=40):
+    rng = np.random.default_rng(seed)
+    hr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    noise = rng.normal(0, 12, hr.shape)
+    sr = np.clip(hr + noise, 0, 255).round().astype(np.uint8)
+    return sr, hr
+
+
+def _t(u8):
+    return torch.from_numpy(u8).permute(2, 0, 1)[None].double() / 255.0
+
+
+@pytest.mark.parametrize("border", [2, 4])
+def test_psnr_ssim_match_independent_reference(border):
+    sr, hr = _images()
+    assert abs(float(psnr(_t(sr), _t(hr), border)[0]) - _ref_psnr(sr, hr, border)) < 1e-4
+    assert abs(float(ssim(_t(sr), _t(hr), border)[0]) - _ref_ssim(sr, hr, border)) < 1e-4
+
+
+def test_psnr_of_a_constant_offset_is_analytic():
+    hr = np.full((20, 20, 3), 100, np.uint8)
+    sr = hr + 10  # Y differs by 10 * (65.481 + 128.553 + 24.966) / 255
+    dy = 10 * 219.0 / 255.0
+    assert abs(float(psnr(_t(sr), _t(hr))[0]) - 20 * math.log10(255.0 / dy)) < 1e-9
+    assert float(ssim(_t(hr), _t(hr))[0]) == pytest.approx(1.0)
+
+
+def test_pairing_uses_names_not_order(tmp_path):
+    sr, hr = tmp_path / "sr", tmp_path / "hr"
+    (sr / "sub").mkdir(parents=True)
+    (hr / "sub").mkdir(parents=True)
+    for name in ("zebra.png", "apple.png", "sub/bird.png", "only_hr.png"):
+        Image.new("RGB", (8, 8)).save(hr / name)
+    for name in ("zebra_x4.png", "apple_x4_c0.png", "apple_x4_c1.png", "sub/bird_x4.jpg", "stray.png"):
+        Image.new("RGB", (8, 8)).save(sr / name)
+    p = pair_folders(sr, hr, suffix="_x4")
+    pairs = {s.relative_to(sr).as_posix(): h.relative_to(hr).as_posix() for s, h in p.pairs}
+    assert pairs == {"zebra_x4.png": "zebra.png", "apple_x4_c0.png": "apple.png",
+                     "apple_x4_c1.png": "apple.png", "sub/bird_x4.jpg": "sub/bird.png"}
+    assert [x.name for x in p.extra] == ["stray.png"]
+    assert [x.name for x in p.missing] == ["only_hr.png"]
+
+
+def test_score_cli_reports_and_fails_on_size_mismatch(tmp_path):
+    sr_dir, hr_dir = tmp_path / "sr", tmp_path / "hr"
+    sr_dir.mkdir()
+    hr_dir.mkdir()
+    sr, hr = _images()
+    Image.fromarray(sr).save(sr_dir / "a.png")
+    Image.fromarray(hr).save(hr_dir / "a.png")
+    Image.fromarray(hr[:40]).save(hr_dir / "b.png")
+    Image.fromarray(hr).save(sr_dir / "b.png")
+    report = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["score", str(sr_dir), "--ref", str(hr_dir), "--crop-border", "4",
+                                   "--json", str(report)])
+    assert res.exit_code == 1 and "--crop-to-common" in res.output
+    data = json.loads(report.read_text())
+    assert [r["image"] for r in data["images"]] == ["a.png"]
+    assert data["images"][0]["psnr"] == pytest.approx(_ref_psnr(sr, hr, 4), abs=1e-4)
+    res = CliRunner().invoke(app, ["score", str(sr_dir), "--ref", str(hr_dir), "--crop-to-common"])
+    assert res.exit_code == 0 and "2 pair(s)" in res.output
