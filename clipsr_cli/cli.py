@@ -144,7 +144,7 @@ def upscale(
 def score(
     sr_dir: Optional[Path] = typer.Argument(None, help="Folder of super-resolved images."),
     ref: Optional[Path] = typer.Option(None, "--ref", help="Folder of reference (HR) images."),
-    metrics: str = typer.Option("psnr,ssim", "--metrics", help="Comma-separated metric names (see --list)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated names (see --list); default psnr,ssim with --ref, else niqe."),
     scale: Optional[int] = typer.Option(None, "-s", "--scale", help="Scale of the results: default crop border."),
     crop_border: Optional[int] = typer.Option(None, "--crop-border", help="Pixels cut from each edge (default: scale)."),
     suffix: str = typer.Option("", "--suffix", help="Suffix that upscale added to the SR names."),
@@ -153,7 +153,7 @@ def score(
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Per-image results as CSV."),
     list_metrics: bool = typer.Option(False, "--list", help="List the metrics and exit."),
 ):
-    """Score SR results against references (PSNR/SSIM with BasicSR's conventions)."""
+    """Score SR results: PSNR/SSIM against references (BasicSR's conventions), NIQE without."""
     import csv
 
     import numpy as np
@@ -174,6 +174,7 @@ def score(
                           "yes" if m.needs_reference else "no", m.description)
         out.print(table)
         return
+    metrics = metrics or ("psnr,ssim" if ref is not None else "niqe")
     chosen = [lookup("metric", n.strip()).factory for n in metrics.split(",") if n.strip()]
     if sr_dir is None or not sr_dir.is_dir():
         raise UsageError(f"{sr_dir or 'SR_DIR'}: give the folder of results to score")
@@ -194,9 +195,13 @@ def score(
         except ImageError as e:
             failed.append((sr, str(e)))
             continue
-        row = {"image": str(sr.relative_to(sr_dir)), "reference": str(hr)}
-        for m in chosen:
-            row[m.name] = float(m.fn(a[None], b[None], border)[0])
+        row = {"image": str(sr.relative_to(sr_dir)), "reference": str(hr) if hr else ""}
+        try:
+            for m in chosen:
+                row[m.name] = float(m.fn(a[None], None if b is None else b[None], border)[0])
+        except ValueError as e:  # e.g. an image too small for NIQE's blocks
+            failed.append((sr, f"{sr}: {e}"))
+            continue
         rows.append(row)
     for sr, reason in failed:
         console.print(f"[red]failed:[/red] {reason}", highlight=False, soft_wrap=True)

@@ -38,10 +38,14 @@ def _candidates(key: str, suffix: str) -> list[str]:
     return keys
 
 
-def pair_folders(sr_dir: Path, ref_dir: Path, suffix: str = "") -> Pairing:
+def pair_folders(sr_dir: Path, ref_dir: Path | None, suffix: str = "") -> Pairing:
     """Pair by relative path and stem (extension free), recognising the
-    `--suffix` and `_c<i>` names that `upscale` writes; never by sorted order."""
-    srs, refs = _index(sr_dir), _index(ref_dir)
+    `--suffix` and `_c<i>` names that `upscale` writes; never by sorted order.
+    Without a reference folder every SR image stands alone (no-reference metrics)."""
+    srs = _index(sr_dir)
+    if ref_dir is None:
+        return Pairing(pairs=[(p, None) for p in srs.values()])
+    refs = _index(ref_dir)
     result, used = Pairing(), set()
     for key, sr in srs.items():
         match = next((k for k in _candidates(key, suffix) if k in refs), None)
@@ -54,8 +58,11 @@ def pair_folders(sr_dir: Path, ref_dir: Path, suffix: str = "") -> Pairing:
     return result
 
 
-def load_pair(sr: Path, ref: Path, crop_to_common: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    a, b = load_image(sr).rgb, load_image(ref).rgb
+def load_pair(sr: Path, ref: Path | None, crop_to_common: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    a = load_image(sr).rgb
+    if ref is None:
+        return a, None
+    b = load_image(ref).rgb
     if a.shape != b.shape:
         if not crop_to_common:
             raise ImageError(f"{sr}: size {a.shape[2]}x{a.shape[1]} differs from reference {ref} "

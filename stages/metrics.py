@@ -69,3 +69,6 @@ class Metric:
 def register_metrics(register):
     register("psnr", Metric("psnr", psnr, True, True, "[0, inf) dB", f"PSNR on {Y_DEFINITION}"))
     register("ssim", Metric("ssim", ssim, True, True, "[-1, 1]", f"SSIM (11x11 Gaussian, sigma 1.5) on {Y_DEFINITION}"))
+    from stages.niqe import niqe  # its pristine parameters are resolved on first use only
+
+    register("niqe", Metric("niqe", niqe, False, False, "[0, inf)", "NIQE (MATLAB-compatible, 96x96 blocks) on Y"))

@@ -103,3 +103,39 @@ def test_score_cli_reports_and_fails_on_size_mismatch(tmp_path):
     assert data["images"][0]["psnr"] == pytest.approx(_ref_psnr(sr, hr, 4), abs=1e-4)
     res = CliRunner().invoke(app, ["score", str(sr_dir), "--ref", str(hr_dir), "--crop-to-common"])
     assert res.exit_code == 0 and "2 pair(s)" in res.output
+
+
+def test_niqe_matches_basicsr_documented_value(shared_dir, monkeypatch):
+    """BasicSR documents NIQE 5.72957338 (MATLAB R2021a) for its tests/data/baboon.png,
+    the Set14 baboon."""
+    from clipsr_cli.images import load_image
+    from stages.niqe import niqe, pristine_params
+
+    monkeypatch.setenv("CLIPSR_WEIGHTS_DIR", str(shared_dir / "weights"))
+    pristine_params.cache_clear()
+    img = load_image(shared_dir / "data" / "sr-bench" / "Set14" / "baboon.png").rgb[None]
+    assert float(niqe(img)[0]) == pytest.approx(5.72957338, abs=1e-3)
+    # x4 bicubic down-and-up loses the fur's texture: clearly worse (higher)
+    down = torch.nn.functional.interpolate(img, scale_factor=0.25, mode="bicubic", antialias=True)
+    blurred = torch.nn.functional.interpolate(down, scale_factor=4, mode="bicubic").clamp(0, 1)
+    assert float(niqe(blurred)[0]) > float(niqe(img)[0]) + 1
+
+
+def test_imresize_half_matches_matlab_on_a_ramp():
+    from stages.niqe import imresize_half
+
+    # a linear ramp stays linear under MATLAB's antialiased bicubic away from the borders:
+    # output pixel i sits at input coordinate 2i + 0.5 (0-based)
+    ramp = torch.arange(32, dtype=torch.float64)[None].repeat(32, 1)
+    out = imresize_half(ramp)
+    assert out.shape == (16, 16)
+    assert torch.allclose(out[:, 4:12], (2 * torch.arange(4, 12, dtype=torch.float64) + 0.5)[None].expand(16, -1))
+
+
+def test_niqe_without_reference_in_cli(shared_dir, tmp_path):
+    import shutil
+
+    shutil.copy(shared_dir / "data" / "sr-bench" / "Set5" / "baby.png", tmp_path / "baby.png")
+    Image.new("RGB", (50, 50)).save(tmp_path / "small.png")
+    res = CliRunner().invoke(app, ["score", str(tmp_path)], env={"CLIPSR_WEIGHTS_DIR": str(shared_dir / "weights")})
+    assert res.exit_code == 1 and "niqe" in res.output and "96x96" in res.output
