@@ -151,6 +151,7 @@ def score(
     crop_to_common: bool = typer.Option(False, "--crop-to-common", help="Compare differently sized pairs on their common area."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Per-image results as JSON."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Per-image results as CSV."),
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder holding metric weights files."),
     list_metrics: bool = typer.Option(False, "--list", help="List the metrics and exit."),
 ):
     """Score SR results: PSNR/SSIM against references (BasicSR's conventions), NIQE without."""
@@ -174,6 +175,12 @@ def score(
                           "yes" if m.needs_reference else "no", m.description)
         out.print(table)
         return
+    if weights_dir is not None:  # metrics resolve their files lazily, through the same variable
+        import os
+
+        from clipsr_cli.weights import ENV_DIR
+
+        os.environ[ENV_DIR] = str(weights_dir)
     metrics = metrics or ("psnr,ssim" if ref is not None else "niqe")
     chosen = [lookup("metric", n.strip()).factory for n in metrics.split(",") if n.strip()]
     if sr_dir is None or not sr_dir.is_dir():
