@@ -152,6 +152,8 @@ def score(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Per-image results as JSON."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Per-image results as CSV."),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder holding metric weights files."),
+    captions: Optional[Path] = typer.Option(None, "--captions", help="Captions file (upscale formats) for clip_score."),
+    clip_preset: str = typer.Option("paper", "--clip-preset", help="Preset whose CLIP computes clip_score."),
     list_metrics: bool = typer.Option(False, "--list", help="List the metrics and exit."),
 ):
     """Score SR results: PSNR/SSIM against references (BasicSR's conventions), NIQE without."""
@@ -161,7 +163,10 @@ def score(
 
     from clipsr_cli.images import ImageError
     from clipsr_cli.plugins import lookup, registry
-    from clipsr_cli.score import load_pair, pair_folders
+    from clipsr_cli.captions import read_caption_file
+    from clipsr_cli.score import caption_lookup, load_pair, pair_folders
+    from clipsr_cli.weights import WeightsError
+    from stages import clip_score
     from clipsr_cli.upscale import UsageError
     from stages.metrics import Y_DEFINITION
 
@@ -189,6 +194,10 @@ def score(
         raise UsageError(f"{', '.join(m.name for m in chosen if m.needs_reference)} need --ref HR_DIR")
     if ref is not None and not ref.is_dir():
         raise UsageError(f"--ref {ref}: not a folder")
+    if any(m.needs_captions for m in chosen) and captions is None:
+        raise UsageError(f"{', '.join(m.name for m in chosen if m.needs_captions)} need --captions FILE")
+    clip_score.PRESET["name"] = clip_preset
+    caption_of = caption_lookup(read_caption_file(captions), sr_dir, suffix) if captions else None
     border = crop_border if crop_border is not None else (scale or 0)
     pairing = pair_folders(sr_dir, ref, suffix)
     for p in pairing.extra:
@@ -204,15 +213,25 @@ def score(
             continue
         row = {"image": str(sr.relative_to(sr_dir)), "reference": str(hr) if hr else ""}
         try:
-            for m in chosen:
-                row[m.name] = float(m.fn(a[None], None if b is None else b[None], border)[0])
+            for m in list(chosen):
+                if m.needs_captions:
+                    caps = caption_of(sr)
+                    if caps is None:
+                        raise ValueError(f"no caption in {captions} for {m.name}")
+                    try:
+                        row[m.name] = float(m.fn(a[None], [caps])[0])
+                    except WeightsError as e:  # offline: skip this metric, keep the others
+                        console.print(f"[yellow]skipped {m.name}:[/yellow] {e}", highlight=False, soft_wrap=True)
+                        chosen.remove(m)
+                else:
+                    row[m.name] = float(m.fn(a[None], None if b is None else b[None], border)[0])
         except ValueError as e:  # e.g. an image too small for NIQE's blocks
             failed.append((sr, f"{sr}: {e}"))
             continue
         rows.append(row)
     for sr, reason in failed:
         console.print(f"[red]failed:[/red] {reason}", highlight=False, soft_wrap=True)
-    table = Table(title=f"{len(rows)} pair(s); {Y_DEFINITION}; crop border {border}")
+    table = Table(title=f"{len(rows)} image(s) scored; {Y_DEFINITION}; crop border {border}")
     for col in ("metric", "mean", "std", "count", "better"):
         table.add_column(col, justify="right")
     for m in chosen:
@@ -230,7 +249,8 @@ def score(
                                         "no_result": [str(p) for p in pairing.missing]}, indent=2))
     if csv_out:
         with open(csv_out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["image", "reference", *[m.name for m in chosen]])
+            writer = csv.DictWriter(f, fieldnames=["image", "reference", *[m.name for m in chosen]],
+                                    extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
     if failed:

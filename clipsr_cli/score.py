@@ -70,3 +70,21 @@ def load_pair(sr: Path, ref: Path | None, crop_to_common: bool) -> tuple[torch.T
         h, w = min(a.shape[1], b.shape[1]), min(a.shape[2], b.shape[2])
         a, b = a[:, :h, :w], b[:, :h, :w]
     return a, b
+
+
+def caption_lookup(table: dict[str, list[str]], sr_dir: Path, suffix: str):
+    """Captions of an SR file: its caption-file key (extension free, upscale's
+    suffix stripped); an `_c<i>` output is scored against caption i."""
+    by_stem = {str(Path(k).with_suffix("")): v for k, v in table.items()}
+
+    def get(sr: Path) -> list[str] | None:
+        key = sr.relative_to(sr_dir).with_suffix("").as_posix()
+        for k in _candidates(key, suffix):
+            if k in by_stem:
+                caps = by_stem[k]
+                tag = _CAPTION_TAG.search(key)
+                i = int(tag.group()[2:]) if tag else None
+                return [caps[i]] if i is not None and i < len(caps) and k != key else caps
+        return None
+
+    return get

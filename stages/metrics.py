@@ -63,6 +63,7 @@ class Metric:
     needs_reference: bool
     range: str
     description: str
+    needs_captions: bool = False  # then fn(sr, captions: list[list[str]]) -> (B,)
 
 
 @hookimpl
@@ -72,3 +73,7 @@ def register_metrics(register):
     from stages.niqe import niqe  # its pristine parameters are resolved on first use only
 
     register("niqe", Metric("niqe", niqe, False, False, "[0, inf)", "NIQE (MATLAB-compatible, 96x96 blocks) on Y"))
+    from stages.clip_score import clip_score
+
+    register("clip_score", Metric("clip_score", clip_score, True, False, "[-1, 1]",
+                                  "cosine of CLIP image and caption embeddings (needs --captions)", True))

@@ -113,8 +113,9 @@ def _local_normalise(img: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
 def niqe_y(y: torch.Tensor, mu_p, cov_p, window) -> float:
     """NIQE of one rounded Y image (H, W) in [0, 255], float64."""
     nh, nw = y.shape[0] // BLOCK, y.shape[1] // BLOCK
-    if nh == 0 or nw == 0:
-        raise ValueError(f"NIQE needs at least {BLOCK}x{BLOCK} pixels, got {y.shape[1]}x{y.shape[0]}")
+    if nh * nw < 2:  # the distortion covariance needs at least two blocks
+        raise ValueError(f"NIQE needs two {BLOCK}x{BLOCK} blocks (at least {2 * BLOCK}x{BLOCK} pixels), "
+                         f"got {y.shape[1]}x{y.shape[0]}")
     img = y[: nh * BLOCK, : nw * BLOCK]
     feats = []
     for scale in (1, 2):
@@ -128,6 +129,8 @@ def niqe_y(y: torch.Tensor, mu_p, cov_p, window) -> float:
     dist = torch.cat(feats, dim=1)
     mu_d = torch.nanmean(dist, dim=0, keepdim=True)
     clean = dist[~torch.isnan(dist).any(dim=1)]
+    if clean.shape[0] < 2:
+        raise ValueError("NIQE: too few valid blocks (flat image?)")
     cov_d = torch.cov(clean.T)
     diff = mu_p - mu_d
     inv = torch.linalg.pinv((cov_p + cov_d) / 2)

@@ -102,7 +102,7 @@ def test_score_cli_reports_and_fails_on_size_mismatch(tmp_path):
     assert [r["image"] for r in data["images"]] == ["a.png"]
     assert data["images"][0]["psnr"] == pytest.approx(_ref_psnr(sr, hr, 4), abs=1e-4)
     res = CliRunner().invoke(app, ["score", str(sr_dir), "--ref", str(hr_dir), "--crop-to-common"])
-    assert res.exit_code == 0 and "2 pair(s)" in res.output
+    assert res.exit_code == 0 and "2 image(s) scored" in res.output
 
 
 def test_niqe_matches_basicsr_documented_value(shared_dir, monkeypatch):
@@ -139,3 +139,43 @@ def test_niqe_without_reference_in_cli(shared_dir, tmp_path):
     Image.new("RGB", (50, 50)).save(tmp_path / "small.png")
     res = CliRunner().invoke(app, ["score", str(tmp_path)], env={"CLIPSR_WEIGHTS_DIR": str(shared_dir / "weights")})
     assert res.exit_code == 1 and "niqe" in res.output and "96x96" in res.output
+
+
+def test_clip_score_is_the_cosine_of_open_clip_embeddings(tiny_clip, tmp_path):
+    import torch.nn.functional as F
+
+    from stages import clip_score as cs
+
+    cs.PRESET["name"] = "tiny"
+    try:
+        img = torch.rand(1, 3, 80, 120)
+        got = float(cs.clip_score(img, [["a red bird", "a bird on a branch"]])[0])
+        clip, text = cs._towers("tiny")
+        e_img = F.normalize(clip.encode_image(cs._preprocess(img, 64)), dim=-1)[0]
+        e_txt = F.normalize(clip.encode_text(text.tokenize(["a red bird", "a bird on a branch"])), dim=-1)
+        assert got == pytest.approx(float((e_txt @ e_img).mean()), abs=1e-6)
+        assert -1 <= got <= 1
+    finally:
+        cs.PRESET["name"] = "paper"
+
+
+def test_caption_lookup_follows_upscale_names(tmp_path):
+    from clipsr_cli.score import caption_lookup
+
+    get = caption_lookup({"a.png": ["one", "two"], "sub/b.jpg": ["three"]}, tmp_path, "_x4")
+    assert get(tmp_path / "a_x4_c1.png") == ["two"]
+    assert get(tmp_path / "a_x4.png") == ["one", "two"]
+    assert get(tmp_path / "sub" / "b_x4.png") == ["three"]
+    assert get(tmp_path / "zzz.png") is None
+
+
+def test_clip_score_offline_is_skipped_with_reason(tmp_path):
+    Image.new("RGB", (40, 40)).save(tmp_path / "a.png")
+    caps = tmp_path / "c.json"
+    caps.write_text(json.dumps({"a.png": "a black square"}))
+    res = CliRunner().invoke(app, ["score", str(tmp_path), "--metrics", "clip_score", "--captions", str(caps)])
+    assert res.exit_code == 0
+    assert "skipped clip_score" in res.output and "ViT-B-32-openai.safetensors" in res.output
+    res = CliRunner().invoke(app, ["score", str(tmp_path), "--metrics", "clip_score", "--captions", str(caps),
+                                   "--clip-preset", "tiny"])
+    assert res.exit_code == 0 and "clip_score" in res.output and "1 image(s) scored" in res.output
