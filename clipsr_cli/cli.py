@@ -164,7 +164,7 @@ def score(
     from clipsr_cli.images import ImageError
     from clipsr_cli.plugins import lookup, registry
     from clipsr_cli.captions import read_caption_file
-    from clipsr_cli.score import caption_lookup, load_pair, pair_folders
+    from clipsr_cli.score import caption_lookup, load_pair, pair_folders, prefetch
     from clipsr_cli.weights import WeightsError
     from stages import clip_score
     from clipsr_cli.upscale import UsageError
@@ -205,12 +205,13 @@ def score(
     for p in pairing.missing:
         console.print(f"[yellow]no SR result:[/yellow] {p}", highlight=False)
     rows, failed = [], []
-    for sr, hr in pairing.pairs:
-        try:
-            a, b = load_pair(sr, hr, crop_to_common)
-        except ImageError as e:
-            failed.append((sr, str(e)))
+    for (sr, hr), loaded in prefetch(lambda pair: load_pair(*pair, crop_to_common), pairing.pairs):
+        if isinstance(loaded, ImageError):
+            failed.append((sr, str(loaded)))
             continue
+        if isinstance(loaded, Exception):
+            raise loaded
+        a, b = loaded
         row = {"image": str(sr.relative_to(sr_dir)), "reference": str(hr) if hr else ""}
         try:
             for m in list(chosen):

@@ -179,3 +179,17 @@ def test_clip_score_offline_is_skipped_with_reason(tmp_path):
     res = CliRunner().invoke(app, ["score", str(tmp_path), "--metrics", "clip_score", "--captions", str(caps),
                                    "--clip-preset", "tiny"])
     assert res.exit_code == 0 and "clip_score" in res.output and "1 image(s) scored" in res.output
+
+
+def test_prefetch_keeps_order_and_returns_errors():
+    from clipsr_cli.score import prefetch
+
+    def fn(x):
+        if x == 3:
+            raise ValueError("bad")
+        return x * 10
+
+    out = list(prefetch(fn, range(10), depth=2))
+    assert [i for i, _ in out] == list(range(10))
+    assert isinstance(out[3][1], ValueError)
+    assert [r for i, r in out if i != 3] == [i * 10 for i in range(10) if i != 3]
