@@ -153,6 +153,7 @@ def score(
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Per-image results as CSV."),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder holding metric weights files."),
     captions: Optional[Path] = typer.Option(None, "--captions", help="Captions file (upscale formats) for clip_score."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML page into this folder."),
     clip_preset: str = typer.Option("paper", "--clip-preset", help="Preset whose CLIP computes clip_score."),
     list_metrics: bool = typer.Option(False, "--list", help="List the metrics and exit."),
 ):
@@ -204,7 +205,7 @@ def score(
         console.print(f"[yellow]no reference:[/yellow] {p}", highlight=False)
     for p in pairing.missing:
         console.print(f"[yellow]no SR result:[/yellow] {p}", highlight=False)
-    rows, failed = [], []
+    rows, failed, kept = [], [], {}
     for (sr, hr), loaded in prefetch(lambda pair: load_pair(*pair, crop_to_common), pairing.pairs):
         if isinstance(loaded, ImageError):
             failed.append((sr, str(loaded)))
@@ -230,6 +231,10 @@ def score(
             failed.append((sr, f"{sr}: {e}"))
             continue
         rows.append(row)
+        if report is not None:
+            from clipsr_cli.report import render_panels
+
+            kept[row["image"]] = render_panels(a, b, scale or 4)
     for sr, reason in failed:
         console.print(f"[red]failed:[/red] {reason}", highlight=False, soft_wrap=True)
     table = Table(title=f"{len(rows)} image(s) scored; {Y_DEFINITION}; crop border {border}")
@@ -254,6 +259,11 @@ def score(
                                     extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
+    if report is not None:
+        from clipsr_cli.report import write_report
+
+        page = write_report(report, rows, kept, chosen, f"clipsr score: {sr_dir}")
+        console.print(f"report: {page}")
     if failed:
         raise typer.Exit(1)
 

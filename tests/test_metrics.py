@@ -5,6 +5,7 @@ window, valid filtering.  The numpy side uses sliding windows, not convolutions.
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -193,3 +194,21 @@ def test_prefetch_keeps_order_and_returns_errors():
     assert [i for i, _ in out] == list(range(10))
     assert isinstance(out[3][1], ValueError)
     assert [r for i, r in out if i != 3] == [i * 10 for i in range(10) if i != 3]
+
+
+def test_report_is_one_self_contained_sortable_page(tmp_path):
+    sr_dir, hr_dir, rep = tmp_path / "sr", tmp_path / "hr", tmp_path / "rep"
+    sr_dir.mkdir()
+    hr_dir.mkdir()
+    for name, seed in (("a", 1), ("b", 2)):
+        sr, hr = _images(seed)
+        Image.fromarray(sr).save(sr_dir / f"{name}.png")
+        Image.fromarray(hr).save(hr_dir / f"{name}.png")
+    res = CliRunner().invoke(app, ["score", str(sr_dir), "--ref", str(hr_dir), "-s", "4", "--report", str(rep)])
+    assert res.exit_code == 0, res.output
+    page = (rep / "index.html").read_text()
+    assert page.count("<tr>") == 3  # header + one row per image
+    assert "data-col='1'" in page and "sort" in page
+    srcs = re.findall(r"src='([^']*)'", page)
+    assert len(srcs) == 2 * 4 * 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "http" not in page
