@@ -26,12 +26,6 @@ class TextFeatures:
     tokens: torch.Tensor  # (B, L, W_text)
     pad_mask: torch.Tensor  # (B, L), True where there is no token
 
-    def index(self, idx) -> "TextFeatures":
-        return TextFeatures(self.sentence[idx], self.tokens[idx], self.pad_mask[idx])
-
-    def to(self, device) -> "TextFeatures":
-        return TextFeatures(self.sentence.to(device), self.tokens.to(device), self.pad_mask.to(device))
-
 
 @dataclass
 class TextCondition:

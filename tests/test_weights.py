@@ -6,7 +6,6 @@ from safetensors.torch import save_file
 
 from clipsr_cli import weights as W
 from clipsr_cli.clip import build_clip
-from clipsr_cli.network import Generator
 
 
 def test_clip_loaded_from_local_file_through_open_clip(tiny_cfg, tiny_clip, tmp_path):
