@@ -9,8 +9,6 @@ No pickle anywhere: safetensors cannot run code on load.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -18,29 +16,13 @@ from safetensors.torch import save_file
 
 from clipsr_cli import __version__
 from clipsr_cli.config import ConfigError, ModelConfig
+from clipsr_cli.files import atomic_write
 
 FORMAT = "clipsr-generator"
 
 
 class CheckpointError(RuntimeError):
     pass
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename over `path`: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_generator(path: str | Path, gen, extra: dict[str, str] | None = None) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from clipsr_cli.checkpoint import atomic_write
+from clipsr_cli.files import atomic_write
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding them

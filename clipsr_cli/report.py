@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clipsr_cli.checkpoint import atomic_write
+from clipsr_cli.files import atomic_write
 
 THUMB = 200  # displayed width of each panel
 ZOOM = 48  # side of the zoomed crop, in HR pixels

@@ -99,11 +99,12 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
                 report.missing_captions += 1
                 continue
             rel = image.relative_to(root) if image.is_relative_to(root) else Path(image.name)
-            several = len(caps) > 1
-            targets = []
-            for i, _ in enumerate(caps):
-                # alpha is only known after decoding; name with the kept extension for now
-                targets.append(out_dir / output_name(rel, suffix, ext, False, i if several else None))
+
+            def targets_for(alpha: bool) -> list[Path]:
+                several = len(caps) > 1
+                return [out_dir / output_name(rel, suffix, ext, alpha, i if several else None) for i in range(len(caps))]
+
+            targets = targets_for(False)  # alpha is known only after decoding
             if any(t.resolve() in inputs for t in targets):
                 report.failed.append((image, "output would overwrite an input; choose another -o or a --suffix"))
                 continue
@@ -114,8 +115,7 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
             alpha_up = None
             if decoded.alpha is not None:
                 alpha_up = F.interpolate(decoded.alpha[None], scale_factor=scale, mode="bicubic")[0].clamp(0, 1)
-                targets = [out_dir / output_name(rel, suffix, ext, True, i if several else None)
-                           for i, _ in enumerate(caps)]
+                targets = targets_for(True)
             for caption, target in zip(caps, targets):
                 sr = upscaler.upscale(decoded.rgb, caption, image)
                 save_image(target, sr, alpha_up, decoded.gray, decoded.bits)
