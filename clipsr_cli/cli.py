@@ -75,6 +75,7 @@ def upscale(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip images whose outputs exist."),
     recursive: bool = typer.Option(False, "-r", "--recursive", help="Descend into sub-folders."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] | mps."),
+    shard_spec: Optional[str] = typer.Option(None, "--shard", help="K/N: process only shard K of N (0-based)."),
     json_report: Optional[Path] = typer.Option(None, "--json", help="Write a machine-readable report."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors."),
 ):
@@ -85,7 +86,7 @@ def upscale(
     from clipsr_cli.config import check_scale, load_preset
     from clipsr_cli.devices import pick_device
     from clipsr_cli.network import Generator
-    from clipsr_cli.upscale import UsageError, Upscaler, collect_inputs, run
+    from clipsr_cli.upscale import UsageError, Upscaler, collect_inputs, parse_shard, run, shard
 
     try:
         policy = MissingPolicy(missing_caption)
@@ -95,6 +96,8 @@ def upscale(
     if ext is not None and ext.lower() not in ("png", "jpg", "jpeg", "webp"):
         raise UsageError(f"--ext {ext}: choose png, jpg or webp")
     root, images = collect_inputs(input, recursive)
+    if shard_spec is not None:
+        images = shard(images, root, *parse_shard(shard_spec))
     if output.resolve() == root.resolve() and not suffix:
         raise UsageError(f"output folder {output} is the input folder; give another -o or a --suffix")
     caps = Captions(root, captions, caption, policy, default_caption)

@@ -53,6 +53,26 @@ def collect_inputs(spec: str, recursive: bool = False) -> tuple[Path, list[Path]
     return Path(*fixed) if fixed else Path("."), matches
 
 
+def parse_shard(spec: str) -> tuple[int, int]:
+    """'K/N' -> (K, N), 0 <= K < N."""
+    try:
+        k, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {spec}: expected K/N, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= k < n):
+        raise UsageError(f"--shard {spec}: need 0 <= K < N")
+    return k, n
+
+
+def shard(images: list[Path], root: Path, k: int, n: int) -> list[Path]:
+    """Shard K of N by a stable hash of the path relative to the root: N
+    processes on N machines cover a folder exactly once, whatever order
+    their file systems list it in."""
+    import zlib
+
+    return [p for p in images if zlib.crc32(p.relative_to(root).as_posix().encode()) % n == k]
+
+
 def output_name(rel: Path, suffix: str, ext: str | None, alpha: bool, index: int | None) -> Path:
     """`<stem><suffix>.<ext>`; with several captions per image, `<stem><suffix>_c<i>.<ext>`
     (i counts from 0 in caption order)."""

@@ -113,3 +113,31 @@ def test_shared_caption_file_shape_is_accepted(shared_dir):
 
     table = read_caption_file(shared_dir / "data" / "sr-bench" / "captions.json")
     assert table and all(isinstance(v, list) and v for v in table.values())
+
+
+def test_shards_partition_the_inputs_exactly(tmp_path):
+    from clipsr_cli.upscale import UsageError, parse_shard, shard
+
+    root = tmp_path
+    images = [root / f"d{i % 3}" / f"img{i}.png" for i in range(50)]
+    parts = [shard(images, root, k, 4) for k in range(4)]
+    assert sorted(p for part in parts for p in part) == sorted(images)
+    assert sum(len(part) for part in parts) == 50 and all(parts)
+    assert shard(list(reversed(images)), root, 1, 4) == list(reversed(parts[1]))  # order-independent
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("3/3", "x", "1/0"):
+        with pytest.raises(UsageError):
+            parse_shard(bad)
+
+
+def test_shard_option_in_cli(folder, tmp_path):
+    for bad in ("empty.png", "notes.png"):
+        (folder / bad).unlink()
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"sr{k}"
+        res = runner.invoke(app, ["upscale", str(folder), "-o", str(out), "--caption", "x", "-s", "2",
+                                  "--shard", f"{k}/2", "-q"])
+        assert res.exit_code == 0, res.output
+        outs += [p.name for p in out.iterdir()] if out.exists() else []
+    assert sorted(outs) == ["a.png", "alpha.png", "b.jpg", "gray.png"]
