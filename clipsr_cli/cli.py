@@ -168,7 +168,8 @@ def score(
     from clipsr_cli.images import ImageError
     from clipsr_cli.plugins import lookup, registry
     from clipsr_cli.captions import read_caption_file
-    from clipsr_cli.score import caption_lookup, load_pair, pair_folders, prefetch
+    from clipsr_cli.prefetch import prefetch
+    from clipsr_cli.score import caption_lookup, load_pair, pair_folders
     from clipsr_cli.weights import WeightsError
     from stages import clip_score
     from clipsr_cli.upscale import UsageError

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from clipsr_cli.captions import Captions
 from clipsr_cli.images import IMAGE_EXTS, ImageError, load_image, save_image
+from clipsr_cli.prefetch import prefetch
 
 CLIP_MAX_TOKENS = 75  # 77 minus the start and end markers
 
@@ -105,38 +106,61 @@ class Upscaler:
         return sr[0].clamp(0, 1).cpu()
 
 
+@dataclass
+class _Job:
+    image: Path
+    captions: list[str]
+    targets: Callable[[bool], list[Path]]  # output paths, given whether the image has alpha
+
+
+def _plan(image: Path, root: Path, out_dir: Path, captions: Captions, inputs: set[Path], suffix: str,
+          ext: str | None, skip_existing: bool, report: Report) -> _Job | None:
+    """The job for one image, or None after recording why it is not done."""
+    caps = captions.get(image)
+    if caps is None:
+        report.failed.append((image, "no caption (give --captions, a .txt sidecar, or --missing-caption)"))
+        report.missing_captions += 1
+        return None
+    rel = image.relative_to(root) if image.is_relative_to(root) else Path(image.name)
+
+    def targets(alpha: bool) -> list[Path]:
+        several = len(caps) > 1
+        return [out_dir / output_name(rel, suffix, ext, alpha, i if several else None) for i in range(len(caps))]
+
+    planned = targets(False)  # alpha is known only after decoding
+    if any(t.resolve() in inputs for t in planned):
+        report.failed.append((image, "output would overwrite an input; choose another -o or a --suffix"))
+        return None
+    if skip_existing and all(t.exists() for t in planned):
+        report.skipped.append((image, "output exists"))
+        return None
+    return _Job(image, caps, targets)
+
+
 def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, captions: Captions,
         suffix: str = "", ext: str | None = None, skip_existing: bool = False,
         progress: Callable[[], None] = lambda: None) -> Report:
     report = Report()
     inputs = {p.resolve() for p in images}
     scale = upscaler.gen.scale
+    jobs = []
     for image in images:
+        job = _plan(image, root, out_dir, captions, inputs, suffix, ext, skip_existing, report)
+        if job is None:
+            progress()
+        else:
+            jobs.append(job)
+    # the next images decode in a worker thread while the current one is upscaled
+    for job, decoded in prefetch(lambda j: load_image(j.image), jobs):
+        image = job.image
         try:
-            caps = captions.get(image)
-            if caps is None:
-                report.failed.append((image, "no caption (give --captions, a .txt sidecar, or --missing-caption)"))
-                report.missing_captions += 1
-                continue
-            rel = image.relative_to(root) if image.is_relative_to(root) else Path(image.name)
-
-            def targets_for(alpha: bool) -> list[Path]:
-                several = len(caps) > 1
-                return [out_dir / output_name(rel, suffix, ext, alpha, i if several else None) for i in range(len(caps))]
-
-            targets = targets_for(False)  # alpha is known only after decoding
-            if any(t.resolve() in inputs for t in targets):
-                report.failed.append((image, "output would overwrite an input; choose another -o or a --suffix"))
-                continue
-            if skip_existing and all(t.exists() for t in targets):
-                report.skipped.append((image, "output exists"))
-                continue
-            decoded = load_image(image)
-            alpha_up = None
+            if isinstance(decoded, Exception):
+                raise decoded
+            alpha_up, targets = None, job.targets(False)
             if decoded.alpha is not None:
                 alpha_up = F.interpolate(decoded.alpha[None], scale_factor=scale, mode="bicubic")[0].clamp(0, 1)
-                targets = targets_for(True)
-            for caption, target in zip(caps, targets):
+                targets = job.targets(True)
+            for caption, target in zip(job.captions, targets):
                 sr = upscaler.upscale(decoded.rgb, caption, image)
                 save_image(target, sr, alpha_up, decoded.gray, decoded.bits)
                 report.done.append((image, target))

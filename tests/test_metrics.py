@@ -183,7 +183,7 @@ def test_clip_score_offline_is_skipped_with_reason(tmp_path):
 
 
 def test_prefetch_keeps_order_and_returns_errors():
-    from clipsr_cli.score import prefetch
+    from clipsr_cli.prefetch import prefetch
 
     def fn(x):
         if x == 3:

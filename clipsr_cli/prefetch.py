@@ -1,0 +1,33 @@
+"""Overlapping input decoding with computation."""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int = 4) -> Iterator[tuple[T, R | Exception]]:
+    """fn over items in a worker thread, at most `depth` ahead, in order: image
+    decoding (PIL releases the GIL) overlaps with upscaling or scoring.
+    Exceptions are returned, not raised, so one bad file does not end the run."""
+
+    def safe(item):
+        try:
+            return fn(item)
+        except Exception as e:  # handed back to the caller with its item
+            return e
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append((item, pool.submit(safe, item)))
+            if len(pending) > depth:
+                first, fut = pending.popleft()
+                yield first, fut.result()
+        while pending:
+            first, fut = pending.popleft()
+            yield first, fut.result()
