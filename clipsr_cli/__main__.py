@@ -1,0 +1,3 @@
+from clipsr_cli.cli import main
+
+main()
