@@ -75,6 +75,8 @@ def upscale(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip images whose outputs exist."),
     recursive: bool = typer.Option(False, "-r", "--recursive", help="Descend into sub-folders."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] | mps."),
+    precision: Optional[str] = typer.Option(None, "--precision",
+                                            help="fp32 | bf16 | fp16 (default: half on CUDA, fp32 elsewhere)."),
     shard_spec: Optional[str] = typer.Option(None, "--shard", help="K/N: process only shard K of N (0-based)."),
     json_report: Optional[Path] = typer.Option(None, "--json", help="Write a machine-readable report."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors."),
@@ -84,13 +86,14 @@ def upscale(
     from clipsr_cli.checkpoint import checkpoint_config, load_generator, read_metadata
     from clipsr_cli.clip import load_clip
     from clipsr_cli.config import check_scale, load_preset
-    from clipsr_cli.devices import pick_device
+    from clipsr_cli.devices import pick_device, pick_precision
     from clipsr_cli.network import Generator
     from clipsr_cli.upscale import UsageError, Upscaler, collect_inputs, parse_shard, run, shard
 
     try:
         policy = MissingPolicy(missing_caption)
         dev = pick_device(device)
+        dtype = pick_precision(precision, dev)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if ext is not None and ext.lower() not in ("png", "jpg", "jpeg", "webp"):
@@ -113,9 +116,11 @@ def upscale(
         gen = Generator(cfg, load_clip(cfg, weights_dir=weights_dir), check_scale(scale or 4))
         console.print(f"[yellow]note:[/yellow] no --weights: preset {cfg.name!r} with untrained "
                       "generator weights; the output shows the pipeline, not CLIP-SR quality")
-    upscaler = Upscaler(gen, dev, warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False))
+    upscaler = Upscaler(gen, dev, warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False),
+                        dtype=dtype)
     if not quiet:
-        console.print(f"{len(images)} image(s), x{gen.scale}, preset {gen.cfg.name!r}, device {dev}")
+        console.print(f"{len(images)} image(s), x{gen.scale}, preset {gen.cfg.name!r}, device {dev}, "
+                      f"{str(dtype).removeprefix('torch.')}")
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, disable=quiet, transient=True) as bar:
         task = bar.add_task("upscaling", total=len(images))

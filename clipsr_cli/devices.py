@@ -18,3 +18,20 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"--device {name}: MPS is not available on this machine; use --device cpu or auto")
     return device
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_precision(name: str | None, device: torch.device) -> torch.dtype:
+    """Unset: half precision on CUDA (bf16 where supported), fp32 elsewhere — on
+    CPUs without bf16 instructions bf16 is slower than fp32, not faster."""
+    if name is None:
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if name not in PRECISIONS:
+        raise ValueError(f"--precision {name}: choose {', '.join(PRECISIONS)}")
+    if name == "fp16" and device.type == "cpu":
+        raise ValueError("--precision fp16 needs a GPU (cuda or mps); use fp32 or bf16 on the CPU")
+    return PRECISIONS[name]

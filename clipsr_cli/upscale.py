@@ -87,9 +87,11 @@ def output_name(rel: Path, suffix: str, ext: str | None, alpha: bool, index: int
 class Upscaler:
     """Holds the generator and the per-caption text cache for one run."""
 
-    def __init__(self, gen, device: torch.device, warn: Callable[[str], None] = print):
+    def __init__(self, gen, device: torch.device, warn: Callable[[str], None] = print,
+                 dtype: torch.dtype = torch.float32):
         self.gen = gen.to(device).eval()
         self.device = device
+        self.dtype = dtype  # computed under autocast; weights and outputs stay fp32
         self.warn = warn
         self._text: dict[str, object] = {}
 
@@ -102,8 +104,9 @@ class Upscaler:
 
     @torch.inference_mode()
     def upscale(self, rgb: torch.Tensor, caption: str, image: Path) -> torch.Tensor:
-        sr = self.gen(rgb[None].to(self.device), self.condition(caption, image))
-        return sr[0].clamp(0, 1).cpu()
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            sr = self.gen(rgb[None].to(self.device), self.condition(caption, image))
+        return sr[0].float().clamp(0, 1).cpu()
 
 
 @dataclass

@@ -173,3 +173,28 @@ def test_killed_run_resumes_with_skip_existing_and_leaves_no_corrupt_file(tmp_pa
     for p in out.glob("*.png"):
         assert Image.open(p).size == (768, 640)
     assert {p.name for p in out.iterdir() if p.name.startswith(".")} <= stale  # the resumed run leaves none
+
+
+def test_precision_choice(tiny_cfg, tiny_clip):
+    import torch
+
+    from clipsr_cli.devices import pick_precision
+    from clipsr_cli.network import Generator
+    from clipsr_cli.upscale import Upscaler
+
+    cpu = torch.device("cpu")
+    assert pick_precision(None, cpu) == torch.float32  # bf16 is slower than fp32 on this kind of CPU
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        pick_precision("fp16", cpu)
+    gen = Generator(tiny_cfg, tiny_clip, 2)
+    rgb = torch.rand(3, 16, 16)
+    a = Upscaler(gen, cpu).upscale(rgb, "a cat", "x.png")
+    b = Upscaler(gen, cpu, dtype=torch.bfloat16).upscale(rgb, "a cat", "x.png")
+    assert a.dtype == b.dtype == torch.float32
+    assert 0 < (a - b).abs().max() < 0.1  # bf16 really ran, and stays close
+
+
+def test_fp16_on_cpu_is_a_usage_error(folder, tmp_path):
+    res = runner.invoke(app, ["upscale", str(folder / "a.png"), "-o", str(tmp_path / "o"), "--caption", "x",
+                              "--device", "cpu", "--precision", "fp16"])
+    assert res.exit_code == 2 and "fp16 needs a GPU" in res.output
