@@ -7,7 +7,7 @@ from enum import Enum
 from pathlib import Path
 
 from clipsr_cli.plugins import registry
-from stages.captions import CaptionError, normalise_key
+from stages.captions import CaptionError
 
 
 class MissingPolicy(str, Enum):
@@ -42,7 +42,7 @@ class Captions:
         """Captions of `image`, or None when missing under the 'error' policy."""
         if self.text is not None:
             return [self.text]
-        rel = normalise_key(image.relative_to(self.root).as_posix(), image) if image != self.root else image.name
+        rel = image.relative_to(self.root).as_posix() if image.is_relative_to(self.root) else image.name
         for key in (rel, image.name, Path(rel).stem):
             if key in self.table:
                 return self.table[key]

@@ -174,8 +174,7 @@ def score(
     from clipsr_cli.plugins import lookup, registry
     from clipsr_cli.captions import read_caption_file
     from clipsr_cli.prefetch import prefetch
-    from clipsr_cli.score import caption_lookup, load_pair, pair_folders
-    from clipsr_cli.weights import WeightsError
+    from clipsr_cli.score import caption_lookup, load_pair, pair_folders, score_image
     from stages import clip_score
     from clipsr_cli.upscale import UsageError
     from stages.metrics import Y_DEFINITION
@@ -186,7 +185,7 @@ def score(
             table.add_column(col)
         for name, entry in sorted(registry("metric").items()):
             m = entry.factory
-            table.add_row(name, "higher" if m.higher_is_better else "lower", m.range,
+            table.add_row(name, m.direction, m.range,
                           "yes" if m.needs_reference else "no", m.description)
         out.print(table)
         return
@@ -224,19 +223,10 @@ def score(
         a, b = loaded
         row = {"image": str(sr.relative_to(sr_dir)), "reference": str(hr) if hr else ""}
         try:
-            for m in list(chosen):
-                if m.needs_captions:
-                    caps = caption_of(sr)
-                    if caps is None:
-                        raise ValueError(f"no caption in {captions} for {m.name}")
-                    try:
-                        row[m.name] = float(m.fn(a[None], [caps])[0])
-                    except WeightsError as e:  # offline: skip this metric, keep the others
-                        console.print(f"[yellow]skipped {m.name}:[/yellow] {e}", highlight=False, soft_wrap=True)
-                        chosen.remove(m)
-                else:
-                    row[m.name] = float(m.fn(a[None], None if b is None else b[None], border)[0])
-        except ValueError as e:  # e.g. an image too small for NIQE's blocks
+            row.update(score_image(a, b, chosen, border, caption_of(sr) if caption_of else None,
+                                   lambda m, e: console.print(f"[yellow]skipped {m.name}:[/yellow] {e}",
+                                                              highlight=False, soft_wrap=True)))
+        except ValueError as e:  # e.g. an image too small for NIQE's blocks, or no caption
             failed.append((sr, f"{sr}: {e}"))
             continue
         rows.append(row)
@@ -254,8 +244,7 @@ def score(
         with np.errstate(invalid="ignore"):  # identical pairs give PSNR = inf, as in BasicSR
             mean = float(np.mean(values)) if values else float("nan")
             std = float(np.std(values)) if len(values) > 1 else 0.0
-        table.add_row(m.name, f"{mean:.4f}", f"{std:.4f}", str(len(values)),
-                      "higher" if m.higher_is_better else "lower")
+        table.add_row(m.name, f"{mean:.4f}", f"{std:.4f}", str(len(values)), m.direction)
     out.print(table)
     if json_out:
         json_out.write_text(json.dumps({"crop_border": border, "y_channel": Y_DEFINITION, "images": rows,

@@ -85,7 +85,7 @@ def render_panels(sr: torch.Tensor, hr: torch.Tensor | None, scale: int) -> str:
 
 def write_report(out_dir: Path, rows: list[dict], panels: dict[str, str], metrics: list, title: str) -> Path:
     """rows: per-image metric dicts (key 'image'); panels: image -> render_panels() HTML."""
-    head = ["image", *[f"{m.name} ({'higher' if m.higher_is_better else 'lower'} is better)" for m in metrics]]
+    head = ["image", *[f"{m.name} ({m.direction} is better)" for m in metrics]]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              "<p>Click a column header to sort. Panels: LR (nearest) | bicubic | SR | HR, "

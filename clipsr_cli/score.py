@@ -89,3 +89,25 @@ def caption_lookup(table: dict[str, list[str]], sr_dir: Path, suffix: str):
 
     return get
 
+
+
+def score_image(sr_img: torch.Tensor, hr_img: torch.Tensor | None, metrics: list, crop_border: int,
+                captions: list[str] | None, on_unavailable) -> dict[str, float]:
+    """Every metric of one image.  A metric whose weights cannot be had is
+    reported through on_unavailable(metric, error) and removed from `metrics`,
+    so the others go on; ValueError (e.g. too small for NIQE) propagates."""
+    from clipsr_cli.weights import WeightsError
+
+    values = {}
+    for m in list(metrics):
+        if not m.needs_captions:
+            values[m.name] = float(m.fn(sr_img[None], None if hr_img is None else hr_img[None], crop_border)[0])
+            continue
+        if captions is None:
+            raise ValueError(f"no caption for {m.name}")
+        try:
+            values[m.name] = float(m.fn(sr_img[None], [captions])[0])
+        except WeightsError as e:
+            on_unavailable(m, e)
+            metrics.remove(m)
+    return values

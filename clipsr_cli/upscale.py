@@ -31,7 +31,6 @@ class Report:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     missing_captions: int = 0
-    warnings: list[str] = field(default_factory=list)
 
 
 def collect_inputs(spec: str, recursive: bool = False) -> tuple[Path, list[Path]]:

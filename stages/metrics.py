@@ -65,6 +65,10 @@ class Metric:
     description: str
     needs_captions: bool = False  # then fn(sr, captions: list[list[str]]) -> (B,)
 
+    @property
+    def direction(self) -> str:
+        return "higher" if self.higher_is_better else "lower"
+
 
 @hookimpl
 def register_metrics(register):
