@@ -46,8 +46,14 @@ class Generator(nn.Module):
     # --- parameters that are ours (not the frozen CLIP) ---------------------
     def own_state_dict(self) -> dict[str, torch.Tensor]:
         """State without the frozen CLIP, which is loaded from its own file."""
-        clip_tensors = {id(t) for t in self.clip.state_dict(keep_vars=True).values()}
-        return {k: v.detach() for k, v in self.state_dict(keep_vars=True).items() if id(v) not in clip_tensors}
+        return state_without(self, self.clip)
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
+
+
+def state_without(module: nn.Module, shared: nn.Module) -> dict[str, torch.Tensor]:
+    """`module`'s state minus the tensors of `shared` (the frozen CLIP it holds
+    by reference), detached."""
+    skip = {id(t) for t in shared.state_dict(keep_vars=True).values()}
+    return {k: v.detach() for k, v in module.state_dict(keep_vars=True).items() if id(v) not in skip}

@@ -33,6 +33,10 @@ class PixelShuffleUpsampler(nn.Module):
             blocks += [nn.Conv2d(in_channels, 4 * in_channels, 3, 1, 1), nn.PixelShuffle(2), nn.LeakyReLU(0.2, True)]
         self.body = nn.Sequential(*blocks)
         self.to_rgb = nn.Conv2d(in_channels, 3, 3, 1, 1)
+        if self.residual:  # start close to bicubic: a small correction, not noise on top of it
+            with torch.no_grad():
+                self.to_rgb.weight.mul_(0.1)
+                self.to_rgb.bias.zero_()
 
     def forward(self, features: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         out = self.to_rgb(self.body(features))

@@ -1,0 +1,401 @@
+"""The adversarial training loop of CLIP-SR (DESIGN.md §1), from the same stages
+`upscale` runs.
+
+Per step: D first (hinge on real / fake / mismatched-caption pairs + MA-GP),
+then G (L1 + VGG-19 perceptual + lambda_adv * (-D(C(SR), T) - alpha * cos)),
+then the EMA.  The paper's ablations are configuration: `--adversarial-weight
+0` builds no discriminator; the presets' `stages.text_encoder = "none"` and
+`stages.clip_vit = false` remove text and the CLIP-ViT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from clipsr_cli import distributed
+from clipsr_cli.checkpoint import save_generator
+from clipsr_cli.clip import TextTower, load_clip
+from clipsr_cli.config import ConfigError, ModelConfig, load_preset
+from clipsr_cli.data import ResumableSampler, SRDataset, collate, downsample, open_rgb, to_tensor
+from clipsr_cli.devices import PRECISIONS
+from clipsr_cli.discriminator import Discriminator
+from clipsr_cli.experiment import Experiment
+from clipsr_cli.losses import PerceptualLoss, d_hinge_loss, g_adversarial, load_vgg19_features, ma_gp
+from clipsr_cli.network import Generator, state_without
+from clipsr_cli.plugins import lookup, registry
+from clipsr_cli.train_config import TrainConfig
+from clipsr_cli.weights import WeightsError
+from stages.datasets import Record
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def model_config(cfg: TrainConfig) -> ModelConfig:
+    """The preset, with the training crop of this run (it sets the encoder depth)."""
+    model = load_preset(cfg.preset)
+    if cfg.hr_crop:
+        model = dataclasses.replace(model, generator=dataclasses.replace(model.generator, hr_crop=cfg.hr_crop))
+        model.validate(f"--hr-crop {cfg.hr_crop}")
+    return model
+
+
+def load_records(name: str, root: str, split: str, captions: str = "") -> list[Record]:
+    return lookup("dataset", name).factory(Path(root), split, captions)
+
+
+class EMA:
+    """Exponential moving average of the generator's own (non-CLIP) tensors."""
+
+    def __init__(self, gen: Generator, decay: float):
+        self.decay = decay
+        live = gen.own_state_dict()
+        self.shadow = {k: v.clone() for k, v in live.items()}
+        self._live = live  # the same tensor objects the optimiser updates in place
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for k, v in self.shadow.items():
+            if v.is_floating_point():
+                v.lerp_(self._live[k], 1.0 - self.decay)
+            else:
+                v.copy_(self._live[k])
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, device: torch.device, dist: distributed.Dist, exp: Experiment):
+        self.cfg, self.device, self.dist, self.exp = cfg, device, dist, exp
+        self.model_cfg = model_config(cfg)
+        torch.manual_seed(cfg.seed)
+        clip = load_clip(self.model_cfg, weights_dir=cfg.weights_dir or None).to(device)
+        self.clip = clip
+        self.gen = Generator(self.model_cfg, clip, cfg.scale).to(device)
+        self.eval_gen = Generator(self.model_cfg, clip, cfg.scale).to(device).eval()  # EMA / validation copy
+        self.tower = TextTower(clip)
+        self.disc = Discriminator(self.model_cfg, clip).to(device) if cfg.adversarial_weight > 0 else None
+        self.perceptual = self._perceptual() if cfg.perceptual_weight > 0 else None
+        self.ema = EMA(self.gen, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        betas = (cfg.beta1, cfg.beta2)
+        self.g_params = self.gen.trainable_parameters()
+        self.opt_g = torch.optim.Adam(self.g_params, lr=cfg.lr_g, betas=betas)
+        self.d_params = [p for p in self.disc.parameters() if p.requires_grad] if self.disc else []
+        self.opt_d = torch.optim.Adam(self.d_params, lr=cfg.lr_d, betas=betas) if self.disc else None
+        self.dtype = PRECISIONS[cfg.precision]
+        if cfg.precision == "fp16" and device.type != "cuda":
+            raise ConfigError("--precision fp16 needs CUDA; use fp32 (or bf16 on CPUs with bf16 units)")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        self.step = 0
+        self.bad_steps = 0
+        self.best: dict[str, float] = {}
+
+    def _perceptual(self) -> PerceptualLoss:
+        from clipsr_cli.weights import resolve
+
+        try:
+            path = resolve("vgg19-imagenet", weights_dir=self.cfg.weights_dir or None)
+        except WeightsError as e:
+            raise WeightsError(f"{e}. To train without the perceptual loss, pass --perceptual-weight 0") from None
+        return PerceptualLoss(load_vgg19_features(path), self.cfg.perceptual_layers).to(self.device)
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    # --- one step --------------------------------------------------------------
+    def sentence(self, captions: list[str], feats) -> torch.Tensor:
+        """CLIP_text(T) for D and the cosine term, whatever the generator's text stage."""
+        if feats.sentence.shape[-1] == self.gen.text.embed_dim and feats.tokens.shape[1]:
+            return feats.sentence
+        return self.tower(self.tower.tokenize(captions).to(self.device))[0]
+
+    def d_losses(self, hr, sr, sentence) -> dict[str, torch.Tensor]:
+        c = self.cfg
+        with torch.no_grad(), self.autocast():
+            real_maps, _ = self.disc.features(hr)
+            fake_maps, _ = self.disc.features(sr.detach())
+        real_maps = real_maps.float().requires_grad_()
+        s = sentence.detach().float().requires_grad_()
+        with self.autocast():
+            d_real = self.disc.logit(real_maps, s)
+            d_fake = self.disc.logit(fake_maps.float(), s.detach())
+            d_mis = self.disc.logit(real_maps, s.roll(1, dims=0))
+        hinge = d_hinge_loss(d_real.float(), d_fake.float(), d_mis.float())
+        gp = ma_gp(d_real.float(), (real_maps, s), c.magp_weight, c.magp_power)
+        return {"loss_d": hinge + gp, "hinge": hinge.detach(), "magp": gp.detach(),
+                "d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean()}
+
+    def g_losses(self, hr, sr, sentence) -> dict[str, torch.Tensor]:
+        c = self.cfg
+        out = {"l1": F.l1_loss(sr.float(), hr)}
+        total = c.l1_weight * out["l1"]
+        if self.perceptual is not None:
+            with self.autocast():
+                out["perceptual"] = self.perceptual(sr, hr).float()
+            total = total + c.perceptual_weight * out["perceptual"]
+        if self.disc is not None:
+            with self.autocast():
+                maps, embedding = self.disc.features(sr)
+                logits = self.disc.logit(maps, sentence)
+            out["adv"] = g_adversarial(logits.float(), embedding.float(), sentence.float(), c.clip_alpha)
+            total = total + c.adversarial_weight * out["adv"]
+        out["loss_g"] = total
+        return out
+
+    def _apply(self, loss, params, opt) -> bool:
+        """Backward, average over processes, step.  False (nothing stepped) when
+        the loss is not finite on any process."""
+        if distributed.any_rank(not torch.isfinite(loss).item(), self.dist, self.device):
+            opt.zero_grad(set_to_none=True)
+            return False
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        distributed.average_gradients(params, self.dist)
+        self.scaler.step(opt)
+        return True
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        hr = batch["hr"].to(self.device, non_blocking=True)
+        lr = batch["lr"].to(self.device, non_blocking=True)
+        captions = batch["captions"]
+        feats = self.gen.text.encode(captions)
+        sentence = self.sentence(captions, feats) if self.disc is not None else None
+        with self.autocast():
+            sr = self.gen(lr, self.gen.text(feats))
+        logs: dict[str, torch.Tensor] = {}
+        ok = True
+        if self.disc is not None:
+            d = self.d_losses(hr, sr, sentence)
+            ok = self._apply(d["loss_d"], self.d_params, self.opt_d)
+            logs.update(d)
+            self.disc.requires_grad_(False)  # D is only a critic in G's step
+        if ok:
+            g = self.g_losses(hr, sr, sentence)
+            ok = self._apply(g["loss_g"], self.g_params, self.opt_g)
+            logs.update(g)
+        if self.disc is not None:
+            for p in self.d_params:
+                p.requires_grad_(True)
+        self.scaler.update()
+        if ok:
+            self.bad_steps = 0
+            if self.ema is not None:
+                self.ema.update()
+        else:
+            self.bad_steps += 1
+        self.last_batch = (lr.detach(), sr.detach(), hr, captions)
+        return {k: float(v.detach()) for k, v in logs.items()} | {"skipped": not ok}
+
+    # --- evaluation --------------------------------------------------------------
+    def averaged_generator(self) -> Generator:
+        """The EMA weights (or the live ones) in the evaluation copy."""
+        state = self.ema.shadow if self.ema is not None else self.gen.own_state_dict()
+        self.eval_gen.load_state_dict(state, strict=False)
+        return self.eval_gen
+
+    @torch.no_grad()
+    def validate(self, records: list[Record]) -> dict[str, float]:
+        gen = self.averaged_generator()
+        metrics = [m for m in (e.factory for e in registry("metric").values())
+                   if m.needs_reference and not m.needs_captions]
+        totals: dict[str, float] = {}
+        for rec in records:
+            hr, lr = val_pair(rec, self.cfg.scale)
+            cond = gen.text(gen.text.encode([rec.captions[0]]))
+            with self.autocast():
+                sr = gen(lr[None].to(self.device), cond).float().clamp(0, 1)
+            for m in list(metrics):
+                try:
+                    value = float(m.fn(sr.cpu(), hr[None], self.cfg.scale)[0])
+                except WeightsError as e:  # a metric without its weights offline: leave it out
+                    self.exp.log.warning("validation without %s: %s", m.name, e)
+                    metrics.remove(m)
+                    continue
+                totals[m.name] = totals.get(m.name, 0.0) + value
+        return {k: v / len(records) for k, v in totals.items()}
+
+    # --- state ---------------------------------------------------------------------
+    def state(self, steps_per_epoch: int) -> dict:
+        return {
+            "step": self.step,
+            "bad_steps": self.bad_steps,
+            "best": dict(self.best),
+            "gen": self.gen.own_state_dict(),
+            "disc": state_without(self.disc, self.clip) if self.disc else {},
+            "ema": self.ema.shadow if self.ema else {},
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict() if self.opt_d else {},
+            "scaler": self.scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
+            "data": {"seed": self.cfg.seed, "steps_per_epoch": steps_per_epoch, "world": self.dist.world,
+                     "batch_size": self.cfg.batch_size},
+            "model_config": self.model_cfg.to_json(),
+            "scale": self.cfg.scale,
+        }
+
+    def load(self, state: dict, steps_per_epoch: int) -> None:
+        data = state["data"]
+        now = {"seed": self.cfg.seed, "steps_per_epoch": steps_per_epoch, "world": self.dist.world,
+               "batch_size": self.cfg.batch_size}
+        if data != now:
+            raise ConfigError(f"the checkpoint was written with data order {data}, this run has {now}; "
+                              "resume with the same seed, batch size, dataset and number of processes")
+        if state["model_config"] != self.model_cfg.to_json():
+            raise ConfigError("the checkpoint's model config differs from this run's preset / --hr-crop")
+        self.gen.load_state_dict(state["gen"], strict=False)
+        if self.disc:
+            self.disc.load_state_dict(state["disc"], strict=False)
+            self.opt_d.load_state_dict(state["opt_d"])
+        if self.ema:
+            for k, v in state["ema"].items():
+                self.ema.shadow[k].copy_(v)
+        self.opt_g.load_state_dict(state["opt_g"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step, self.bad_steps, self.best = state["step"], state["bad_steps"], dict(state["best"])
+
+
+def val_pair(rec: Record, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(HR cropped to a multiple of the scale, its bicubic LR), as the SR benchmarks make them."""
+    im = open_rgb(rec)
+    im = im.crop((0, 0, im.width - im.width % scale, im.height - im.height % scale))
+    return to_tensor(im), to_tensor(downsample(im, scale))
+
+
+def bicubic_baseline(records: list[Record], scale: int) -> dict[str, float]:
+    """PSNR / SSIM of PIL (MATLAB-like) bicubic on the validation set: the bar to beat."""
+    from stages.metrics import psnr, ssim
+
+    totals = {"psnr": 0.0, "ssim": 0.0}
+    for rec in records:
+        hr, lr = val_pair(rec, scale)
+        lr_im = Image.fromarray((lr.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+        up = to_tensor(lr_im.resize((hr.shape[2], hr.shape[1]), Image.BICUBIC))[None]
+        totals["psnr"] += float(psnr(up, hr[None], scale)[0])
+        totals["ssim"] += float(ssim(up, hr[None], scale)[0])
+    return {k: v / len(records) for k, v in totals.items()}
+
+
+# --- the run --------------------------------------------------------------------------
+def fit(cfg: TrainConfig, device: torch.device, dist: distributed.Dist, exp: Experiment,
+        on_step: Callable[[int, int, dict], None] | None = None) -> Trainer:
+    """Train until max_steps / epochs; checkpoints, samples, validation and the
+    exported generator land in the experiment folder."""
+    log = exp.log
+    records = load_records(cfg.dataset, cfg.data_root, "train", cfg.captions)
+    if cfg.val_root:
+        val_records = load_records("folder", cfg.val_root, "train", cfg.val_captions)
+    else:
+        val_records = load_records(cfg.dataset, cfg.data_root, "test", cfg.captions) if cfg.dataset != "folder" else []
+    val_records = val_records[: cfg.val_images]
+    trainer = Trainer(cfg, device, dist, exp)
+    hr_crop = trainer.model_cfg.generator.hr_crop
+    dataset = SRDataset(records, hr_crop, cfg.scale, cfg.seed, cfg.hflip, cfg.cache_images)
+    sampler = ResumableSampler(len(dataset), cfg.batch_size, cfg.seed, dist.rank, dist.world)
+    spe = sampler.steps_per_epoch()
+    if spe == 0:
+        raise ConfigError(f"{len(dataset)} training images cannot fill one batch of {cfg.batch_size} "
+                          f"x {dist.world} process(es); lower --batch-size")
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
+                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+                        pin_memory=device.type == "cuda")
+    total = cfg.max_steps or cfg.epochs * spe
+    exp.open(cfg)  # only now, so that a run refused at set-up leaves no experiment behind
+    if cfg.resume and (found := exp.latest_state()) is not None:
+        trainer.load(found[0], spe)
+        log.info("resumed from %s at step %d", found[1], trainer.step)
+    log.info("training %s x%d on %d images (%d steps/epoch), %d steps, device %s, %d process(es)",
+             trainer.model_cfg.name, cfg.scale, len(records), spe, total, device, dist.world)
+    if val_records and dist.main and trainer.step == 0:
+        baseline = bicubic_baseline(val_records, cfg.scale)
+        exp.record(0, {f"bicubic_{k}": v for k, v in baseline.items()}, kind="val")
+        log.info("validation on %d images; bicubic: %s", len(val_records),
+                 ", ".join(f"{k} {v:.4f}" for k, v in baseline.items()))
+
+    def checkpoint() -> None:
+        exp.save_checkpoint(trainer.step, trainer.state(spe), cfg.keep_checkpoints)
+        if dist.main:
+            save_generator(exp.root / "model.safetensors", trainer.averaged_generator(),
+                           {"weights": "ema" if trainer.ema else "raw", "step": str(trainer.step)})
+
+    def validation() -> None:
+        if not (val_records and dist.main):
+            return
+        values = trainer.validate(val_records)
+        is_best = values.get("psnr", -math.inf) > trainer.best.get("psnr", -math.inf)
+        if is_best:
+            trainer.best["psnr"] = values["psnr"]
+            save_generator(exp.root / "best.safetensors", trainer.averaged_generator(),
+                           {"weights": "ema" if trainer.ema else "raw", "step": str(trainer.step)})
+        exp.record(trainer.step, values | {"best_psnr": trainer.best.get("psnr")}, kind="val")
+        log.info("step %d validation %s%s", trainer.step,
+                 ", ".join(f"{k} {v:.4f}" for k, v in values.items()), " (best)" if is_best else "")
+
+    started, start_step = time.perf_counter(), trainer.step
+    while trainer.step < total:
+        sampler.set_position(*divmod(trainer.step, spe))
+        for batch in loader:
+            logs = trainer.train_step(batch)
+            trainer.step += 1
+            step = trainer.step
+            if logs["skipped"]:
+                msg = f"step {step}: non-finite loss, step skipped ({trainer.bad_steps} in a row)"
+                log.warning(msg)
+                if trainer.bad_steps >= cfg.max_bad_steps:
+                    last = sorted(exp.checkpoints.glob("step_*.safetensors"))
+                    raise TrainingDiverged(
+                        f"{trainer.bad_steps} non-finite steps in a row at step {step}: training stopped. "
+                        f"Last good checkpoint: {last[-1] if last else 'none'}; lower the learning rates "
+                        f"or use --precision fp32, then --resume")
+            rate = (step - start_step) / max(time.perf_counter() - started, 1e-9)
+            if step % cfg.log_every == 0 or step == total:
+                exp.record(step, {k: v for k, v in logs.items() if k != "skipped"}
+                           | {"epoch": (step - 1) // spe, "it_per_s": rate,
+                              "samples_per_s": rate * cfg.batch_size * dist.world})
+            if cfg.sample_every and step % cfg.sample_every == 0:
+                exp.save_samples(step, *(t[:4] if isinstance(t, torch.Tensor) else t[:4]
+                                         for t in trainer.last_batch))
+            if cfg.val_every and step % cfg.val_every == 0:
+                validation()
+            if step % cfg.checkpoint_every == 0 and step < total:
+                checkpoint()
+            if on_step is not None:
+                on_step(step, total, logs | {"it_per_s": rate})
+            if step >= total:
+                break
+    checkpoint()
+    if not cfg.val_every or total % cfg.val_every:
+        validation()
+    distributed.barrier(dist)
+    log.info("finished at step %d; generator: %s", trainer.step, exp.root / "model.safetensors")
+    return trainer
+
+
+def export_generator(checkpoint: Path, output: Path, ema: bool = True, weights_dir=None) -> Path:
+    """The generator file `upscale --weights` loads, from a full training state."""
+    import json
+
+    from clipsr_cli.state import load_state
+
+    state, _ = load_state(Path(checkpoint))
+    model = ModelConfig.from_dict(json.loads(state["model_config"]), origin=f"{checkpoint} model_config")
+    gen = Generator(model, load_clip(model, weights_dir=weights_dir), state["scale"])
+    weights = state["ema"] if ema and state["ema"] else state["gen"]
+    gen.load_state_dict(weights, strict=False)
+    save_generator(output, gen, {"weights": "ema" if weights is state["ema"] else "raw", "step": str(state["step"])})
+    return Path(output)
