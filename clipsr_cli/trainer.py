@@ -313,7 +313,10 @@ def fit(cfg: TrainConfig, device: torch.device, dist: distributed.Dist, exp: Exp
                           f"x {dist.world} process(es); lower --batch-size")
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda",
+                        # its own generator: a new epoch iterator must not draw from the global RNG,
+                        # or a resumed run's RNG would drift from an uninterrupted one
+                        generator=torch.Generator().manual_seed(cfg.seed))
     total = cfg.max_steps or cfg.epochs * spe
     exp.open(cfg)  # only now, so that a run refused at set-up leaves no experiment behind
     if cfg.resume and (found := exp.latest_state()) is not None:
@@ -372,7 +375,7 @@ def fit(cfg: TrainConfig, device: torch.device, dist: distributed.Dist, exp: Exp
                                          for t in trainer.last_batch))
             if cfg.val_every and step % cfg.val_every == 0:
                 validation()
-            if step % cfg.checkpoint_every == 0 and step < total:
+            if step % cfg.checkpoint_every == 0 and step < total and not trainer.bad_steps:
                 checkpoint()
             if on_step is not None:
                 on_step(step, total, logs | {"it_per_s": rate})

@@ -1,0 +1,342 @@
+"""`clipsr train`: config precedence, losses, state files, the loop, resume,
+the NaN guard, data parallelism, and that it learns to use the caption."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from clipsr_cli.checkpoint import load_generator
+from clipsr_cli.cli import app
+from clipsr_cli.config import ConfigError
+from clipsr_cli.distributed import Dist
+from clipsr_cli.experiment import Experiment
+from clipsr_cli.losses import PerceptualLoss, d_hinge_loss, load_vgg19_features, ma_gp, vgg19_features
+from clipsr_cli.state import StateError, load_state, save_state
+from clipsr_cli.train_config import TrainConfig, resolve_config, run_config
+from clipsr_cli.trainer import Trainer, TrainingDiverged, fit, val_pair
+from clipsr_cli.weights import WeightsError
+from stages.datasets import load_folder
+from stages.metrics import psnr
+
+CPU = torch.device("cpu")
+
+
+def make_folder(root: Path, n: int = 8, size: int = 48) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    caps = {}
+    for i in range(n):
+        small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((size, size), Image.BICUBIC).save(root / f"{i}.png")
+        caps[f"{i}.png"] = [f"picture number {i}", f"another caption of {i}"]
+    (root / "caps.json").write_text(json.dumps(caps))
+    return root
+
+
+def tiny_run(tmp_path: Path, **kw) -> TrainConfig:
+    data = make_folder(tmp_path / "data")
+    base = dict(dataset="folder", data_root=str(data), captions=str(data / "caps.json"), preset="tiny", scale=4,
+                hr_crop=32, batch_size=4, max_steps=4, exp_dir=str(tmp_path / "exp"), perceptual_weight=0.0,
+                num_workers=0, log_every=1, sample_every=2, val_every=2, checkpoint_every=2,
+                val_root=str(data), val_captions=str(data / "caps.json"), val_images=2, tensorboard=False)
+    base.update(kw)
+    return TrainConfig(**base).validate()
+
+
+def train(cfg: TrainConfig) -> Trainer:
+    exp = Experiment(Path(cfg.exp_dir))
+    try:
+        return fit(cfg, CPU, Dist(), exp)
+    finally:
+        exp.close()
+
+
+def final_state(exp_dir) -> dict[str, torch.Tensor]:
+    last = sorted(Path(exp_dir, "checkpoints").glob("step_*.safetensors"))[-1]
+    return load_file(str(last))
+
+
+# --- configuration ---------------------------------------------------------------
+def test_config_precedence_defaults_file_cli(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('batch_size = 3\nlr_g = 1\npreset = "tiny"\n')
+    cfg = resolve_config(f, {"batch_size": None, "preset": "paper", "scale": None})
+    assert cfg.batch_size == 3  # unset CLI option keeps the file's value
+    assert cfg.lr_g == 1.0 and isinstance(cfg.lr_g, float)
+    assert cfg.preset == "paper"  # given on the CLI: wins
+    assert cfg.lr_d == 4e-4 and cfg.beta1 == 0.0 and cfg.beta2 == 0.9  # the paper's defaults
+    f.write_text("batch_sise = 3\n")
+    with pytest.raises(ConfigError, match="unknown key.*batch_sise"):
+        resolve_config(f, {})
+    f.write_text('batch_size = "big"\n')
+    with pytest.raises(ConfigError, match="batch_size"):
+        resolve_config(f, {})
+
+
+def test_every_config_key_is_a_train_option():
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for f in dataclasses.fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in result.output, f.name
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = tiny_run(tmp_path, lr_g=3e-4, perceptual_layers=(1.0, 2.0, 3.0, 4.0, 5.0))
+    path = tmp_path / "c.toml"
+    path.write_text(cfg.to_toml())
+    assert resolve_config(path, {}) == cfg
+
+
+# --- losses ------------------------------------------------------------------------
+def test_hinge_and_magp_match_their_formulas():
+    real, fake, mis = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0]), torch.tensor([0.5, -1.5])
+    # relu(1 - real) = [0, .5]; relu(1 + fake) = [0, 1]; relu(1 + mis) = [1.5, 0]
+    assert d_hinge_loss(real, fake, mis).item() == pytest.approx(0.25 + 0.5 * (0.5 + 0.75))
+    x = torch.randn(3, 4, requires_grad=True)
+    s = torch.randn(3, 2, requires_grad=True)
+    out = (x * 2).sum(1) + (s * 3).sum(1)  # d/dx = 2, d/ds = 3 -> norm^2 = 4*4 + 9*2 = 34
+    assert ma_gp(out, (x, s), weight=2.0, power=6.0).item() == pytest.approx(2 * 34**3, rel=1e-5)
+
+
+def test_perceptual_loss_loads_vgg19_file_and_normalises(tmp_path):
+    torch.manual_seed(0)
+    net = vgg19_features()
+    path = tmp_path / "vgg.pth"
+    torch.save({f"features.{k}": v for k, v in net.state_dict().items()} | {"classifier.0.weight": torch.zeros(1)},
+               path)
+    loaded = load_vgg19_features(path)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), loaded.state_dict().values()))
+    loss = PerceptualLoss(loaded)
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    y = torch.rand(1, 3, 32, 32)
+    assert loss(y, y).item() == 0.0
+    value = loss(x, y)
+    value.backward()
+    assert value.item() > 0 and x.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in loss.parameters())
+    # ImageNet normalisation happens inside: relu1_1 of the normalised input
+    first = loaded[:2]((y - loss.mean) / loss.std)
+    assert torch.allclose(loss._activations(y)[0], first)
+
+
+def test_perceptual_loss_offline_says_how_to_go_on(tmp_path):
+    cfg = tiny_run(tmp_path, perceptual_weight=1.0)
+    with pytest.raises(WeightsError, match=r"vgg19-dcbb9e9d.pth.*--perceptual-weight 0"):
+        Trainer(cfg, CPU, Dist(), Experiment(tmp_path / "exp"))
+
+
+# --- state files ------------------------------------------------------------------------
+def test_training_state_round_trips_without_pickle(tmp_path):
+    state = {"step": 7, "opt": {"state": {0: {"exp_avg": torch.arange(3.0), "step": torch.tensor(5.0)}},
+                                "param_groups": [{"lr": 1e-4, "betas": (0.0, 0.9), "params": [0, 1]}]},
+             "rng": torch.get_rng_state(), "none": None, "flag": True}
+    save_state(tmp_path / "s.safetensors", state)
+    back, meta = load_state(tmp_path / "s.safetensors")
+    assert back["step"] == 7 and back["none"] is None and back["flag"] is True
+    assert torch.equal(back["opt"]["state"][0]["exp_avg"], torch.arange(3.0))
+    assert back["opt"]["param_groups"][0]["betas"] == (0.0, 0.9)
+    assert torch.equal(back["rng"], state["rng"])
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(StateError, match="bad.safetensors"):
+        load_state(tmp_path / "bad.safetensors")
+
+
+# --- the loop -------------------------------------------------------------------------------
+def test_training_writes_an_experiment_that_upscale_can_use(tmp_path):
+    cfg = tiny_run(tmp_path)
+    trainer = train(cfg)
+    exp = Path(cfg.exp_dir)
+    assert trainer.step == 4 and trainer.disc is not None
+    assert resolve_config(exp / "config.toml", {}) == cfg
+    assert "train" in (exp / "command.txt").read_text()
+    lines = [json.loads(x) for x in (exp / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [x for x in lines if x["kind"] == "train"]
+    assert [x["step"] for x in train_lines] == [1, 2, 3, 4]
+    assert all(np.isfinite(x[k]) for x in train_lines for k in ("loss_g", "l1", "adv", "loss_d", "magp"))
+    vals = [x for x in lines if x["kind"] == "val"]
+    assert "bicubic_psnr" in vals[0] and [x["step"] for x in vals[1:]] == [2, 4] and "ssim" in vals[1]
+    assert sorted(p.name for p in (exp / "samples").iterdir()) == ["step_00000002.png", "step_00000004.png"]
+    assert (exp / "best.safetensors").is_file()
+    gen = load_generator(exp / "model.safetensors")
+    assert gen.scale == 4 and gen.cfg.generator.hr_crop == 32
+    with torch.no_grad():
+        out = gen(torch.rand(1, 3, 8, 12), gen.encode_text(["a picture"]))
+    assert out.shape == (1, 3, 32, 48)
+    # the exported generator is the EMA, which differs from the raw weights
+    raw = trainer.gen.own_state_dict()
+    ema = gen.own_state_dict()
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw if raw[k].is_floating_point())
+
+
+def test_export_writes_the_generator_from_a_checkpoint(tmp_path):
+    cfg = tiny_run(tmp_path, max_steps=2, val_every=0, sample_every=0)
+    train(cfg)
+    ckpt = next(Path(cfg.exp_dir, "checkpoints").glob("*.safetensors"))
+    result = CliRunner().invoke(app, ["export", str(ckpt), "-o", str(tmp_path / "g.safetensors"), "--raw"])
+    assert result.exit_code == 0, result.output
+    gen = load_generator(tmp_path / "g.safetensors")
+    state, _ = load_state(ckpt)
+    assert all(torch.equal(v, state["gen"][k]) for k, v in gen.own_state_dict().items())
+
+
+def test_existing_experiment_is_never_overwritten(tmp_path):
+    cfg = tiny_run(tmp_path, max_steps=1, val_every=0, sample_every=0)
+    train(cfg)
+    before = (Path(cfg.exp_dir) / "metrics.jsonl").read_text()
+    args = ["train", "--exp-dir", cfg.exp_dir, "--data-root", cfg.data_root, "--captions", cfg.captions,
+            "--preset", "tiny", "--hr-crop", "32", "--perceptual-weight", "0", "--num-workers", "0", "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "pass --resume" in result.output
+    assert (Path(cfg.exp_dir) / "metrics.jsonl").read_text() == before
+    with pytest.raises(ConfigError, match="cannot change scale"):
+        run_config(None, {"exp_dir": cfg.exp_dir, "resume": True, "scale": 8})
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    straight = tiny_run(tmp_path / "a", max_steps=6, val_every=0, sample_every=0, checkpoint_every=3)
+    train(straight)
+    first = tiny_run(tmp_path / "b", max_steps=3, val_every=0, sample_every=0, checkpoint_every=3)
+    train(first)
+    resumed = run_config(None, {"exp_dir": first.exp_dir, "resume": True, "max_steps": 6})
+    assert resumed.batch_size == 4 and resumed.hr_crop == 32  # the saved config is the base
+    train(resumed)
+    a, b = final_state(straight.exp_dir), final_state(first.exp_dir)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert different == []
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    common = dict(max_steps=30, val_every=0, sample_every=0, checkpoint_every=2, log_every=1)
+    reference = tiny_run(tmp_path / "ref", **common)
+    train(reference)
+    cfg = tiny_run(tmp_path / "killed", **common)
+    args = [sys.executable, "-m", "clipsr_cli", "train", "-q", "--exp-dir", cfg.exp_dir, "--data-root", cfg.data_root,
+            "--captions", cfg.captions, "--val-root", cfg.val_root, "--val-captions", cfg.val_captions,
+            "--preset", "tiny", "--hr-crop", "32", "--batch-size", "4", "--perceptual-weight", "0",
+            "--num-workers", "0", "--max-steps", "30", "--checkpoint-every", "2", "--val-every", "0",
+            "--sample-every", "0", "--no-tensorboard", "--val-images", "2"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpts = Path(cfg.exp_dir, "checkpoints")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(ckpts.glob("step_*.safetensors"))) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps_done = len(Path(cfg.exp_dir, "metrics.jsonl").read_text().splitlines())
+    assert steps_done < 30, "the run finished before it could be killed"
+    resumed = run_config(None, {"exp_dir": cfg.exp_dir, "resume": True})
+    train(resumed)
+    a, b = final_state(reference.exp_dir), final_state(cfg.exp_dir)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
+    cfg = tiny_run(tmp_path, max_steps=20, val_every=0, sample_every=0, checkpoint_every=2, max_bad_steps=3,
+                   adversarial_weight=0.0)
+    real = Trainer.g_losses
+    seen = {"calls": 0}
+
+    def poisoned(self, hr, sr, sentence):
+        seen["calls"] += 1
+        out = real(self, hr, sr, sentence)
+        if seen["calls"] > 4:
+            out["loss_g"] = out["loss_g"] * float("nan")
+        return out
+
+    monkeypatch.setattr(Trainer, "g_losses", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"3 non-finite steps in a row.*step_00000004"):
+        train(cfg)
+    log = (Path(cfg.exp_dir) / "train.log").read_text()
+    assert log.count("non-finite loss, step skipped") == 3
+    # nothing was written from the bad steps: the last checkpoint is step 4
+    assert sorted(p.name for p in Path(cfg.exp_dir, "checkpoints").iterdir())[-1] == "step_00000004.safetensors"
+
+
+def test_ablations_are_configurations(tmp_path):
+    preset = tmp_path / "ablation.toml"
+    text = (Path(__file__).parents[1] / "stages" / "presets" / "tiny.toml").read_text()
+    text = text.replace('text_encoder = "clip"', 'text_encoder = "none"').replace("clip_vit = true", "clip_vit = false")
+    preset.write_text(text.replace('config = "clipsr-tiny-clip.json"',
+                                   f'config = "{Path(__file__).parents[1] / "stages/presets/clipsr-tiny-clip.json"}"'))
+    trainer = train(tiny_run(tmp_path, preset=str(preset), max_steps=2, adversarial_weight=0.0, val_every=0,
+                             sample_every=0))
+    assert trainer.disc is None and trainer.opt_d is None
+    assert trainer.gen.refiner.vit is None and type(trainer.gen.text).__name__ == "NoText"
+
+
+def test_data_parallel_two_processes_equal_one_process_with_twice_the_batch(tmp_path):
+    pytest.importorskip("torch.distributed.run")
+    common = dict(max_steps=3, val_every=0, sample_every=0, checkpoint_every=3, adversarial_weight=0.0)
+    single = tiny_run(tmp_path / "one", batch_size=4, **common)
+    train(single)
+    two = tiny_run(tmp_path / "two", batch_size=2, **common)
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+            "-m", "clipsr_cli", "train", "-q", "--device", "cpu", "--exp-dir", two.exp_dir,
+            "--data-root", two.data_root, "--captions", two.captions, "--preset", "tiny", "--hr-crop", "32",
+            "--batch-size", "2", "--max-steps", "3", "--perceptual-weight", "0", "--adversarial-weight", "0",
+            "--num-workers", "0", "--checkpoint-every", "3", "--val-every", "0", "--sample-every", "0",
+            "--no-tensorboard"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = final_state(single.exp_dir), final_state(two.exp_dir)
+    for k in a:
+        if k.startswith("s.gen.") and a[k].is_floating_point():
+            assert torch.allclose(a[k], b[k], atol=1e-5), k
+    assert b["s.opt_g.state.0.step"].item() == 3  # three real optimiser steps were taken
+
+
+# --- it learns to use the caption --------------------------------------------------------------
+def make_stripes(root: Path, n: int = 16) -> Path:
+    """HR: fine stripes, vertical or horizontal, in a random colour.  At x4 the
+    period-4 pattern averages out: the LR is a flat colour and only the caption
+    says which way the stripes run."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    line = np.tile(np.array([1.0, 0.0, 0.0, 1.0]), 8)  # symmetric, so flips keep the phase
+    caps = {}
+    for i in range(n):
+        vertical = i % 2 == 0
+        pattern = np.broadcast_to(line[None, :] if vertical else line[:, None], (32, 32))
+        colour = rng.uniform(0.2, 0.8, 3)
+        arr = np.clip((0.3 + 0.4 * pattern[..., None]) * colour / 0.5, 0, 1)
+        Image.fromarray((arr * 255).round().astype(np.uint8)).save(root / f"{i:02d}.png")
+        caps[f"{i:02d}.png"] = "vertical stripes" if vertical else "horizontal stripes"
+    (root / "caps.json").write_text(json.dumps(caps))
+    return root
+
+
+def test_it_learns_to_use_the_caption(tmp_path):
+    data = make_stripes(tmp_path / "stripes")
+    cfg = TrainConfig(dataset="folder", data_root=str(data), captions=str(data / "caps.json"), preset="tiny",
+                      scale=4, hr_crop=32, batch_size=8, max_steps=50, lr_g=1e-3, exp_dir=str(tmp_path / "exp"),
+                      perceptual_weight=0.0, adversarial_weight=0.0, ema_decay=0.0, num_workers=0, sample_every=0,
+                      val_every=0, checkpoint_every=1000, tensorboard=False).validate()
+    gen = train(cfg).averaged_generator()
+    records = load_folder(data, "train", str(data / "caps.json"))
+    captions = [r.captions[0] for r in records]
+    shuffled = captions[1:] + captions[:1]  # neighbours alternate: every caption is the wrong one
+    right, wrong = [], []
+    with torch.no_grad():
+        for rec, good, bad in zip(records, captions, shuffled):
+            hr, lr = val_pair(rec, 4)
+            assert lr.std(dim=(1, 2)).max() < 0.02  # the LR does not show the stripes
+            for caption, scores in ((good, right), (bad, wrong)):
+                sr = gen(lr[None], gen.text(gen.text.encode([caption]))).clamp(0, 1)
+                scores.append(float(psnr(sr, hr[None])[0]))
+    margin = np.mean(right) - np.mean(wrong)
+    print(f"correct caption {np.mean(right):.2f} dB, shuffled {np.mean(wrong):.2f} dB, margin {margin:.2f} dB")
+    assert margin > 3.0
