@@ -25,12 +25,13 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def save_generator(path: str | Path, gen, extra: dict[str, str] | None = None) -> None:
+def save_generator(path: str | Path, gen, extra: dict[str, str] | None = None, half: bool = False) -> None:
+    """`half`: float tensors stored as fp16 (half the file; loading casts back to fp32)."""
     cfg: ModelConfig = gen.cfg
     tensors = gen.own_state_dict()
     if not cfg.clip.weights:
         tensors.update({f"clip.{k}": v for k, v in gen.clip.state_dict().items()})
-    tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
+    tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in tensors.items()}
     metadata = {
         "format": FORMAT,
         "clipsr_version": __version__,

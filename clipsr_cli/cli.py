@@ -72,7 +72,8 @@ def upscale(
     default_caption: str = typer.Option("a photo", "--default-caption", help="Text for --missing-caption default."),
     scale: Optional[int] = typer.Option(None, "-s", "--scale", help="2, 4, 8 or 16 (default: the checkpoint's, else 4)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="clipsr checkpoint (.safetensors)."),
-    preset: str = typer.Option("tiny", "--preset", help="Preset when no --weights is given (untrained!)."),
+    preset: Optional[str] = typer.Option(None, "--preset",
+                                         help="Run a preset with untrained weights (no --weights, no default model)."),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder holding manifest weights files."),
     suffix: str = typer.Option("", "--suffix", help="Added to each output file name."),
     ext: Optional[str] = typer.Option(None, "--ext", help="png | jpg | webp (default: keep; png with alpha)."),
@@ -92,7 +93,7 @@ def upscale(
     from clipsr_cli.config import check_scale, load_preset
     from clipsr_cli.devices import pick_device, pick_precision
     from clipsr_cli.network import Generator
-    from clipsr_cli.upscale import UsageError, Upscaler, collect_inputs, parse_shard, run, shard
+    from clipsr_cli.upscale import UsageError, Upscaler, collect_inputs, default_model, parse_shard, run, shard
 
     try:
         policy = MissingPolicy(missing_caption)
@@ -109,6 +110,10 @@ def upscale(
         raise UsageError(f"output folder {output} is the input folder; give another -o or a --suffix")
     caps = Captions(root, captions, caption, policy, default_caption)
 
+    if weights is None and preset is None:
+        weights, note = default_model(scale or 4, weights_dir)
+        if not quiet:
+            console.print(f"[cyan]note:[/cyan] {note}", highlight=False)
     if weights is not None:
         _, ckpt_scale = checkpoint_config(read_metadata(weights))
         if scale is not None and scale != ckpt_scale:
@@ -420,12 +425,13 @@ def export(
     checkpoint: Path = typer.Argument(..., help="Training checkpoint (EXP/checkpoints/step_*.safetensors)."),
     output: Path = typer.Option(..., "-o", "--output", help="Generator file to write (.safetensors)."),
     raw: bool = typer.Option(False, "--raw", help="Export the raw weights instead of the EMA."),
+    half: bool = typer.Option(False, "--half", help="Store weights as fp16 (half the size; loaded as fp32)."),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder holding the CLIP weights."),
 ):
     """Write the generator file `upscale --weights` loads from a training checkpoint."""
     from clipsr_cli.trainer import export_generator
 
-    path = export_generator(checkpoint, output, ema=not raw, weights_dir=weights_dir)
+    path = export_generator(checkpoint, output, ema=not raw, weights_dir=weights_dir, half=half)
     out.print(f"wrote {path}")
 
 

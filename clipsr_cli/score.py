@@ -100,13 +100,13 @@ def score_image(sr_img: torch.Tensor, hr_img: torch.Tensor | None, metrics: list
 
     values = {}
     for m in list(metrics):
-        if not m.needs_captions:
-            values[m.name] = float(m.fn(sr_img[None], None if hr_img is None else hr_img[None], crop_border)[0])
-            continue
-        if captions is None:
+        if m.needs_captions and captions is None:
             raise ValueError(f"no caption for {m.name}")
         try:
-            values[m.name] = float(m.fn(sr_img[None], [captions])[0])
+            if m.needs_captions:
+                values[m.name] = float(m.fn(sr_img[None], [captions])[0])
+            else:
+                values[m.name] = float(m.fn(sr_img[None], None if hr_img is None else hr_img[None], crop_border)[0])
         except WeightsError as e:
             on_unavailable(m, e)
             metrics.remove(m)

@@ -389,7 +389,7 @@ def fit(cfg: TrainConfig, device: torch.device, dist: distributed.Dist, exp: Exp
     return trainer
 
 
-def export_generator(checkpoint: Path, output: Path, ema: bool = True, weights_dir=None) -> Path:
+def export_generator(checkpoint: Path, output: Path, ema: bool = True, weights_dir=None, half: bool = False) -> Path:
     """The generator file `upscale --weights` loads, from a full training state."""
     import json
 
@@ -400,5 +400,6 @@ def export_generator(checkpoint: Path, output: Path, ema: bool = True, weights_d
     gen = Generator(model, load_clip(model, weights_dir=weights_dir), state["scale"])
     weights = state["ema"] if ema and state["ema"] else state["gen"]
     gen.load_state_dict(weights, strict=False)
-    save_generator(output, gen, {"weights": "ema" if weights is state["ema"] else "raw", "step": str(state["step"])})
+    save_generator(output, gen, {"weights": "ema" if weights is state["ema"] else "raw", "step": str(state["step"])},
+                   half=half)
     return Path(output)

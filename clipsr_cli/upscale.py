@@ -25,6 +25,22 @@ class UsageError(ValueError):
     pass
 
 
+DEFAULT_MODELS = {4: "clipsr-default-x4", 8: "clipsr-default-x8"}  # weights manifest names
+
+
+def default_model(scale: int, weights_dir=None) -> tuple[Path, str]:
+    """The bundled model for `scale` and the one-line note that says it is used."""
+    from clipsr_cli.weights import get_entry, resolve
+
+    if scale not in DEFAULT_MODELS:
+        raise UsageError(f"no bundled model for x{scale} (bundled: "
+                         f"{', '.join(f'x{s}' for s in DEFAULT_MODELS)}); pass --weights FILE, "
+                         "or --preset NAME to run an untrained preset")
+    name = DEFAULT_MODELS[scale]
+    path = resolve(name, weights_dir=weights_dir)
+    return path, f"no --weights: using the bundled default model {name} ({get_entry(name).description})"
+
+
 @dataclass
 class Report:
     done: list[tuple[Path, Path]] = field(default_factory=list)

@@ -1,7 +1,7 @@
 """Find, verify and fetch the external files named in ``weights/manifest.toml``.
 
 Resolution order: explicit path -> a weights directory (option or
-``CLIPSR_WEIGHTS_DIR``) -> the user cache (``CLIPSR_CACHE`` or
+``CLIPSR_WEIGHTS_DIR``) -> the files bundled in the package -> the user cache (``CLIPSR_CACHE`` or
 ``$XDG_CACHE_HOME/clipsr``) -> download into the cache (online machines only).
 Every file is checked against its sha256 before it is used.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipsr_cli.config import read_toml
-from weights import MANIFEST
+from weights import BUNDLED_DIR, MANIFEST
 
 ENV_DIR = "CLIPSR_WEIGHTS_DIR"
 ENV_CACHE = "CLIPSR_CACHE"
@@ -95,7 +95,7 @@ def resolve(
         return path
     weights_dir = weights_dir or os.environ.get(ENV_DIR)
     candidates = [Path(weights_dir) / entry.filename] if weights_dir else []
-    candidates.append(cache_dir() / entry.filename)
+    candidates += [BUNDLED_DIR / entry.filename, cache_dir() / entry.filename]
     for candidate in candidates:
         if candidate.is_file():
             verify(candidate, entry)
@@ -110,7 +110,7 @@ def resolve(
             reason = f"download failed ({e})"
     else:
         reason = f"offline ({ENV_OFFLINE} is set)" if os.environ.get(ENV_OFFLINE) else "downloads disabled"
-    where = " or ".join(str(c) for c in candidates)
+    where = " or ".join(str(c) for c in candidates if c.parent != BUNDLED_DIR)
     raise WeightsError(
         f"{name}: {entry.filename} not found and {reason}. Download {entry.url} and put it at {where} "
         f"(or point --weights-dir / {ENV_DIR} at its folder)"

@@ -77,6 +77,10 @@ def register_metrics(register):
     from stages.niqe import niqe  # its pristine parameters are resolved on first use only
 
     register("niqe", Metric("niqe", niqe, False, False, "[0, inf)", "NIQE (MATLAB-compatible, 96x96 blocks) on Y"))
+    from stages.lpips import lpips
+
+    register("lpips", Metric("lpips", lpips, False, True, "[0, 1]",
+                             "LPIPS v0.1, AlexNet (learned perceptual distance) on RGB"))
     from stages.clip_score import clip_score
 
     register("clip_score", Metric("clip_score", clip_score, True, False, "[-1, 1]",

@@ -31,7 +31,7 @@ def folder(tmp_path):
 def test_upscale_keeps_going_past_bad_files(folder, tmp_path):
     out = tmp_path / "sr"
     report = tmp_path / "r.json"
-    res = runner.invoke(app, ["upscale", str(folder), "-o", str(out), "--caption", "a test",
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(out), "--caption", "a test",
                               "--scale", "2", "--json", str(report), "-q"])
     assert res.exit_code == 1, res.output
     data = json.loads(report.read_text())
@@ -51,11 +51,11 @@ def test_several_captions_give_one_output_each_and_missing_caption_policy(folder
     caps = tmp_path / "caps.json"
     caps.write_text(json.dumps({"a.png": ["a red bird", "a blue bird"]}))
     out = tmp_path / "sr"
-    res = runner.invoke(app, ["upscale", str(folder), "-o", str(out), "--captions", str(caps), "-s", "2", "-q"])
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(out), "--captions", str(caps), "-s", "2", "-q"])
     assert res.exit_code == 1  # c.png has no caption under the default 'error' policy
     assert sorted(p.name for p in out.iterdir()) == ["a_c0.png", "a_c1.png"]
     assert not np.array_equal(np.asarray(Image.open(out / "a_c0.png")), np.asarray(Image.open(out / "a_c1.png")))
-    res = runner.invoke(app, ["upscale", str(folder), "-o", str(out), "--captions", str(caps), "-s", "2",
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(out), "--captions", str(caps), "-s", "2",
                               "--missing-caption", "empty", "--skip-existing", "-q"])
     assert res.exit_code == 0, res.output
     assert (out / "c.png").exists()
@@ -64,12 +64,12 @@ def test_several_captions_give_one_output_each_and_missing_caption_policy(folder
 def test_caption_key_outside_the_input_is_rejected(folder, tmp_path):
     caps = tmp_path / "caps.json"
     caps.write_text(json.dumps({"../secret.png": "x"}))
-    res = runner.invoke(app, ["upscale", str(folder), "-o", str(tmp_path / "sr"), "--captions", str(caps)])
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(tmp_path / "sr"), "--captions", str(caps)])
     assert res.exit_code == 2 and "outside the input folder" in res.output
 
 
 def test_output_folder_equal_to_input_is_refused_without_suffix(folder):
-    res = runner.invoke(app, ["upscale", str(folder), "-o", str(folder), "--caption", "x"])
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(folder), "--caption", "x"])
     assert res.exit_code == 2 and "is the input folder" in res.output
 
 
@@ -136,7 +136,7 @@ def test_shard_option_in_cli(folder, tmp_path):
     outs = []
     for k in range(2):
         out = tmp_path / f"sr{k}"
-        res = runner.invoke(app, ["upscale", str(folder), "-o", str(out), "--caption", "x", "-s", "2",
+        res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(out), "--caption", "x", "-s", "2",
                                   "--shard", f"{k}/2", "-q"])
         assert res.exit_code == 0, res.output
         outs += [p.name for p in out.iterdir()] if out.exists() else []
@@ -155,7 +155,7 @@ def test_killed_run_resumes_with_skip_existing_and_leaves_no_corrupt_file(tmp_pa
     for i in range(8):
         _img(lr / f"im{i}.png", size=(96, 80))
     out = tmp_path / "sr"
-    cmd = [sys.executable, "-m", "clipsr_cli", "upscale", str(lr), "-o", str(out), "--caption", "x", "-s", "8", "-q"]
+    cmd = [sys.executable, "-m", "clipsr_cli", "upscale", "--preset", "tiny", str(lr), "-o", str(out), "--caption", "x", "-s", "8", "-q"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None and not list(out.glob("*.png")):
@@ -195,6 +195,6 @@ def test_precision_choice(tiny_cfg, tiny_clip):
 
 
 def test_fp16_on_cpu_is_a_usage_error(folder, tmp_path):
-    res = runner.invoke(app, ["upscale", str(folder / "a.png"), "-o", str(tmp_path / "o"), "--caption", "x",
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder / "a.png"), "-o", str(tmp_path / "o"), "--caption", "x",
                               "--device", "cpu", "--precision", "fp16"])
     assert res.exit_code == 2 and "fp16 needs a GPU" in res.output

@@ -212,3 +212,54 @@ def test_report_is_one_self_contained_sortable_page(tmp_path):
     srcs = re.findall(r"src='([^']*)'", page)
     assert len(srcs) == 2 * 4 * 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "http" not in page
+
+
+def _lpips_files(tmp_path):
+    """Randomly initialised AlexNet and LPIPS lin weights, in the published files' layouts."""
+    from torchvision.models import alexnet
+
+    torch.manual_seed(0)
+    alex = tmp_path / "alexnet-owt-7be5be79.pth"
+    torch.save(alexnet(weights=None).state_dict(), alex)
+    lins = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate((64, 192, 384, 256, 256))}
+    lin = tmp_path / "LPIPS_v0.1_alex-df73285e.pth"
+    torch.save(lins, lin)
+    return alex, lin, lins
+
+
+def test_lpips_loads_both_files_through_the_resolver(tmp_path, monkeypatch):
+    from clipsr_cli import weights
+    from stages import lpips as lp
+
+    alex, lin, lins = _lpips_files(tmp_path)
+    real = weights.manifest()
+    patched = {k: v for k, v in real.items()}
+    for name, path in (("alexnet-imagenet", alex), ("lpips-alex-lin", lin)):
+        patched[name] = weights.WeightsFile(name, path.name, "file:///nowhere", weights.sha256sum(path))
+    monkeypatch.setattr(weights, "manifest", lambda path=None: patched)
+    lp._model.cache_clear()
+    model = lp._model(str(tmp_path))
+    lp._model.cache_clear()
+    assert all(torch.equal(m.weight, lins[f"lin{i}.model.1.weight"]) for i, m in enumerate(model.lins))
+    x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    assert torch.allclose(model(x, x), torch.zeros(2), atol=1e-7)
+    d = model(x, y)
+    assert (d > 0).all() and torch.allclose(d, model(y, x))
+    # the first layer's term by hand: unit-normalised relu1 features of the scaled input
+    f = lambda img: model.slices[0](((2 * img - 1) - model.shift) / model.scale)  # noqa: E731
+    n = lambda t: t / (t.square().sum(1, keepdim=True).sqrt() + 1e-10)  # noqa: E731
+    first = (lins["lin0.model.1.weight"] * (n(f(x)) - n(f(y))).square()).sum(1).mean(dim=(1, 2))
+    rest = sum(lin((a - b).square()).mean(dim=(1, 2, 3)) for lin, a, b in
+               zip(model.lins[1:], model._features(x)[1:], model._features(y)[1:]))
+    assert torch.allclose(d, first + rest, atol=1e-6)
+
+
+def test_lpips_offline_is_skipped_with_reason(tmp_path):
+    sr, ref = tmp_path / "sr", tmp_path / "ref"
+    sr.mkdir()
+    ref.mkdir()
+    Image.new("RGB", (40, 40)).save(sr / "a.png")
+    Image.new("RGB", (40, 40), "white").save(ref / "a.png")
+    res = CliRunner().invoke(app, ["score", str(sr), "--ref", str(ref), "--metrics", "psnr,lpips", "-s", "1"])
+    assert "skipped lpips" in res.output and "alexnet-owt-7be5be79.pth" in res.output
+    assert "psnr" in res.output

@@ -4,4 +4,5 @@ and the bundled checkpoints beside it.  Resolution and caching live in
 
 from pathlib import Path
 
-MANIFEST = Path(__file__).parent / "manifest.toml"
+BUNDLED_DIR = Path(__file__).parent
+MANIFEST = BUNDLED_DIR / "manifest.toml"
