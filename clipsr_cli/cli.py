@@ -183,7 +183,7 @@ def score(
     from clipsr_cli.plugins import lookup, registry
     from clipsr_cli.captions import read_caption_file
     from clipsr_cli.prefetch import prefetch
-    from clipsr_cli.score import caption_lookup, load_pair, pair_folders, score_image
+    from clipsr_cli.score import SetLevelScores, caption_lookup, load_pair, pair_folders, score_image
     from stages import clip_score
     from clipsr_cli.upscale import UsageError
     from stages.metrics import Y_DEFINITION
@@ -222,6 +222,10 @@ def score(
         console.print(f"[yellow]no reference:[/yellow] {p}", highlight=False)
     for p in pairing.missing:
         console.print(f"[yellow]no SR result:[/yellow] {p}", highlight=False)
+    def unavailable(m, e):
+        console.print(f"[yellow]skipped {m.name}:[/yellow] {e}", highlight=False, soft_wrap=True)
+
+    set_level = SetLevelScores(chosen, unavailable)
     rows, failed, kept = [], [], {}
     for (sr, hr), loaded in prefetch(lambda pair: load_pair(*pair, crop_to_common), pairing.pairs):
         if isinstance(loaded, ImageError):
@@ -232,9 +236,9 @@ def score(
         a, b = loaded
         row = {"image": str(sr.relative_to(sr_dir)), "reference": str(hr) if hr else ""}
         try:
-            row.update(score_image(a, b, chosen, border, caption_of(sr) if caption_of else None,
-                                   lambda m, e: console.print(f"[yellow]skipped {m.name}:[/yellow] {e}",
-                                                              highlight=False, soft_wrap=True)))
+            row.update(score_image(a, b, chosen, border, caption_of(sr) if caption_of else None, unavailable))
+            if b is not None:
+                set_level.add(a, b)
         except ValueError as e:  # e.g. an image too small for NIQE's blocks, or no caption
             failed.append((sr, f"{sr}: {e}"))
             continue
@@ -248,8 +252,11 @@ def score(
     table = Table(title=f"{len(rows)} image(s) scored; {Y_DEFINITION}; crop border {border}")
     for col in ("metric", "mean", "std", "count", "better"):
         table.add_column(col, justify="right")
-    for m in chosen:
-        values = [r[m.name] for r in rows]
+    folder_values = set_level.results()
+    for name, value in folder_values.items():
+        table.add_row(name, f"{value:.4f}", "-", str(len(rows)), lookup("metric", name).factory.direction)
+    for m in (m for m in chosen if not m.set_level):
+        values = [r[m.name] for r in rows if m.name in r]
         with np.errstate(invalid="ignore"):  # identical pairs give PSNR = inf, as in BasicSR
             mean = float(np.mean(values)) if values else float("nan")
             std = float(np.std(values)) if len(values) > 1 else 0.0
@@ -257,19 +264,21 @@ def score(
     out.print(table)
     if json_out:
         json_out.write_text(json.dumps({"crop_border": border, "y_channel": Y_DEFINITION, "images": rows,
+                                        "set_metrics": folder_values,
                                         "failed": [{"image": str(s), "reason": r} for s, r in failed],
                                         "no_reference": [str(p) for p in pairing.extra],
                                         "no_result": [str(p) for p in pairing.missing]}, indent=2))
     if csv_out:
         with open(csv_out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["image", "reference", *[m.name for m in chosen]],
+            per_image = [m.name for m in chosen if not m.set_level]
+            writer = csv.DictWriter(f, fieldnames=["image", "reference", *per_image],
                                     extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
     if report is not None:
         from clipsr_cli.report import write_report
 
-        page = write_report(report, rows, kept, chosen, f"clipsr score: {sr_dir}")
+        page = write_report(report, rows, kept, [m for m in chosen if not m.set_level], f"clipsr score: {sr_dir}")
         console.print(f"report: {page}")
     if failed:
         raise typer.Exit(1)

@@ -99,7 +99,7 @@ def score_image(sr_img: torch.Tensor, hr_img: torch.Tensor | None, metrics: list
     from clipsr_cli.weights import WeightsError
 
     values = {}
-    for m in list(metrics):
+    for m in [m for m in metrics if not m.set_level]:
         if m.needs_captions and captions is None:
             raise ValueError(f"no caption for {m.name}")
         try:
@@ -111,3 +111,33 @@ def score_image(sr_img: torch.Tensor, hr_img: torch.Tensor | None, metrics: list
             on_unavailable(m, e)
             metrics.remove(m)
     return values
+
+
+class SetLevelScores:
+    """Set-level metrics (FID): features of every SR and reference image, one
+    value per folder at the end."""
+
+    def __init__(self, metrics: list, on_unavailable):
+        self.metrics = [m for m in metrics if m.set_level]
+        self.on_unavailable = on_unavailable
+        self.features = {m.name: ([], []) for m in self.metrics}
+
+    def add(self, sr_img: torch.Tensor, hr_img: torch.Tensor) -> None:
+        from clipsr_cli.weights import WeightsError
+
+        for m in list(self.metrics):
+            try:
+                self.features[m.name][0].append(m.features(sr_img[None]))
+                self.features[m.name][1].append(m.features(hr_img[None]))
+            except WeightsError as e:
+                self.on_unavailable(m, e)
+                self.metrics.remove(m)
+
+    def results(self) -> dict[str, float]:
+        out = {}
+        for m in self.metrics:
+            try:
+                out[m.name] = m.fn(*self.features[m.name])
+            except ValueError as e:  # e.g. fewer than 2 images
+                self.on_unavailable(m, e)
+        return out

@@ -64,6 +64,12 @@ class Metric:
     range: str
     description: str
     needs_captions: bool = False  # then fn(sr, captions: list[list[str]]) -> (B,)
+    # set-level (FID): features(img (1,3,H,W)) -> (1, D) per image; fn(sr_features, hr_features) -> float
+    features: Callable | None = None
+
+    @property
+    def set_level(self) -> bool:
+        return self.features is not None
 
     @property
     def direction(self) -> str:
@@ -81,6 +87,11 @@ def register_metrics(register):
 
     register("lpips", Metric("lpips", lpips, False, True, "[0, 1]",
                              "LPIPS v0.1, AlexNet (learned perceptual distance) on RGB"))
+    from stages.fid import fid, fid_features
+
+    register("fid", Metric("fid", fid, False, True, "[0, inf)",
+                           "FID (pytorch-fid's TF Inception, pool3) of the SR set against the reference set; "
+                           "one value per folder", features=fid_features))
     from stages.clip_score import clip_score
 
     register("clip_score", Metric("clip_score", clip_score, True, False, "[-1, 1]",

@@ -263,3 +263,68 @@ def test_lpips_offline_is_skipped_with_reason(tmp_path):
     res = CliRunner().invoke(app, ["score", str(sr), "--ref", str(ref), "--metrics", "psnr,lpips", "-s", "1"])
     assert "skipped lpips" in res.output and "alexnet-owt-7be5be79.pth" in res.output
     assert "psnr" in res.output
+
+
+def test_frechet_distance_matches_the_eigenvalues_of_the_product():
+    from stages.fid import frechet_distance
+
+    rng = np.random.default_rng(0)
+    for n_a, n_b, d in ((50, 40, 6), (5, 7, 30)):  # more images than dimensions, and fewer
+        a = rng.normal(size=(n_a, d))
+        b = rng.normal(size=(n_b, d)) @ rng.normal(size=(d, d)) + 0.5
+        ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+        # tr((Ca Cb)^1/2) from the eigenvalues of the (non-symmetric) product
+        cross = np.sqrt(np.linalg.eigvals(ca @ cb).real.clip(0)).sum()
+        mu = a.mean(0) - b.mean(0)
+        expected = mu @ mu + np.trace(ca) + np.trace(cb) - 2 * cross
+        assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-7)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    assert frechet_distance(a, a + 2.0) == pytest.approx(d * 4.0, rel=1e-9)  # a pure shift: ||mu||^2
+    with pytest.raises(ValueError, match="at least 2"):
+        frechet_distance(a[:1], b)
+
+
+def test_fid_in_score_is_one_value_per_folder(tmp_path, monkeypatch):
+    from clipsr_cli import weights
+    from stages import fid as fid_mod
+
+    torch.manual_seed(0)
+    net_file = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(fid_mod.fid_inception().state_dict(), net_file)
+    patched = dict(weights.manifest())
+    patched["fid-inception"] = weights.WeightsFile("fid-inception", net_file.name, "file:///nowhere",
+                                                   weights.sha256sum(net_file))
+    monkeypatch.setattr(weights, "manifest", lambda path=None: patched)
+    fid_mod._features.cache_clear()
+    sr, ref = tmp_path / "sr", tmp_path / "ref"
+    sr.mkdir()
+    ref.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(img).save(ref / f"{i}.png")
+        Image.fromarray(255 - img).save(sr / f"{i}.png")
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["score", str(sr), "--ref", str(ref), "--metrics", "psnr,fid",
+                                   "--weights-dir", str(tmp_path), "--json", str(out)])
+    fid_mod._features.cache_clear()
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    value = data["set_metrics"]["fid"]
+    assert value > 0 and "fid" not in data["images"][0] and "psnr" in data["images"][0]
+    assert re.search(r"fid\s+│\s+[0-9.]+\s+│\s+-\s+│\s+2", res.output)
+    feats = [fid_mod.FIDFeatures(net_file)(load) for load in
+             [torch.stack([torch.from_numpy(np.array(Image.open(d / f"{i}.png"))).permute(2, 0, 1).float() / 255
+                           for i in range(2)]) for d in (sr, ref)]]
+    assert value == pytest.approx(fid_mod.frechet_distance(feats[0].numpy(), feats[1].numpy()), rel=1e-6)
+
+
+def test_fid_offline_is_skipped_with_reason(tmp_path):
+    sr, ref = tmp_path / "sr", tmp_path / "ref"
+    for d in (sr, ref):
+        d.mkdir()
+        for i in range(2):
+            Image.new("RGB", (32, 32), (i * 50, 0, 0)).save(d / f"{i}.png")
+    res = CliRunner().invoke(app, ["score", str(sr), "--ref", str(ref), "--metrics", "ssim,fid"])
+    assert res.exit_code == 0
+    assert "skipped fid" in res.output and "pt_inception-2015-12-05-6726825d.pth" in res.output
