@@ -83,6 +83,10 @@ def upscale(
     precision: Optional[str] = typer.Option(None, "--precision",
                                             help="fp32 | bf16 | fp16 (default: half on CUDA, fp32 elsewhere)."),
     shard_spec: Optional[str] = typer.Option(None, "--shard", help="K/N: process only shard K of N (0-based)."),
+    tile: Optional[int] = typer.Option(None, "-t", "--tile",
+                                       help="LR tile side for large images (0: never tile; default: from free memory)."),
+    tile_pad: int = typer.Option(16, "--tile-pad", help="LR pixels of overlap between tiles (blended, no seams)."),
+    batch_size: int = typer.Option(1, "-b", "--batch-size", help="Same-size images upscaled together."),
     json_report: Optional[Path] = typer.Option(None, "--json", help="Write a machine-readable report."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors."),
 ):
@@ -125,16 +129,19 @@ def upscale(
         gen = Generator(cfg, load_clip(cfg, weights_dir=weights_dir), check_scale(scale or 4))
         console.print(f"[yellow]note:[/yellow] no --weights: preset {cfg.name!r} with untrained "
                       "generator weights; the output shows the pipeline, not CLIP-SR quality")
+    if (tile is not None and tile < 0) or tile_pad < 0 or batch_size < 1:
+        raise UsageError("--tile and --tile-pad must be >= 0, --batch-size >= 1")
     upscaler = Upscaler(gen, dev, warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False),
-                        dtype=dtype)
+                        dtype=dtype, tile=tile, tile_pad=tile_pad)
     if not quiet:
         console.print(f"{len(images)} image(s), x{gen.scale}, preset {gen.cfg.name!r}, device {dev}, "
-                      f"{str(dtype).removeprefix('torch.')}")
+                      f"{str(dtype).removeprefix('torch.')}, tiles of {upscaler.tile or 'any'} LR px, "
+                      f"batch {batch_size}")
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, disable=quiet, transient=True) as bar:
         task = bar.add_task("upscaling", total=len(images))
         report = run(upscaler, root, images, output, caps, suffix, ext and ext.lower(), skip_existing,
-                     progress=lambda: bar.advance(task))
+                     progress=lambda: bar.advance(task), batch_size=batch_size)
     for image, reason in report.failed:
         console.print(f"[red]failed:[/red] {image}: {reason}", highlight=False, soft_wrap=True)
     if not quiet:

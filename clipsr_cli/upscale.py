@@ -6,6 +6,7 @@ are written atomically, so `--skip-existing` resumes an interrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from clipsr_cli.captions import Captions
 from clipsr_cli.images import IMAGE_EXTS, ImageError, load_image, save_image
 from clipsr_cli.prefetch import prefetch
+from clipsr_cli.tiling import auto_tile, is_out_of_memory, tiled
 
 CLIP_MAX_TOKENS = 75  # 77 minus the start and end markers
 
@@ -100,15 +102,26 @@ def output_name(rel: Path, suffix: str, ext: str | None, alpha: bool, index: int
 
 
 class Upscaler:
-    """Holds the generator and the per-caption text cache for one run."""
+    """Holds the generator, the per-caption text cache and the tiling policy of one run.
+
+    `tile`: LR tile side (0: never tile; None: automatic, from free memory);
+    `tile_pad`: LR pixels of overlap on each interior side of a tile.
+    """
 
     def __init__(self, gen, device: torch.device, warn: Callable[[str], None] = print,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, tile: int | None = None, tile_pad: int = 16):
         self.gen = gen.to(device).eval()
         self.device = device
         self.dtype = dtype  # computed under autocast; weights and outputs stay fp32
         self.warn = warn
+        self.tile_pad = tile_pad
+        self.tile = tile if tile is not None else auto_tile(self.bytes_per_lr_pixel(), device)
         self._text: dict[str, object] = {}
+
+    def bytes_per_lr_pixel(self) -> float:
+        """A generous bound on activation memory per LR pixel: the upsampler's
+        widest maps (4 x base channels at up to scale^2 pixels each), a few alive at once."""
+        return 4.0 * 4 * self.gen.cfg.generator.base_channels * self.gen.scale**2 * 1.5
 
     def condition(self, caption: str, image: Path):
         if caption not in self._text:  # each unique caption is encoded once
@@ -117,11 +130,45 @@ class Upscaler:
             self._text[caption] = self.gen.encode_text([caption])
         return self._text[caption]
 
+    def _forward(self, lr: torch.Tensor, cond) -> torch.Tensor:
+        def fn(part: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                return self.gen(part.to(self.device), cond)
+
+        if self.tile and max(lr.shape[-2:]) > self.tile:
+            return tiled(fn, lr, self.gen.scale, self.tile, self.tile_pad)
+        return fn(lr).float().cpu()
+
     @torch.inference_mode()
+    def upscale_batch(self, rgbs: list[torch.Tensor], captions: list[str], images: list[Path]) -> torch.Tensor:
+        """Same-size images (CPU), one caption each -> (B, 3, sH, sW) on the CPU.  On
+        out-of-memory the tile is halved and the batch retried (and kept for later images)."""
+        lr = torch.stack(rgbs)
+        cond = cat_conditions([self.condition(c, i) for c, i in zip(captions, images)])
+        while True:
+            try:
+                return self._forward(lr, cond).clamp(0, 1)
+            except (RuntimeError, torch.OutOfMemoryError) as e:
+                if not is_out_of_memory(e):
+                    raise
+                current = self.tile or max(lr.shape[-2:])
+                if current <= 16:
+                    raise RuntimeError(f"out of memory even with {current}px tiles") from None
+                self.tile = current // 2
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.warn(f"out of memory: retrying with --tile {self.tile}")
+
     def upscale(self, rgb: torch.Tensor, caption: str, image: Path) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            sr = self.gen(rgb[None].to(self.device), self.condition(caption, image))
-        return sr[0].float().clamp(0, 1).cpu()
+        return self.upscale_batch([rgb], [caption], [image])[0]
+
+
+def cat_conditions(conds: list):
+    """One batched text condition from per-caption ones (any dataclass of tensors)."""
+    if len(conds) == 1:
+        return conds[0]
+    fields = {f.name: torch.cat([getattr(c, f.name) for c in conds]) for f in dataclasses.fields(conds[0])}
+    return type(conds[0])(**fields)
 
 
 @dataclass
@@ -155,9 +202,22 @@ def _plan(image: Path, root: Path, out_dir: Path, captions: Captions, inputs: se
     return _Job(image, caps, targets)
 
 
+@dataclass
+class _Item:
+    job: _Job
+    rgb: torch.Tensor
+    caption: str
+    target: Path
+    alpha: torch.Tensor | None
+    gray: bool
+    bits: int
+
+
 def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, captions: Captions,
         suffix: str = "", ext: str | None = None, skip_existing: bool = False,
-        progress: Callable[[], None] = lambda: None) -> Report:
+        progress: Callable[[], None] = lambda: None, batch_size: int = 1) -> Report:
+    """Upscale every image (one output per caption).  Consecutive outputs of the
+    same LR size go through the network together, up to `batch_size`."""
     report = Report()
     inputs = {p.resolve() for p in images}
     scale = upscaler.gen.scale
@@ -168,24 +228,56 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
             progress()
         else:
             jobs.append(job)
-    # the next images decode in a worker thread while the current one is upscaled
-    for job, decoded in prefetch(lambda j: load_image(j.image), jobs):
-        image = job.image
-        try:
-            if isinstance(decoded, Exception):
-                raise decoded
-            alpha_up, targets = None, job.targets(False)
-            if decoded.alpha is not None:
-                alpha_up = F.interpolate(decoded.alpha[None], scale_factor=scale, mode="bicubic")[0].clamp(0, 1)
-                targets = job.targets(True)
-            for caption, target in zip(job.captions, targets):
-                sr = upscaler.upscale(decoded.rgb, caption, image)
-                save_image(target, sr, alpha_up, decoded.gray, decoded.bits)
-                report.done.append((image, target))
-        except ImageError as e:
-            report.failed.append((image, str(e).removeprefix(f"{image}: ")))
-        except (OSError, RuntimeError) as e:
-            report.failed.append((image, f"{type(e).__name__}: {e}"))
-        finally:
+    remaining = {id(j): len(j.captions) for j in jobs}  # outputs still to write, per job
+    failed: set[int] = set()
+    pending: list[_Item] = []
+
+    def finish(job: _Job, n: int = 1) -> None:
+        remaining[id(job)] -= n
+        if remaining[id(job)] == 0:
             progress()
+
+    def fail(job: _Job, reason: str) -> None:
+        if id(job) not in failed:
+            failed.add(id(job))
+            report.failed.append((job.image, reason))
+
+    def flush() -> None:
+        batch = [it for it in pending if id(it.job) not in failed]
+        pending.clear()
+        if not batch:
+            return
+        try:
+            srs = upscaler.upscale_batch([it.rgb for it in batch], [it.caption for it in batch],
+                                         [it.job.image for it in batch])
+        except (OSError, RuntimeError) as e:
+            for it in batch:
+                fail(it.job, f"{type(e).__name__}: {e}")
+                finish(it.job)
+            return
+        for it, sr in zip(batch, srs):
+            try:
+                save_image(it.target, sr, it.alpha, it.gray, it.bits)
+                report.done.append((it.job.image, it.target))
+            except (OSError, ImageError) as e:
+                fail(it.job, f"{type(e).__name__}: {e}")
+            finish(it.job)
+
+    # the next images decode in a worker thread while the current batch is upscaled
+    for job, decoded in prefetch(lambda j: load_image(j.image), jobs):
+        if isinstance(decoded, Exception):
+            reason = str(decoded).removeprefix(f"{job.image}: ") if isinstance(decoded, ImageError) else \
+                f"{type(decoded).__name__}: {decoded}"
+            fail(job, reason)
+            finish(job, len(job.captions))
+            continue
+        alpha_up, targets = None, job.targets(False)
+        if decoded.alpha is not None:
+            alpha_up = F.interpolate(decoded.alpha[None], scale_factor=scale, mode="bicubic")[0].clamp(0, 1)
+            targets = job.targets(True)
+        for caption, target in zip(job.captions, targets):
+            if pending and (len(pending) >= batch_size or pending[0].rgb.shape != decoded.rgb.shape):
+                flush()
+            pending.append(_Item(job, decoded.rgb, caption, target, alpha_up, decoded.gray, decoded.bits))
+    flush()
     return report

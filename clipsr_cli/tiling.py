@@ -1,0 +1,82 @@
+"""Tiled inference for images too large for one forward pass.
+
+The LR image stays on the CPU; tiles (with `pad` LR pixels of overlap on every
+interior side) go to the device one at a time and their outputs are blended
+into a CPU canvas with weights that ramp linearly across each overlap, so
+neighbouring tiles fade into each other instead of meeting at a seam.  Peak
+device memory is set by the tile, not by the image.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+
+AUTO_TILES = (1024, 768, 512, 384, 256, 192, 128, 96, 64)
+
+
+def _ramp(length: int, fade_in: int, fade_out: int) -> torch.Tensor:
+    """1 in the middle, rising over `fade_in` and falling over `fade_out` samples."""
+    w = torch.ones(length)
+    if fade_in:
+        w[:fade_in] = torch.arange(1, fade_in + 1) / (fade_in + 1)
+    if fade_out:
+        w[length - fade_out :] = torch.minimum(w[length - fade_out :], torch.arange(fade_out, 0, -1) / (fade_out + 1))
+    return w
+
+
+def _spans(size: int, tile: int, pad: int) -> list[tuple[int, int]]:
+    """[start, end) of each padded tile along one side."""
+    starts = range(0, size, tile)
+    return [(max(0, s - pad), min(size, s + tile + pad)) for s in starts]
+
+
+def tiled(fn: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, scale: int, tile: int,
+          pad: int) -> torch.Tensor:
+    """fn over tiles of lr (B, C, H, W, CPU) -> (B, C', sH, sW) on the CPU."""
+    b, _, h, w = lr.shape
+    canvas = weight = None
+    for y0, y1 in _spans(h, tile, pad):
+        for x0, x1 in _spans(w, tile, pad):
+            out = fn(lr[..., y0:y1, x0:x1]).float().cpu()
+            if canvas is None:
+                canvas = torch.zeros(b, out.shape[1], h * scale, w * scale)
+                weight = torch.zeros(1, 1, h * scale, w * scale)
+            wy = _ramp(out.shape[-2], scale * (pad if y0 > 0 else 0), scale * (pad if y1 < h else 0))
+            wx = _ramp(out.shape[-1], scale * (pad if x0 > 0 else 0), scale * (pad if x1 < w else 0))
+            mask = (wy[:, None] * wx[None, :])[None, None]
+            region = (..., slice(y0 * scale, y1 * scale), slice(x0 * scale, x1 * scale))
+            canvas[region] += out * mask
+            weight[region] += mask
+    return canvas / weight
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for activations on `device`."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def auto_tile(bytes_per_lr_pixel: float, device: torch.device, fraction: float = 0.4) -> int:
+    """The largest standard tile whose activations fit in `fraction` of free memory."""
+    budget = available_memory(device) * fraction
+    for t in AUTO_TILES:
+        if t * t * bytes_per_lr_pixel <= budget:
+            return t
+    return AUTO_TILES[-1]
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
