@@ -208,7 +208,7 @@ class Trainer:
     def validate(self, records: list[Record]) -> dict[str, float]:
         gen = self.averaged_generator()
         metrics = [m for m in (e.factory for e in registry("metric").values())
-                   if m.needs_reference and not m.needs_captions]
+                   if m.needs_reference and not m.needs_captions and not m.set_level]
         totals: dict[str, float] = {}
         for rec in records:
             hr, lr = val_pair(rec, self.cfg.scale)
