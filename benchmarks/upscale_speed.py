@@ -1,0 +1,128 @@
+"""End-to-end `upscale` throughput against the forward pass alone and against
+PIL bicubic, per preset and scale, each configuration in its own process
+(peak RSS is its own); and peak memory of a 1024x1024 input at x8, tiled.
+
+End-to-end = clipsr_cli.upscale.run on a folder of PNGs: planning, decoding in
+a worker thread, one caption encoded once, forward, PNG encoding, atomic
+writes.  Forward-only = the same generator on the same decoded tensors.
+PIL bicubic = decode, resize, encode, write.  Random weights (timing does not
+depend on them); the paper preset's CLIP is randomly initialised offline.
+
+    python3 benchmarks/upscale_speed.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CONFIGS = [("tiny", 4, 48, 8), ("tiny", 8, 48, 8), ("paper", 4, 16, 8), ("paper", 8, 16, 8)]
+LR_SIDE = {4: 64, 8: 32}  # training-size LR: 256 px outputs
+
+
+def make_folder(folder: Path, n: int, side: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        small = rng.integers(0, 256, (side // 4, side // 4, 3), dtype=np.uint8)
+        path = folder / f"{i:03d}.png"
+        Image.fromarray(small).resize((side, side), Image.BICUBIC).save(path)
+        paths.append(path)
+    return paths
+
+
+def build(preset: str, scale: int):
+    from clipsr_cli.clip import build_clip
+    from clipsr_cli.config import load_preset
+    from clipsr_cli.network import Generator
+
+    cfg = load_preset(preset)
+    return Generator(cfg, build_clip(cfg), scale)  # random CLIP: no weights file needed
+
+
+def one(preset: str, scale: int, n: int, batch: int, tile_test: bool) -> dict:
+    import torch
+
+    from clipsr_cli.captions import Captions
+    from clipsr_cli.images import load_image
+    from clipsr_cli.upscale import Upscaler, run
+
+    gen = build(preset, scale)
+    caption = "a small bird with a red head on a branch"
+    result = {"preset": preset, "scale": scale, "images": n, "batch": batch}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if tile_test:
+            lr = tmp / "lr"
+            lr.mkdir()
+            make_folder(lr, 1, 1024)
+            upscaler = Upscaler(gen, torch.device("cpu"))
+            start = time.perf_counter()
+            report = run(upscaler, lr, sorted(lr.glob("*.png")), tmp / "sr", Captions(lr, text=caption))
+            assert len(report.done) == 1, report.failed
+            return result | {"tile": upscaler.tile, "seconds": time.perf_counter() - start,
+                             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+        lr = tmp / "lr"
+        lr.mkdir()
+        paths = make_folder(lr, n, LR_SIDE[scale])
+        upscaler = Upscaler(gen, torch.device("cpu"), tile=0)
+        upscaler.upscale(load_image(paths[0]).rgb, caption, paths[0])  # warm-up, caption cached
+        rgbs = [load_image(p).rgb for p in paths]
+        start = time.perf_counter()
+        for i in range(0, n, batch):
+            upscaler.upscale_batch(rgbs[i : i + batch], [caption] * len(rgbs[i : i + batch]), paths[i : i + batch])
+        result["forward_ips"] = n / (time.perf_counter() - start)
+        start = time.perf_counter()
+        report = run(upscaler, lr, paths, tmp / "sr", Captions(lr, text=caption), batch_size=batch)
+        result["end_to_end_ips"] = n / (time.perf_counter() - start)
+        assert len(report.done) == n, report.failed
+        start = time.perf_counter()
+        (tmp / "bic").mkdir()
+        for p in paths:
+            with Image.open(p) as im:
+                im.resize((im.width * scale, im.height * scale), Image.BICUBIC).save(tmp / "bic" / p.name)
+        result["bicubic_ips"] = n / (time.perf_counter() - start)
+    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--one", nargs=4, metavar=("PRESET", "SCALE", "N", "BATCH"))
+    p.add_argument("--tile-test", action="store_true")
+    args = p.parse_args()
+    if args.one:
+        preset, scale, n, batch = args.one
+        print(json.dumps(one(preset, int(scale), int(n), int(batch), args.tile_test)))
+        return
+
+    def child(*extra) -> dict:
+        done = subprocess.run([sys.executable, __file__, *extra], capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    print("| preset | scale | LR -> SR | batch | forward only (img/s) | end-to-end (img/s) | end-to-end / forward "
+          "| PIL bicubic (img/s) | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for preset, scale, n, batch in CONFIGS:
+        r = child("--one", preset, str(scale), str(n), str(batch))
+        side = LR_SIDE[scale]
+        print(f"| {preset} | x{scale} | {side} -> {side * scale} | {batch} | {r['forward_ips']:.2f} | "
+              f"{r['end_to_end_ips']:.2f} | {r['end_to_end_ips'] / r['forward_ips']:.0%} | "
+              f"{r['bicubic_ips']:.1f} | {r['peak_rss_gib']:.2f} GiB |")
+    for preset in ("tiny",):  # the paper preset needs ~19 TFLOP for this image: minutes on this CPU
+        r = child("--one", preset, "8", "1", "1", "--tile-test")
+        print(f"\n{preset} x8, one 1024x1024 LR -> 8192x8192: automatic tile {r['tile']} LR px, "
+              f"{r['seconds']:.1f} s, peak RSS {r['peak_rss_gib']:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
