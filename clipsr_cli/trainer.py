@@ -292,101 +292,128 @@ def bicubic_baseline(records: list[Record], scale: int) -> dict[str, float]:
 
 
 # --- the run --------------------------------------------------------------------------
+class Run:
+    """One `clipsr train` invocation: data, trainer and experiment wired together,
+    with the periodic work (log, samples, validation, checkpoints) around each step."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, dist: distributed.Dist, exp: Experiment):
+        self.cfg, self.dist, self.exp = cfg, dist, exp
+        self.records = load_records(cfg.dataset, cfg.data_root, "train", cfg.captions)
+        if cfg.val_root:
+            val = load_records("folder", cfg.val_root, "train", cfg.val_captions)
+        else:
+            val = load_records(cfg.dataset, cfg.data_root, "test", cfg.captions) if cfg.dataset != "folder" else []
+        self.val_records = val[: cfg.val_images]
+        self.trainer = Trainer(cfg, device, dist, exp)
+        dataset = SRDataset(self.records, self.trainer.model_cfg.generator.hr_crop, cfg.scale, cfg.seed,
+                            cfg.hflip, cfg.cache_images)
+        self.sampler = ResumableSampler(len(dataset), cfg.batch_size, cfg.seed, dist.rank, dist.world)
+        self.steps_per_epoch = self.sampler.steps_per_epoch()
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"{len(dataset)} training images cannot fill one batch of {cfg.batch_size} "
+                              f"x {dist.world} process(es); lower --batch-size")
+        self.loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=self.sampler, collate_fn=collate,
+                                 num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+                                 pin_memory=device.type == "cuda",
+                                 # its own generator: a new epoch iterator must not draw from the global
+                                 # RNG, or a resumed run's RNG would drift from an uninterrupted one
+                                 generator=torch.Generator().manual_seed(cfg.seed))
+        self.total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+
+    def start(self) -> None:
+        t, log = self.trainer, self.exp.log
+        self.exp.open(self.cfg)  # only now, so that a run refused at set-up leaves no experiment behind
+        if self.cfg.resume and (found := self.exp.latest_state()) is not None:
+            t.load(found[0], self.steps_per_epoch)
+            log.info("resumed from %s at step %d", found[1], t.step)
+        log.info("training %s x%d on %d images (%d steps/epoch), %d steps, device %s, %d process(es)",
+                 t.model_cfg.name, self.cfg.scale, len(self.records), self.steps_per_epoch, self.total,
+                 t.device, self.dist.world)
+        if self.val_records and self.dist.main and t.step == 0:
+            baseline = bicubic_baseline(self.val_records, self.cfg.scale)
+            self.exp.record(0, {f"bicubic_{k}": v for k, v in baseline.items()}, kind="val")
+            log.info("validation on %d images; bicubic: %s", len(self.val_records),
+                     ", ".join(f"{k} {v:.4f}" for k, v in baseline.items()))
+
+    def export(self, name: str) -> None:
+        t = self.trainer
+        save_generator(self.exp.root / name, t.averaged_generator(),
+                       {"weights": "ema" if t.ema else "raw", "step": str(t.step)})
+
+    def checkpoint(self) -> None:
+        self.exp.save_checkpoint(self.trainer.step, self.trainer.state(self.steps_per_epoch),
+                                 self.cfg.keep_checkpoints)
+        if self.dist.main:
+            self.export("model.safetensors")
+
+    def validation(self) -> None:
+        if not (self.val_records and self.dist.main):
+            return
+        t = self.trainer
+        values = t.validate(self.val_records)
+        is_best = values.get("psnr", -math.inf) > t.best.get("psnr", -math.inf)
+        if is_best:
+            t.best["psnr"] = values["psnr"]
+            self.export("best.safetensors")
+        self.exp.record(t.step, values | {"best_psnr": t.best.get("psnr")}, kind="val")
+        self.exp.log.info("step %d validation %s%s", t.step,
+                          ", ".join(f"{k} {v:.4f}" for k, v in values.items()), " (best)" if is_best else "")
+
+    def check_bad_steps(self) -> None:
+        t = self.trainer
+        self.exp.log.warning("step %d: non-finite loss, step skipped (%d in a row)", t.step, t.bad_steps)
+        if t.bad_steps >= self.cfg.max_bad_steps:
+            last = sorted(self.exp.checkpoints.glob("step_*.safetensors"))
+            raise TrainingDiverged(
+                f"{t.bad_steps} non-finite steps in a row at step {t.step}: training stopped. "
+                f"Last good checkpoint: {last[-1] if last else 'none'}; lower the learning rates "
+                f"or use --precision fp32, then --resume")
+
+    def after_step(self, logs: dict, rate: float) -> None:
+        cfg, step = self.cfg, self.trainer.step
+        if logs["skipped"]:
+            self.check_bad_steps()
+        if step % cfg.log_every == 0 or step == self.total:
+            self.exp.record(step, {k: v for k, v in logs.items() if k != "skipped"}
+                            | {"epoch": (step - 1) // self.steps_per_epoch, "it_per_s": rate,
+                               "samples_per_s": rate * cfg.batch_size * self.dist.world})
+        if cfg.sample_every and step % cfg.sample_every == 0:
+            lr, sr, hr, captions = self.trainer.last_batch
+            self.exp.save_samples(step, lr[:4], sr[:4], hr[:4], captions[:4])
+        if cfg.val_every and step % cfg.val_every == 0:
+            self.validation()
+        if step % cfg.checkpoint_every == 0 and step < self.total and not self.trainer.bad_steps:
+            self.checkpoint()
+
+    def loop(self, on_step: Callable[[int, int, dict], None] | None = None) -> None:
+        t = self.trainer
+        started, start_step = time.perf_counter(), t.step
+        while t.step < self.total:
+            self.sampler.set_position(*divmod(t.step, self.steps_per_epoch))
+            for batch in self.loader:
+                logs = t.train_step(batch)
+                t.step += 1
+                rate = (t.step - start_step) / max(time.perf_counter() - started, 1e-9)
+                self.after_step(logs, rate)
+                if on_step is not None:
+                    on_step(t.step, self.total, logs | {"it_per_s": rate})
+                if t.step >= self.total:
+                    break
+        self.checkpoint()
+        if not self.cfg.val_every or self.total % self.cfg.val_every:
+            self.validation()
+        distributed.barrier(self.dist)
+        self.exp.log.info("finished at step %d; generator: %s", t.step, self.exp.root / "model.safetensors")
+
+
 def fit(cfg: TrainConfig, device: torch.device, dist: distributed.Dist, exp: Experiment,
         on_step: Callable[[int, int, dict], None] | None = None) -> Trainer:
     """Train until max_steps / epochs; checkpoints, samples, validation and the
     exported generator land in the experiment folder."""
-    log = exp.log
-    records = load_records(cfg.dataset, cfg.data_root, "train", cfg.captions)
-    if cfg.val_root:
-        val_records = load_records("folder", cfg.val_root, "train", cfg.val_captions)
-    else:
-        val_records = load_records(cfg.dataset, cfg.data_root, "test", cfg.captions) if cfg.dataset != "folder" else []
-    val_records = val_records[: cfg.val_images]
-    trainer = Trainer(cfg, device, dist, exp)
-    hr_crop = trainer.model_cfg.generator.hr_crop
-    dataset = SRDataset(records, hr_crop, cfg.scale, cfg.seed, cfg.hflip, cfg.cache_images)
-    sampler = ResumableSampler(len(dataset), cfg.batch_size, cfg.seed, dist.rank, dist.world)
-    spe = sampler.steps_per_epoch()
-    if spe == 0:
-        raise ConfigError(f"{len(dataset)} training images cannot fill one batch of {cfg.batch_size} "
-                          f"x {dist.world} process(es); lower --batch-size")
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
-                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
-                        pin_memory=device.type == "cuda",
-                        # its own generator: a new epoch iterator must not draw from the global RNG,
-                        # or a resumed run's RNG would drift from an uninterrupted one
-                        generator=torch.Generator().manual_seed(cfg.seed))
-    total = cfg.max_steps or cfg.epochs * spe
-    exp.open(cfg)  # only now, so that a run refused at set-up leaves no experiment behind
-    if cfg.resume and (found := exp.latest_state()) is not None:
-        trainer.load(found[0], spe)
-        log.info("resumed from %s at step %d", found[1], trainer.step)
-    log.info("training %s x%d on %d images (%d steps/epoch), %d steps, device %s, %d process(es)",
-             trainer.model_cfg.name, cfg.scale, len(records), spe, total, device, dist.world)
-    if val_records and dist.main and trainer.step == 0:
-        baseline = bicubic_baseline(val_records, cfg.scale)
-        exp.record(0, {f"bicubic_{k}": v for k, v in baseline.items()}, kind="val")
-        log.info("validation on %d images; bicubic: %s", len(val_records),
-                 ", ".join(f"{k} {v:.4f}" for k, v in baseline.items()))
-
-    def checkpoint() -> None:
-        exp.save_checkpoint(trainer.step, trainer.state(spe), cfg.keep_checkpoints)
-        if dist.main:
-            save_generator(exp.root / "model.safetensors", trainer.averaged_generator(),
-                           {"weights": "ema" if trainer.ema else "raw", "step": str(trainer.step)})
-
-    def validation() -> None:
-        if not (val_records and dist.main):
-            return
-        values = trainer.validate(val_records)
-        is_best = values.get("psnr", -math.inf) > trainer.best.get("psnr", -math.inf)
-        if is_best:
-            trainer.best["psnr"] = values["psnr"]
-            save_generator(exp.root / "best.safetensors", trainer.averaged_generator(),
-                           {"weights": "ema" if trainer.ema else "raw", "step": str(trainer.step)})
-        exp.record(trainer.step, values | {"best_psnr": trainer.best.get("psnr")}, kind="val")
-        log.info("step %d validation %s%s", trainer.step,
-                 ", ".join(f"{k} {v:.4f}" for k, v in values.items()), " (best)" if is_best else "")
-
-    started, start_step = time.perf_counter(), trainer.step
-    while trainer.step < total:
-        sampler.set_position(*divmod(trainer.step, spe))
-        for batch in loader:
-            logs = trainer.train_step(batch)
-            trainer.step += 1
-            step = trainer.step
-            if logs["skipped"]:
-                msg = f"step {step}: non-finite loss, step skipped ({trainer.bad_steps} in a row)"
-                log.warning(msg)
-                if trainer.bad_steps >= cfg.max_bad_steps:
-                    last = sorted(exp.checkpoints.glob("step_*.safetensors"))
-                    raise TrainingDiverged(
-                        f"{trainer.bad_steps} non-finite steps in a row at step {step}: training stopped. "
-                        f"Last good checkpoint: {last[-1] if last else 'none'}; lower the learning rates "
-                        f"or use --precision fp32, then --resume")
-            rate = (step - start_step) / max(time.perf_counter() - started, 1e-9)
-            if step % cfg.log_every == 0 or step == total:
-                exp.record(step, {k: v for k, v in logs.items() if k != "skipped"}
-                           | {"epoch": (step - 1) // spe, "it_per_s": rate,
-                              "samples_per_s": rate * cfg.batch_size * dist.world})
-            if cfg.sample_every and step % cfg.sample_every == 0:
-                exp.save_samples(step, *(t[:4] if isinstance(t, torch.Tensor) else t[:4]
-                                         for t in trainer.last_batch))
-            if cfg.val_every and step % cfg.val_every == 0:
-                validation()
-            if step % cfg.checkpoint_every == 0 and step < total and not trainer.bad_steps:
-                checkpoint()
-            if on_step is not None:
-                on_step(step, total, logs | {"it_per_s": rate})
-            if step >= total:
-                break
-    checkpoint()
-    if not cfg.val_every or total % cfg.val_every:
-        validation()
-    distributed.barrier(dist)
-    log.info("finished at step %d; generator: %s", trainer.step, exp.root / "model.safetensors")
-    return trainer
+    run = Run(cfg, device, dist, exp)
+    run.start()
+    run.loop(on_step)
+    return run.trainer
 
 
 def export_generator(checkpoint: Path, output: Path, ema: bool = True, weights_dir=None, half: bool = False) -> Path:

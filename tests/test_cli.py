@@ -198,3 +198,21 @@ def test_fp16_on_cpu_is_a_usage_error(folder, tmp_path):
     res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder / "a.png"), "-o", str(tmp_path / "o"), "--caption", "x",
                               "--device", "cpu", "--precision", "fp16"])
     assert res.exit_code == 2 and "fp16 needs a GPU" in res.output
+
+
+def test_upscale_without_weights_uses_the_bundled_default_once(tmp_path):
+    from clipsr_cli.upscale import DEFAULT_MODELS
+    from clipsr_cli.weights import get_entry, resolve
+
+    for scale, name in DEFAULT_MODELS.items():  # shipped, and verified against the manifest
+        assert resolve(name).name == get_entry(name).filename
+    folder = tmp_path / "lr"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (12, 10), (200, 30, 30)).save(folder / name)
+    res = runner.invoke(app, ["upscale", str(folder), "-o", str(tmp_path / "sr"), "--caption", "a red square"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("bundled default model clipsr-default-x4") == 1
+    assert Image.open(tmp_path / "sr" / "a.png").size == (48, 40)
+    res = runner.invoke(app, ["upscale", str(folder), "-o", str(tmp_path / "sr2"), "--caption", "x", "-s", "2"])
+    assert res.exit_code == 2 and "no bundled model for x2" in res.output and "--preset" in res.output
