@@ -87,5 +87,7 @@ def save_image(path: Path, rgb: torch.Tensor, alpha=None, gray=False, bits=8) ->
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".png": "PNG"}.get(path.suffix.lower(), "PNG")
     if fmt == "JPEG" and im.mode in ("RGBA", "LA"):
         im = im.convert("RGB")
-    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    # PNG at zlib level 1 (OpenCV's default, what Real-ESRGAN writes): several times faster
+    # to encode than PIL's 6 for files about 10-20% larger; still lossless
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {"compress_level": 1}
     atomic_write(path, lambda tmp: im.save(tmp, format=fmt, **options))

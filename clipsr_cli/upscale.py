@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -256,12 +258,16 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
                 finish(it.job)
             return
         for it, sr in zip(batch, srs):
-            try:
-                save_image(it.target, sr, it.alpha, it.gray, it.bits)
-                report.done.append((it.job.image, it.target))
-            except (OSError, ImageError) as e:
-                fail(it.job, f"{type(e).__name__}: {e}")
-            finish(it.job)
+            writer.submit(it, sr)
+
+    def written(it: _Item, error: Exception | None) -> None:
+        if error is None:
+            report.done.append((it.job.image, it.target))
+        else:
+            fail(it.job, f"{type(error).__name__}: {error}")
+        finish(it.job)
+
+    writer = _Writer(written)
 
     # the next images decode in a worker thread while the current batch is upscaled
     for job, decoded in prefetch(lambda j: load_image(j.image), jobs):
@@ -280,4 +286,34 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
                 flush()
             pending.append(_Item(job, decoded.rgb, caption, target, alpha_up, decoded.gray, decoded.bits))
     flush()
+    writer.close()
     return report
+
+
+class _Writer:
+    """Encodes and writes outputs in a worker thread (PIL's encoders release the
+    GIL), so PNG compression overlaps with the next batch's forward pass.  At
+    most `depth` outputs wait; results are reported in order."""
+
+    def __init__(self, on_done: Callable[[_Item, Exception | None], None], depth: int = 8):
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.waiting: deque = deque()
+        self.on_done, self.depth = on_done, depth
+
+    def submit(self, it: _Item, sr: torch.Tensor) -> None:
+        self.waiting.append((it, self.pool.submit(save_image, it.target, sr, it.alpha, it.gray, it.bits)))
+        while len(self.waiting) > self.depth:
+            self._complete_one()
+
+    def _complete_one(self) -> None:
+        it, fut = self.waiting.popleft()
+        try:
+            fut.result()
+            self.on_done(it, None)
+        except (OSError, ImageError) as e:
+            self.on_done(it, e)
+
+    def close(self) -> None:
+        while self.waiting:
+            self._complete_one()
+        self.pool.shutdown()

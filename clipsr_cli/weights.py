@@ -100,6 +100,9 @@ def resolve(
         if candidate.is_file():
             verify(candidate, entry)
             return candidate
+    if not entry.url:  # shipped inside the package, nowhere to download it from
+        raise WeightsError(f"{name}: {entry.filename} should be bundled in {BUNDLED_DIR} but is missing; "
+                           "reinstall clipsr")
     if download is None:
         download = not os.environ.get(ENV_OFFLINE)
     target = cache_dir() / entry.filename
