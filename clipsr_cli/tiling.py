@@ -50,7 +50,7 @@ def tiled(fn: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, scale: i
             region = (..., slice(y0 * scale, y1 * scale), slice(x0 * scale, x1 * scale))
             canvas[region] += out * mask
             weight[region] += mask
-    return canvas / weight
+    return canvas.div_(weight)  # in place: the canvas is the largest tensor of a big image
 
 
 def available_memory(device: torch.device) -> int:

@@ -149,7 +149,7 @@ class Upscaler:
         cond = cat_conditions([self.condition(c, i) for c, i in zip(captions, images)])
         while True:
             try:
-                return self._forward(lr, cond).clamp(0, 1)
+                return self._forward(lr, cond).clamp_(0, 1)
             except (RuntimeError, torch.OutOfMemoryError) as e:
                 if not is_out_of_memory(e):
                     raise
