@@ -41,12 +41,6 @@ class Experiment:
         self._tb = None
 
     # --- setup ---------------------------------------------------------------
-    def saved_config(self) -> TrainConfig | None:
-        from clipsr_cli.config import read_toml
-
-        path = self.root / "config.toml"
-        return TrainConfig.from_dict(read_toml(path), origin=str(path)) if path.is_file() else None
-
     def check_new(self) -> None:
         if self.root.exists() and any(self.root.iterdir()):
             raise ConfigError(f"{self.root} already holds an experiment; pass --resume to continue it "

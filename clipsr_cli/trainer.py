@@ -11,6 +11,7 @@ then the EMA.  The paper's ablations are configuration: `--adversarial-weight
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import math
 import time
 from contextlib import nullcontext
@@ -205,25 +206,24 @@ class Trainer:
         return self.eval_gen
 
     @torch.no_grad()
-    def validate(self, records: list[Record]) -> dict[str, float]:
+    def validate(self, images: list[ValImage]) -> dict[str, float]:
         gen = self.averaged_generator()
         metrics = [m for m in (e.factory for e in registry("metric").values())
                    if m.needs_reference and not m.needs_captions and not m.set_level]
         totals: dict[str, float] = {}
-        for rec in records:
-            hr, lr = val_pair(rec, self.cfg.scale)
-            cond = gen.text(gen.text.encode([rec.captions[0]]))
+        for v in images:
+            cond = gen.text(gen.text.encode([v.caption]))
             with self.autocast():
-                sr = gen(lr[None].to(self.device), cond).float().clamp(0, 1)
+                sr = gen(v.lr[None].to(self.device), cond).float().clamp(0, 1)
             for m in list(metrics):
                 try:
-                    value = float(m.fn(sr.cpu(), hr[None], self.cfg.scale)[0])
+                    value = float(m.fn(sr.cpu(), v.hr[None], self.cfg.scale)[0])
                 except WeightsError as e:  # a metric without its weights offline: leave it out
                     self.exp.log.warning("validation without %s: %s", m.name, e)
                     metrics.remove(m)
                     continue
                 totals[m.name] = totals.get(m.name, 0.0) + value
-        return {k: v / len(records) for k, v in totals.items()}
+        return {k: t / len(images) for k, t in totals.items()}
 
     # --- state ---------------------------------------------------------------------
     def state(self, steps_per_epoch: int) -> dict:
@@ -277,18 +277,33 @@ def val_pair(rec: Record, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
     return to_tensor(im), to_tensor(downsample(im, scale))
 
 
-def bicubic_baseline(records: list[Record], scale: int) -> dict[str, float]:
-    """PSNR / SSIM of PIL (MATLAB-like) bicubic on the validation set: the bar to beat."""
-    from stages.metrics import psnr, ssim
+@dataclass
+class ValImage:
+    """A validation image, decoded once per run: HR, its bicubic LR, PIL bicubic
+    back up to HR size (the bar to beat), and the first caption."""
 
-    totals = {"psnr": 0.0, "ssim": 0.0}
+    hr: torch.Tensor
+    lr: torch.Tensor
+    bicubic: torch.Tensor
+    caption: str
+
+
+def load_validation(records: list[Record], scale: int) -> list[ValImage]:
+    images = []
     for rec in records:
         hr, lr = val_pair(rec, scale)
         lr_im = Image.fromarray((lr.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
-        up = to_tensor(lr_im.resize((hr.shape[2], hr.shape[1]), Image.BICUBIC))[None]
-        totals["psnr"] += float(psnr(up, hr[None], scale)[0])
-        totals["ssim"] += float(ssim(up, hr[None], scale)[0])
-    return {k: v / len(records) for k, v in totals.items()}
+        bicubic = to_tensor(lr_im.resize((hr.shape[2], hr.shape[1]), Image.BICUBIC))
+        images.append(ValImage(hr, lr, bicubic, rec.captions[0]))
+    return images
+
+
+def bicubic_baseline(images: list[ValImage], scale: int) -> dict[str, float]:
+    """PSNR / SSIM of PIL (MATLAB-like) bicubic on the validation set."""
+    from stages.metrics import psnr, ssim
+
+    return {name: sum(float(fn(v.bicubic[None], v.hr[None], scale)[0]) for v in images) / len(images)
+            for name, fn in (("psnr", psnr), ("ssim", ssim))}
 
 
 # --- the run --------------------------------------------------------------------------
@@ -303,7 +318,8 @@ class Run:
             val = load_records("folder", cfg.val_root, "train", cfg.val_captions)
         else:
             val = load_records(cfg.dataset, cfg.data_root, "test", cfg.captions) if cfg.dataset != "folder" else []
-        self.val_records = val[: cfg.val_images]
+        # decoded once, on the process that validates
+        self.val_images = load_validation(val[: cfg.val_images], cfg.scale) if dist.main else []
         self.trainer = Trainer(cfg, device, dist, exp)
         dataset = SRDataset(self.records, self.trainer.model_cfg.generator.hr_crop, cfg.scale, cfg.seed,
                             cfg.hflip, cfg.cache_images)
@@ -329,10 +345,10 @@ class Run:
         log.info("training %s x%d on %d images (%d steps/epoch), %d steps, device %s, %d process(es)",
                  t.model_cfg.name, self.cfg.scale, len(self.records), self.steps_per_epoch, self.total,
                  t.device, self.dist.world)
-        if self.val_records and self.dist.main and t.step == 0:
-            baseline = bicubic_baseline(self.val_records, self.cfg.scale)
+        if self.val_images and t.step == 0:
+            baseline = bicubic_baseline(self.val_images, self.cfg.scale)
             self.exp.record(0, {f"bicubic_{k}": v for k, v in baseline.items()}, kind="val")
-            log.info("validation on %d images; bicubic: %s", len(self.val_records),
+            log.info("validation on %d images; bicubic: %s", len(self.val_images),
                      ", ".join(f"{k} {v:.4f}" for k, v in baseline.items()))
 
     def export(self, name: str) -> None:
@@ -347,10 +363,10 @@ class Run:
             self.export("model.safetensors")
 
     def validation(self) -> None:
-        if not (self.val_records and self.dist.main):
+        if not self.val_images:
             return
         t = self.trainer
-        values = t.validate(self.val_records)
+        values = t.validate(self.val_images)
         is_best = values.get("psnr", -math.inf) > t.best.get("psnr", -math.inf)
         if is_best:
             t.best["psnr"] = values["psnr"]
