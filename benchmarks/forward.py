@@ -1,25 +1,47 @@
 """Forward time per image of the generator on this machine (random weights:
-timing does not depend on their values), batch 1 and 8, per preset and scale.
+timing does not depend on their values), per preset, scale and batch, set up
+as `clipsr upscale` runs it (channels-last, oneDNN matrix products, freed
+memory kept), each configuration in its own process.
 
     python3 benchmarks/forward.py --presets tiny paper --scales 4 8 16
+    python3 benchmarks/forward.py --presets paper --scales 4 --batches 8 --compare --bound
+
+--compare also times the plain PyTorch formulation (default layout, MKL's
+sgemm for linear layers, glibc's default allocator thresholds) side by side.
+--bound measures this CPU's fp32 GEMM ceiling in the same run (best of MKL
+sgemm and oneDNN on 2048^3) and reports forward time / (FLOPs / ceiling).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 
-import torch
 
-from clipsr_cli.clip import build_clip
-from clipsr_cli.config import load_preset
-from clipsr_cli.network import Generator
+def seconds_per_image(preset: str, scale: int, batch: int, plain: bool, repeats: int) -> float:
+    import torch
 
+    from clipsr_cli import kernels
+    from clipsr_cli.clip import build_clip
+    from clipsr_cli.config import load_preset
+    from clipsr_cli.devices import keep_freed_memory, pick_memory_format
+    from clipsr_cli.network import Generator
 
-def seconds_per_image(gen, batch: int, lr_size: int, repeats: int) -> float:
-    lr = torch.rand(batch, 3, lr_size, lr_size)
-    cond = gen.encode_text(["a small bird with a red head"] * batch)
+    if plain:
+        kernels._onednn_dense = lambda x: False
+        layout = torch.contiguous_format
+    else:
+        keep_freed_memory()
+        layout = pick_memory_format(torch.device("cpu"))
+    cfg = load_preset(preset)
+    gen = Generator(cfg, build_clip(cfg), scale).eval().to(memory_format=layout)
+    lr_size = cfg.generator.hr_crop // scale
+    lr = torch.rand(batch, 3, lr_size, lr_size).contiguous(memory_format=layout)
     with torch.inference_mode():
+        cond = gen.encode_text(["a small bird with a red head"] * batch)
         gen(lr, cond)  # warm-up
         best = float("inf")
         for _ in range(repeats):
@@ -29,25 +51,88 @@ def seconds_per_image(gen, batch: int, lr_size: int, repeats: int) -> float:
     return best / batch
 
 
+def gemm_ceiling(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Best GFLOP/s of an n^3 fp32 product through MKL (torch.mm) and through oneDNN."""
+    import torch
+    import torch.nn.functional as F
+
+    from clipsr_cli.devices import keep_freed_memory
+    from clipsr_cli.kernels import dense
+
+    keep_freed_memory()
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    result = {}
+    for name, fn in (("mkl", lambda: torch.mm(a, b)), ("onednn", lambda: dense(a, b, None)),
+                     ("mkl_linear", lambda: F.linear(a, b))):
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t)
+        result[name] = 2 * n**3 / best / 1e9
+    return result
+
+
+def child(*args: str) -> dict:
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", nargs="+", default=["tiny", "paper"])
     ap.add_argument("--scales", nargs="+", type=int, default=[4, 8, 16])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compare", action="store_true", help="also time the plain PyTorch formulation")
+    ap.add_argument("--bound", action="store_true", help="measure the GEMM ceiling; report time / FLOP bound")
+    ap.add_argument("--one", nargs=4, metavar=("PRESET", "SCALE", "BATCH", "MODE"), help=argparse.SUPPRESS)
+    ap.add_argument("--ceiling", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.one:
+        preset, scale, batch, mode = args.one
+        print(json.dumps({"s": seconds_per_image(preset, int(scale), int(batch), mode == "plain", args.repeats)}))
+        return
+    if args.ceiling:
+        print(json.dumps(gemm_ceiling()))
+        return
+
+    import torch
+
+    from clipsr_cli.config import load_preset
+    from clipsr_cli.info import describe
+
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, CPU")
-    print("| preset | scale | LR -> SR | batch | ms / image |")
-    print("|---|---|---|---|---|")
+    ceiling = None
+    if args.bound:
+        g = child("--ceiling")
+        ceiling = max(g.values())
+        print(f"GEMM ceiling (2048^3, best of 5): MKL mm {g['mkl']:.0f}, MKL linear {g['mkl_linear']:.0f}, "
+              f"oneDNN {g['onednn']:.0f} GFLOP/s -> {ceiling:.0f}")
+    head = "| preset | scale | LR -> SR | batch | ms / image |"
+    rule = "|---|---|---|---|---|"
+    if args.compare:
+        head, rule = head + " plain PyTorch | speed-up |", rule + "---|---|"
+    if args.bound:
+        head, rule = head + " GFLOP / image | FLOP bound | time / bound |", rule + "---|---|---|"
+    print(head + "\n" + rule)
     for name in args.presets:
         cfg = load_preset(name)
-        clip = build_clip(cfg)
+        flops = {r.scale: r.image_gflops for r in describe(cfg, tuple(args.scales))} if args.bound else {}
         for scale in args.scales:
-            gen = Generator(cfg, clip, scale).eval()
             lr_size = cfg.generator.hr_crop // scale
             for batch in args.batches:
-                ms = 1000 * seconds_per_image(gen, batch, lr_size, args.repeats)
-                print(f"| {name} | x{scale} | {lr_size} -> {lr_size * scale} | {batch} | {ms:.1f} |", flush=True)
+                ms = 1000 * child("--one", name, str(scale), str(batch), "fast", "--repeats", str(args.repeats))["s"]
+                row = f"| {name} | x{scale} | {lr_size} -> {lr_size * scale} | {batch} | {ms:.1f} |"
+                if args.compare:
+                    plain = 1000 * child("--one", name, str(scale), str(batch), "plain",
+                                         "--repeats", str(args.repeats))["s"]
+                    row += f" {plain:.1f} | {plain / ms:.2f}x |"
+                if args.bound:
+                    bound = 1000 * flops[scale] / ceiling
+                    row += f" {flops[scale]:.2f} | {bound:.1f} ms | {ms / bound:.2f}x |"
+                print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,9 @@ def _version(value: bool):
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")):
-    pass
+    from clipsr_cli.devices import keep_freed_memory
+
+    keep_freed_memory()  # process-wide, once: big activation maps are reused, not re-faulted
 
 
 @app.command()

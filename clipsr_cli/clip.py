@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipsr_cli.config import ModelConfig
+from clipsr_cli.kernels import vit_block
 
 CONTEXT_LENGTH = 77
 
@@ -135,7 +136,7 @@ class PromptedViT(nn.Module):
         n_prompts = 0 if prompts is None else prompts.shape[1]
         for i, block in enumerate(v.transformer.resblocks):
             if i < n_prompts:
-                x = block(torch.cat([x, prompts[:, i : i + 1].to(x.dtype)], dim=1))[:, :-1]
+                x = vit_block(block, torch.cat([x, prompts[:, i : i + 1].to(x.dtype)], dim=1))[:, :-1]
             else:
-                x = block(x)
+                x = vit_block(block, x)
         return x[:, 1:]

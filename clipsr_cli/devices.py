@@ -35,3 +35,31 @@ def pick_precision(name: str | None, device: torch.device) -> torch.dtype:
     if name == "fp16" and device.type == "cpu":
         raise ValueError("--precision fp16 needs a GPU (cuda or mps); use fp32 or bf16 on the CPU")
     return PRECISIONS[name]
+
+
+def pick_memory_format(device: torch.device) -> torch.memory_format:
+    """Channels-last on the CPU, where oneDNN's convolutions and the upsampler's
+    pixel shuffle are fastest in it (BENCHMARKS.md); the default layout elsewhere,
+    where it has not been measured."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+
+
+def keep_freed_memory(limit: int = 1 << 30) -> bool:
+    """Let glibc reuse freed blocks of up to `limit` bytes instead of unmapping them.
+
+    By default glibc gives every block over 32 MiB back to the kernel on free,
+    so each forward pass page-faults its 100+ MiB activation maps in again
+    (zero-filled by the kernel), which cost 12% of the paper preset's forward
+    time on the CPU.  Freed memory is then kept by the process for its next
+    batch, which is what a batch tool wants.  Returns False where the C library
+    has no mallopt (macOS, musl ignores it)."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, limit)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * limit))

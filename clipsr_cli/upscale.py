@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from clipsr_cli.captions import Captions
+from clipsr_cli.devices import pick_memory_format
 from clipsr_cli.images import IMAGE_EXTS, ImageError, load_image, save_image
 from clipsr_cli.prefetch import prefetch
 from clipsr_cli.tiling import auto_tile, is_out_of_memory, tiled
@@ -112,7 +113,8 @@ class Upscaler:
 
     def __init__(self, gen, device: torch.device, warn: Callable[[str], None] = print,
                  dtype: torch.dtype = torch.float32, tile: int | None = None, tile_pad: int = 16):
-        self.gen = gen.to(device).eval()
+        self.layout = pick_memory_format(device)
+        self.gen = gen.to(device, memory_format=self.layout).eval()
         self.device = device
         self.dtype = dtype  # computed under autocast; weights and outputs stay fp32
         self.warn = warn
@@ -135,7 +137,7 @@ class Upscaler:
     def _forward(self, lr: torch.Tensor, cond) -> torch.Tensor:
         def fn(part: torch.Tensor) -> torch.Tensor:
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                return self.gen(part.to(self.device), cond)
+                return self.gen(part.to(self.device, memory_format=self.layout), cond)
 
         if self.tile and max(lr.shape[-2:]) > self.tile:
             return tiled(fn, lr, self.gen.scale, self.tile, self.tile_pad)

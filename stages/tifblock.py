@@ -42,7 +42,7 @@ class Affine(nn.Module):
             nn.init.constant_(mlp[-1].bias, bias)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.gamma(text)[:, :, None, None] * x + self.beta(text)[:, :, None, None]
+        return torch.addcmul(self.beta(text)[:, :, None, None], self.gamma(text)[:, :, None, None], x)
 
 
 class TIFBlock(nn.Module):
@@ -58,6 +58,6 @@ class TIFBlock(nn.Module):
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        h = F.leaky_relu(self.fuse1(self.conv1(x), text), 0.2)
-        h = F.leaky_relu(self.fuse2(self.conv2(h), text), 0.2)
+        h = F.leaky_relu_(self.fuse1(self.conv1(x), text), 0.2)  # in place: a fresh tensor
+        h = F.leaky_relu_(self.fuse2(self.conv2(h), text), 0.2)
         return self.shortcut(x) + h

@@ -10,6 +10,7 @@ from torch import nn
 
 from clipsr_cli.config import ModelConfig
 from clipsr_cli.hookspecs import hookimpl
+from clipsr_cli.kernels import conv_pixel_shuffle
 
 
 def bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:
@@ -31,7 +32,7 @@ class PixelShuffleUpsampler(nn.Module):
         blocks = []
         for _ in range(int(math.log2(scale))):
             blocks += [nn.Conv2d(in_channels, 4 * in_channels, 3, 1, 1), nn.PixelShuffle(2), nn.LeakyReLU(0.2, True)]
-        self.body = nn.Sequential(*blocks)
+        self.body = nn.Sequential(*blocks)  # kept as a Sequential: checkpoint keys body.0, body.3, ...
         self.to_rgb = nn.Conv2d(in_channels, 3, 3, 1, 1)
         if self.residual:  # start close to bicubic: a small correction, not noise on top of it
             with torch.no_grad():
@@ -39,7 +40,10 @@ class PixelShuffleUpsampler(nn.Module):
                 self.to_rgb.bias.zero_()
 
     def forward(self, features: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        out = self.to_rgb(self.body(features))
+        x = features
+        for conv in self.body[::3]:  # conv, shuffle, activation
+            x = F.leaky_relu_(conv_pixel_shuffle(x, conv, 2), 0.2)
+        out = self.to_rgb(x)
         return out + bicubic(lr, self.scale) if self.residual else out
 
 

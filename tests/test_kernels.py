@@ -1,0 +1,103 @@
+"""The fast formulations give what the plain PyTorch ones give."""
+
+import ctypes
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipsr_cli.devices import keep_freed_memory, pick_memory_format
+from clipsr_cli.kernels import conv_pixel_shuffle, dense, is_channels_last, vit_block
+from clipsr_cli.network import Generator
+from clipsr_cli.upscale import Upscaler
+
+
+@pytest.mark.parametrize("shape", [(7, 12), (2, 9, 12)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_matches_linear_values_and_gradients(shape, bias):
+    x = torch.randn(*shape, requires_grad=True)
+    w = torch.randn(20, 12, requires_grad=True)
+    b = torch.randn(20, requires_grad=True) if bias else None
+    ours = dense(x, w, b)
+    ref = F.linear(x, w, b)
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(ours, [x, w], g)
+    ref_grads = torch.autograd.grad(ref, [x, w], g)
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_on_a_non_contiguous_input():
+    x = torch.randn(12, 5).t()  # (5, 12), transposed strides
+    w, b = torch.randn(3, 12), torch.randn(3)
+    torch.testing.assert_close(dense(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_conv_pixel_shuffle_channels_last_matches_pixel_shuffle(factor):
+    conv = nn.Conv2d(8, 5 * factor * factor, 3, 1, 1)
+    x = torch.randn(2, 8, 6, 7)
+    ref = F.pixel_shuffle(conv(x), factor)
+    cl = conv_pixel_shuffle(x.contiguous(memory_format=torch.channels_last), conv, factor)
+    assert is_channels_last(cl) and cl.shape == ref.shape == (2, 5, 6 * factor, 7 * factor)
+    torch.testing.assert_close(cl, ref, rtol=1e-5, atol=1e-5)
+    plain = conv_pixel_shuffle(x, conv, factor)  # the default layout takes the plain path
+    assert plain.is_contiguous()
+    torch.testing.assert_close(plain, ref)
+
+
+def test_vit_block_matches_open_clip_block(tiny_clip):
+    x = torch.randn(3, 11, tiny_clip.visual.conv1.out_channels)
+    for block in tiny_clip.visual.transformer.resblocks:
+        torch.testing.assert_close(vit_block(block, x), block(x), rtol=1e-5, atol=1e-5)
+
+
+def test_vit_block_falls_back_for_other_blocks():
+    calls = []
+
+    class Odd(nn.Module):
+        def forward(self, x):
+            calls.append(x.shape)
+            return x * 2
+
+    x = torch.ones(1, 2, 4)
+    assert torch.equal(vit_block(Odd(), x), x * 2) and calls == [(1, 2, 4)]
+
+
+@pytest.mark.parametrize("scale", [4, 8])
+def test_generator_in_channels_last_gives_the_same_image(tiny_cfg, tiny_clip, scale):
+    gen = Generator(tiny_cfg, tiny_clip, scale).eval()
+    lr = torch.rand(2, 3, 19, 24)
+    with torch.inference_mode():
+        cond = gen.encode_text(["a bird", "a cat"])
+        ref = gen(lr, cond)
+        gen_cl = Generator(tiny_cfg, tiny_clip, scale).eval()
+        gen_cl.load_state_dict(gen.state_dict())
+        gen_cl = gen_cl.to(memory_format=torch.channels_last)
+        out = gen_cl(lr.contiguous(memory_format=torch.channels_last), cond)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=2e-5)
+
+
+def test_upscaler_runs_the_cpu_in_channels_last(tiny_cfg, tiny_clip):
+    cpu = torch.device("cpu")
+    assert pick_memory_format(cpu) == torch.channels_last
+    gen = Generator(tiny_cfg, tiny_clip, 4).eval()
+    up = Upscaler(gen, cpu, tile=0)
+    assert all(is_channels_last(m.weight) for m in gen.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1))
+    seen = []
+    gen.upsampler.register_forward_pre_hook(lambda m, args: seen.append(is_channels_last(args[0])))
+    up.upscale(torch.rand(3, 16, 20), "a photo", None)
+    assert seen == [True]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
+def test_keep_freed_memory_is_accepted_by_glibc():
+    try:
+        ctypes.CDLL(None).gnu_get_libc_version
+    except AttributeError:
+        pytest.skip("not glibc")
+    assert keep_freed_memory() is True
