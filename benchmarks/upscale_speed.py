@@ -53,9 +53,11 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: bool) -> dict:
     import torch
 
     from clipsr_cli.captions import Captions
+    from clipsr_cli.devices import keep_freed_memory
     from clipsr_cli.images import load_image
     from clipsr_cli.upscale import Upscaler, run
 
+    keep_freed_memory()  # as the CLI does
     gen = build(preset, scale)
     caption = "a small bird with a red head on a branch"
     result = {"preset": preset, "scale": scale, "images": n, "batch": batch}
@@ -75,16 +77,20 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: bool) -> dict:
         lr.mkdir()
         paths = make_folder(lr, n, LR_SIDE[scale])
         upscaler = Upscaler(gen, torch.device("cpu"), tile=0)
-        upscaler.upscale(load_image(paths[0]).rgb, caption, paths[0])  # warm-up, caption cached
         rgbs = [load_image(p).rgb for p in paths]
-        start = time.perf_counter()
-        for i in range(0, n, batch):
-            upscaler.upscale_batch(rgbs[i : i + batch], [caption] * len(rgbs[i : i + batch]), paths[i : i + batch])
-        result["forward_ips"] = n / (time.perf_counter() - start)
-        start = time.perf_counter()
-        report = run(upscaler, lr, paths, tmp / "sr", Captions(lr, text=caption), batch_size=batch)
-        result["end_to_end_ips"] = n / (time.perf_counter() - start)
-        assert len(report.done) == n, report.failed
+        upscaler.upscale_batch(rgbs[:batch], [caption] * batch, paths[:batch])  # warm-up, caption cached
+        forward, end_to_end = [], []
+        for attempt in range(2):  # alternated, best of two: this machine is noisy
+            start = time.perf_counter()
+            for i in range(0, n, batch):
+                upscaler.upscale_batch(rgbs[i : i + batch], [caption] * len(rgbs[i : i + batch]),
+                                       paths[i : i + batch])
+            forward.append(n / (time.perf_counter() - start))
+            start = time.perf_counter()
+            report = run(upscaler, lr, paths, tmp / f"sr{attempt}", Captions(lr, text=caption), batch_size=batch)
+            end_to_end.append(n / (time.perf_counter() - start))
+            assert len(report.done) == n, report.failed
+        result["forward_ips"], result["end_to_end_ips"] = max(forward), max(end_to_end)
         start = time.perf_counter()
         (tmp / "bic").mkdir()
         for p in paths:

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename over `path`: readers never see half a file."""
+    """Call write(tmp_path), then rename over `path`: readers never see half a file.
+
+    The temporary file sits beside `path` (a rename within one file system is
+    atomic) under a name no other writer uses, and is created by `write` itself,
+    so it gets the usual mode under the process umask.  (mkstemp's 0600 would
+    need a chmod, and reading the umask means setting it: a race between the
+    writer threads of `upscale`.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:16]}.tmp")
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

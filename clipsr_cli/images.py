@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageOps
 
 from clipsr_cli.files import atomic_write
+from clipsr_cli.png import is_png16_color, png16_bytes, write_png
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding them
@@ -37,6 +38,8 @@ def load_image(path: Path) -> Decoded:
                 if im.width * im.height > MAX_PIXELS:
                     raise ImageError(f"{path}: {im.width}x{im.height} exceeds the {MAX_PIXELS} pixel limit "
                                      "(possible decompression bomb); downscale it first")
+                if is_png16_color(im):
+                    return _png16_to_tensor(*png16_bytes(path))
                 im.load()
                 im = ImageOps.exif_transpose(im)
     except ImageError:
@@ -47,6 +50,14 @@ def load_image(path: Path) -> Decoded:
         reason = "empty file" if path.stat().st_size == 0 else str(e)
         raise ImageError(f"{path}: not a readable image ({reason}); re-export or remove it") from None
     return _to_tensor(im)
+
+
+def _png16_to_tensor(high: Image.Image, low: Image.Image) -> Decoded:
+    """16-bit RGB(A) from its two byte planes, EXIF orientation applied to both."""
+    planes = [np.asarray(ImageOps.exif_transpose(p), dtype=np.float32) for p in (high, low)]
+    t = torch.from_numpy((planes[0] * 256 + planes[1]) / 65535.0).permute(2, 0, 1)
+    alpha = t[3:].contiguous() if t.shape[0] == 4 else None
+    return Decoded(t[:3].contiguous(), alpha, False, 16)
 
 
 def _to_tensor(im: Image.Image) -> Decoded:
@@ -65,29 +76,40 @@ def _to_tensor(im: Image.Image) -> Decoded:
     return Decoded(t, alpha, gray, 8)
 
 
-def _to_pil(rgb: torch.Tensor, alpha: torch.Tensor | None, gray: bool, bits: int) -> Image.Image:
-    rgb = rgb.clamp(0, 1)
-    if gray:
-        luma = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]).numpy()
-        if bits == 16:
-            return Image.fromarray(np.round(luma * 65535).astype(np.uint16))
-        im = Image.fromarray(np.round(luma * 255).astype(np.uint8), "L")
-    else:
-        arr = np.round(rgb.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-        im = Image.fromarray(arr, "RGB")
+def _to_array(rgb: torch.Tensor, alpha: torch.Tensor | None, gray: bool, bits: int) -> np.ndarray:
+    """(H, W, C) uint8 or uint16: L, LA, RGB or RGBA."""
+    rgb = rgb.float().clamp(0, 1)
+    planes = [(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])[None]] if gray else [rgb]
     if alpha is not None:
-        a = Image.fromarray(np.round(alpha.clamp(0, 1)[0].numpy() * 255).astype(np.uint8), "L")
-        im = im.convert("LA" if gray else "RGBA")
-        im.putalpha(a)
-    return im
+        planes.append(alpha.float().clamp(0, 1))
+    x = torch.cat(planes) if len(planes) > 1 else planes[0]
+    top = 65535 if bits == 16 else 255
+    x = x.mul(top).round_().permute(1, 2, 0)
+    return x.to(torch.uint8).numpy() if bits == 8 else x.to(torch.int32).numpy().astype(np.uint16)
+
+
+def _format(path: Path) -> str:
+    return {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
+
+
+def output_array(path: Path, rgb: torch.Tensor, alpha=None, gray=False, bits=8) -> np.ndarray:
+    """What `write_image(path, ...)` writes: quantised for the format of `path`
+    (16 bits and alpha only where it holds them).  Torch work, done by the
+    caller's thread so that writer threads run no intra-op thread pools."""
+    fmt = _format(path)
+    keep_alpha = alpha is not None and fmt != "JPEG"
+    return _to_array(rgb.cpu(), alpha.cpu() if keep_alpha else None, gray, bits if fmt == "PNG" else 8)
+
+
+def write_image(path: Path, arr: np.ndarray) -> None:
+    """Write atomically: PNG by clipsr's encoder (any mode, 8 or 16 bits), JPEG and WebP by Pillow."""
+    fmt = _format(path)
+    if fmt == "PNG":
+        atomic_write(path, lambda tmp: write_png(tmp, arr))
+        return
+    im = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    atomic_write(path, lambda tmp: im.save(tmp, format=fmt, quality=95))
 
 
 def save_image(path: Path, rgb: torch.Tensor, alpha=None, gray=False, bits=8) -> None:
-    im = _to_pil(rgb.float().cpu(), None if alpha is None else alpha.float().cpu(), gray, bits)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".png": "PNG"}.get(path.suffix.lower(), "PNG")
-    if fmt == "JPEG" and im.mode in ("RGBA", "LA"):
-        im = im.convert("RGB")
-    # PNG at zlib level 1 (OpenCV's default, what Real-ESRGAN writes): several times faster
-    # to encode than PIL's 6 for files about 10-20% larger; still lossless
-    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {"compress_level": 1}
-    atomic_write(path, lambda tmp: im.save(tmp, format=fmt, **options))
+    write_image(path, output_array(path, rgb, alpha, gray, bits))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from clipsr_cli.captions import Captions
 from clipsr_cli.devices import pick_memory_format
-from clipsr_cli.images import IMAGE_EXTS, ImageError, load_image, save_image
+from clipsr_cli.images import IMAGE_EXTS, ImageError, load_image, output_array, write_image
 from clipsr_cli.prefetch import prefetch
 from clipsr_cli.tiling import auto_tile, is_out_of_memory, tiled
 
@@ -261,6 +261,8 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
             return
         for it, sr in zip(batch, srs):
             writer.submit(it, sr)
+        if not overlap:
+            writer.drain()
 
     def written(it: _Item, error: Exception | None) -> None:
         if error is None:
@@ -269,7 +271,11 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
             fail(it.job, f"{type(error).__name__}: {error}")
         finish(it.job)
 
-    writer = _Writer(written)
+    # With the forward on the CPU every core is already busy: encoding alongside it only
+    # preempts the compute threads, so outputs are encoded on all cores between batches.
+    # With the forward on an accelerator the cores are free and encoding overlaps it.
+    overlap = upscaler.device.type != "cpu"
+    writer = _Writer(written, workers=1 if overlap else torch.get_num_threads())
 
     # the next images decode in a worker thread while the current batch is upscaled
     for job, decoded in prefetch(lambda j: load_image(j.image), jobs):
@@ -293,17 +299,18 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
 
 
 class _Writer:
-    """Encodes and writes outputs in a worker thread (PIL's encoders release the
-    GIL), so PNG compression overlaps with the next batch's forward pass.  At
+    """Quantises outputs in the calling thread, then encodes and writes them in
+    worker threads (numpy, ISA-L and Pillow's encoders release the GIL).  At
     most `depth` outputs wait; results are reported in order."""
 
-    def __init__(self, on_done: Callable[[_Item, Exception | None], None], depth: int = 8):
-        self.pool = ThreadPoolExecutor(max_workers=1)
+    def __init__(self, on_done: Callable[[_Item, Exception | None], None], workers: int = 1, depth: int = 8):
+        self.pool = ThreadPoolExecutor(max_workers=workers)
         self.waiting: deque = deque()
-        self.on_done, self.depth = on_done, depth
+        self.on_done, self.depth = on_done, max(depth, workers)
 
     def submit(self, it: _Item, sr: torch.Tensor) -> None:
-        self.waiting.append((it, self.pool.submit(save_image, it.target, sr, it.alpha, it.gray, it.bits)))
+        arr = output_array(it.target, sr, it.alpha, it.gray, it.bits)
+        self.waiting.append((it, self.pool.submit(write_image, it.target, arr)))
         while len(self.waiting) > self.depth:
             self._complete_one()
 
@@ -315,7 +322,10 @@ class _Writer:
         except (OSError, ImageError) as e:
             self.on_done(it, e)
 
-    def close(self) -> None:
+    def drain(self) -> None:
         while self.waiting:
             self._complete_one()
+
+    def close(self) -> None:
+        self.drain()
         self.pool.shutdown()

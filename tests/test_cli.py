@@ -216,3 +216,16 @@ def test_upscale_without_weights_uses_the_bundled_default_once(tmp_path):
     assert Image.open(tmp_path / "sr" / "a.png").size == (48, 40)
     res = runner.invoke(app, ["upscale", str(folder), "-o", str(tmp_path / "sr2"), "--caption", "x", "-s", "2"])
     assert res.exit_code == 2 and "no bundled model for x2" in res.output and "--preset" in res.output
+
+
+def test_16bit_rgb_png_is_upscaled_to_a_16bit_png(tmp_path):
+    from clipsr_cli.png import is_png16_color, write_png
+
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    write_png(lr / "deep.png", (np.random.rand(10, 12, 3) * 65535).astype(np.uint16))
+    out = tmp_path / "sr"
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(lr), "-o", str(out), "--caption", "x", "-s", "2", "-q"])
+    assert res.exit_code == 0, res.output
+    with Image.open(out / "deep.png") as im:
+        assert im.size == (24, 20) and is_png16_color(im)

@@ -1,0 +1,237 @@
+"""Every image mode a user's folder may hold is read and written back faithfully;
+every kind of bad file is refused with one line naming it."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipsr_cli import png
+from clipsr_cli.images import ImageError, load_image, save_image
+
+
+def _random(h, w, c, dtype=np.uint8, seed=0):
+    top = np.iinfo(dtype).max
+    return np.random.default_rng(seed).integers(0, top + 1, (h, w, c)).astype(dtype)
+
+
+def _chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _reference_png(arr16: np.ndarray) -> bytes:
+    """A 16-bit PNG written the slow, obvious way, cycling through all five
+    row filters (None, Sub, Up, Average, Paeth), as an independent encoder."""
+    h, w, c = arr16.shape
+    rows = [list(arr16[y].astype(">u2").tobytes()) for y in range(h)]
+    bpp = 2 * c
+    raw = bytearray()
+    prior = [0] * len(rows[0])
+    for y, row in enumerate(rows):
+        kind = y % 5
+        out = []
+        for i, x in enumerate(row):
+            a = row[i - bpp] if i >= bpp else 0
+            b = prior[i]
+            cc = prior[i - bpp] if i >= bpp else 0
+            if kind == 0:
+                pred = 0
+            elif kind == 1:
+                pred = a
+            elif kind == 2:
+                pred = b
+            elif kind == 3:
+                pred = (a + b) // 2
+            else:
+                p = a + b - cc
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - cc)
+                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else cc)
+            out.append((x - pred) % 256)
+        raw += bytes([kind] + out)
+        prior = row
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, {3: 2, 4: 6}[c], 0, 0, 0)
+    return png.SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(bytes(raw))) + _chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_16bit_color_png_from_another_encoder_is_read_exactly(tmp_path, channels):
+    arr = _random(11, 7, channels, np.uint16)
+    path = tmp_path / "ref.png"
+    path.write_bytes(_reference_png(arr))
+    d = load_image(path)
+    assert d.bits == 16 and not d.gray
+    got = torch.cat([d.rgb, d.alpha]) if channels == 4 else d.rgb
+    expect = torch.from_numpy(arr.astype(np.float32) / 65535).permute(2, 0, 1)
+    assert torch.equal(torch.round(got * 65535), torch.round(expect * 65535))
+    assert (d.alpha is not None) == (channels == 4)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("blocks", [False, True])
+def test_png_encoder_round_trips_through_pillow(tmp_path, monkeypatch, channels, dtype, blocks):
+    if blocks:  # the streamed path of large images: several blocks, the row above carries over
+        monkeypatch.setattr(png, "ONE_SHOT_BYTES", 0)
+        monkeypatch.setattr(png, "ROWS_PER_BLOCK", 4)
+    arr = _random(13, 9, channels, dtype, seed=channels)
+    path = tmp_path / "x.png"
+    png.write_png(path, arr)
+    if dtype == np.uint16 and channels >= 3:
+        high, low = png.png16_bytes(path)
+        back = np.asarray(high).astype(np.uint16) * 256 + np.asarray(low)
+    elif dtype == np.uint16 and channels == 1:
+        back = np.asarray(Image.open(path)).astype(np.uint16)[..., None]
+    elif dtype == np.uint16:  # Pillow reads 16-bit gray+alpha as RGBA, high bytes only
+        rgba = np.asarray(Image.open(path))
+        assert np.array_equal(rgba[..., [0, 3]], (arr >> 8).astype(np.uint8))
+        return
+    else:
+        im = Image.open(path)
+        assert im.mode == {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
+        back = np.asarray(im).reshape(13, 9, channels)
+    assert np.array_equal(back, arr)
+
+
+def test_up_filter_predicts_each_row_from_the_one_above():
+    rows = np.tile(np.arange(60, dtype=np.uint8)[None], (20, 1))  # every row the same
+    rows[5] += 3
+    filtered = png.up_filter(rows, np.zeros(60, np.uint8))
+    assert (filtered[:, 0] == png.UP).all()
+    assert np.array_equal(filtered[0, 1:], rows[0])  # the top row is predicted from zeros
+    assert (filtered[5, 1:] == 3).all() and (filtered[6, 1:] == 253).all()  # wraps modulo 256
+    assert not filtered[[1, 2, 3, 4, 7, 8], 1:].any()
+
+
+def _save_pil(path, mode, **kw):
+    arr = _random(10, 12, 3)
+    im = Image.fromarray(arr)
+    if mode == "P+transparency":
+        im = im.convert("P")
+        im.info["transparency"] = 0
+        im.save(path, transparency=0)
+    else:
+        im.convert(mode).save(path, **kw)
+
+
+@pytest.mark.parametrize("name,mode,expect", [
+    ("rgb.png", "RGB", ("RGB", 3)),
+    ("gray.png", "L", ("L", 1)),
+    ("graya.png", "LA", ("LA", 2)),
+    ("rgba.png", "RGBA", ("RGBA", 4)),
+    ("pal.png", "P", ("RGB", 3)),
+    ("palt.png", "P+transparency", ("RGBA", 4)),
+    ("cmyk.jpg", "CMYK", ("RGB", 3)),
+    ("rgb.webp", "RGB", ("RGB", 3)),
+    ("rgb.tif", "RGB", ("RGB", 3)),
+    ("rgb.bmp", "RGB", ("RGB", 3)),
+])
+def test_every_mode_is_read_and_written_back(tmp_path, name, mode, expect):
+    src = tmp_path / name
+    _save_pil(src, mode)
+    d = load_image(src)
+    assert d.rgb.shape == (3, 10, 12) and d.rgb.dtype == torch.float32 and 0 <= d.rgb.min() <= d.rgb.max() <= 1
+    out = tmp_path / "out" / f"x{src.suffix if src.suffix in ('.jpg', '.webp') else '.png'}"
+    save_image(out, d.rgb, d.alpha, d.gray, d.bits)
+    im = Image.open(out)
+    assert im.size == (12, 10)
+    want_mode, _ = expect
+    if out.suffix == ".jpg":
+        want_mode = "L" if d.gray else "RGB"
+    elif out.suffix == ".webp":
+        want_mode = "RGBA" if d.alpha is not None else "RGB"
+    assert im.mode == want_mode
+    if src.suffix in (".png", ".bmp", ".tif"):  # lossless: values come back exactly
+        again = load_image(out)
+        assert torch.allclose(again.rgb, d.rgb, atol=1 / 255 if d.gray else 1e-6)
+
+
+def test_16bit_gray_png_stays_16bit(tmp_path):
+    arr = _random(9, 8, 1, np.uint16)[..., 0]
+    src = tmp_path / "g16.png"
+    Image.fromarray(arr).save(src)
+    d = load_image(src)
+    assert d.gray and d.bits == 16
+    out = tmp_path / "o.png"
+    save_image(out, d.rgb, None, d.gray, d.bits)
+    assert np.array_equal(np.asarray(Image.open(out)).astype(np.uint16), arr)
+
+
+def test_16bit_rgb_output_keeps_low_bits(tmp_path):
+    rgb = torch.rand(3, 6, 5)
+    out = tmp_path / "o.png"
+    save_image(out, rgb, None, False, 16)
+    d = load_image(out)
+    assert d.bits == 16
+    assert torch.allclose(d.rgb, rgb, atol=1 / 65535)  # 8 bits would be off by up to 1/510
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    arr = np.zeros((10, 20, 3), np.uint8)
+    arr[:, :10] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    src = tmp_path / "rot.jpg"
+    Image.fromarray(arr).save(src, exif=exif, quality=100)
+    d = load_image(src)
+    assert d.rgb.shape == (3, 20, 10)  # displayed upright: portrait
+    assert d.rgb[:, :10].mean() > 0.9 and d.rgb[:, 10:].mean() < 0.1  # white half now on top
+
+
+def _truncated(path):
+    full = tmp = path.with_suffix(".full.png")
+    Image.fromarray(_random(64, 64, 3)).save(tmp)
+    path.write_bytes(full.read_bytes()[:200])
+    full.unlink()
+
+
+def _bomb(path):
+    ihdr = struct.pack(">IIBBBBB", 9000, 9000, 8, 2, 0, 0, 0)  # 81 MP declared, a few bytes on disk
+    data = zlib.compress(b"\0" * 100)
+    path.write_bytes(png.SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", data) + _chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("make,reason", [
+    (lambda p: p.write_bytes(b""), "empty file"),
+    (lambda p: p.write_text("these are my notes"), "not a readable image"),
+    (_truncated, "not a readable image"),
+    (_bomb, "decompression bomb"),
+])
+def test_bad_files_are_refused_with_one_line_naming_them(tmp_path, make, reason):
+    path = tmp_path / "bad.png"
+    make(path)
+    with pytest.raises(ImageError) as e:
+        load_image(path)
+    msg = str(e.value)
+    assert str(path) in msg and reason in msg and "\n" not in msg
+
+
+def test_atomic_write_leaves_the_old_file_and_no_temporary_on_failure(tmp_path):
+    from clipsr_cli.files import atomic_write
+
+    target = tmp_path / "out.png"
+    target.write_bytes(b"old")
+
+    def broken(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, broken)
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+    atomic_write(target, lambda tmp: tmp.write_bytes(b"new"))
+    assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        save_image(tmp_path / "x.png", torch.rand(3, 4, 4))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.png").stat().st_mode) == 0o640
