@@ -49,7 +49,7 @@ def build(preset: str, scale: int):
     return Generator(cfg, build_clip(cfg), scale)  # random CLIP: no weights file needed
 
 
-def one(preset: str, scale: int, n: int, batch: int, tile_test: bool) -> dict:
+def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None) -> dict:
     import torch
 
     from clipsr_cli.captions import Captions
@@ -63,11 +63,11 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: bool) -> dict:
     result = {"preset": preset, "scale": scale, "images": n, "batch": batch}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if tile_test:
+        if tile_test is not None:
             lr = tmp / "lr"
             lr.mkdir()
             make_folder(lr, 1, 1024)
-            upscaler = Upscaler(gen, torch.device("cpu"))
+            upscaler = Upscaler(gen, torch.device("cpu"), tile=tile_test or None)  # 0: automatic
             start = time.perf_counter()
             report = run(upscaler, lr, sorted(lr.glob("*.png")), tmp / "sr", Captions(lr, text=caption))
             assert len(report.done) == 1, report.failed
@@ -105,7 +105,7 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: bool) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--one", nargs=4, metavar=("PRESET", "SCALE", "N", "BATCH"))
-    p.add_argument("--tile-test", action="store_true")
+    p.add_argument("--tile-test", type=int, metavar="TILE", help="1024x1024 at x8 with this tile (0: automatic)")
     args = p.parse_args()
     if args.one:
         preset, scale, n, batch = args.one
@@ -125,11 +125,11 @@ def main() -> None:
         print(f"| {preset} | x{scale} | {side} -> {side * scale} | {batch} | {r['forward_ips']:.2f} | "
               f"{r['end_to_end_ips']:.2f} | {r['end_to_end_ips'] / r['forward_ips']:.0%} | "
               f"{r['bicubic_ips']:.1f} | {r['peak_rss_gib']:.2f} GiB |")
-    for preset in ("tiny",):  # the paper preset needs ~19 TFLOP for this image: minutes on this CPU
-        r = child("--one", preset, "8", "1", "1", "--tile-test")
-        print(f"\n{preset} x8, one 1024x1024 LR -> 8192x8192: automatic tile {r['tile']} LR px, "
-              f"{r['seconds']:.1f} s, peak RSS {r['peak_rss_gib']:.2f} GiB")
-
+    print("\n| 1024x1024 LR -> 8192x8192, tiny x8 | tile (LR px) | seconds | peak RSS |\n|---|---|---|---|")
+    for tile in (0, 256, 128):  # the paper preset needs ~19 TFLOP for this image: minutes on this CPU
+        r = child("--one", "tiny", "8", "1", "1", "--tile-test", str(tile))
+        print(f"| {'automatic' if tile == 0 else '--tile'} | {r['tile']} | {r['seconds']:.1f} | "
+              f"{r['peak_rss_gib']:.2f} GiB |", flush=True)
 
 if __name__ == "__main__":
     main()

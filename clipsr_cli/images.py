@@ -77,14 +77,15 @@ def _to_tensor(im: Image.Image) -> Decoded:
 
 
 def _to_array(rgb: torch.Tensor, alpha: torch.Tensor | None, gray: bool, bits: int) -> np.ndarray:
-    """(H, W, C) uint8 or uint16: L, LA, RGB or RGBA."""
-    rgb = rgb.float().clamp(0, 1)
+    """(H, W, C) uint8 or uint16: L, LA, RGB or RGBA.  One float temporary: the
+    output of a large image is hundreds of MB."""
+    rgb = rgb.float()
     planes = [(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])[None]] if gray else [rgb]
     if alpha is not None:
-        planes.append(alpha.float().clamp(0, 1))
-    x = torch.cat(planes) if len(planes) > 1 else planes[0]
+        planes.append(alpha.float())
     top = 65535 if bits == 16 else 255
-    x = x.mul(top).round_().permute(1, 2, 0)
+    x = torch.cat(planes).mul_(top) if len(planes) > 1 else planes[0].mul(top)
+    x = x.clamp_(0, top).round_().permute(1, 2, 0)
     return x.to(torch.uint8).numpy() if bits == 8 else x.to(torch.int32).numpy().astype(np.uint16)
 
 

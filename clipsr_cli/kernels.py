@@ -5,9 +5,9 @@ memory layout or the library that does the arithmetic differs.
 
 * `dense`: on the CPU, PyTorch's fp32 `linear` goes to MKL's sgemm, which on
   this project's AMD machines reaches 145-190 GFLOP/s; oneDNN's convolution
-  reaches 200-217 on the same shapes.  A 1x1 convolution over a channels-last
-  (1, K, 1, M) view *is* the (M, K) x (K, N) product, so the ViT's linear
-  layers are run as that (BENCHMARKS.md has the side-by-side figures).
+  reaches 200-217 on the same shapes once M is large (the ViT's 528 tokens of
+  a batch of 8).  A 1x1 convolution over a channels-last (1, K, 1, M) view
+  *is* the (M, K) x (K, N) product, so the ViT's linear layers are run as that.
 * `conv_pixel_shuffle`: conv3x3 + PixelShuffle(2) in channels-last memory.
   With the conv's output channels reordered (i, j, c) instead of (c, i, j),
   the shuffle copies whole C-float pixels instead of single floats.
@@ -22,13 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
+ONEDNN_MIN_ROWS = 512  # below this MKL is as fast or faster (the ViT at batch 1: 66 rows)
+
+
 def _onednn_dense(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
 
 
 def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear(x, weight, bias), on the CPU computed by oneDNN."""
-    if not _onednn_dense(x):
+    """F.linear(x, weight, bias), on the CPU computed by oneDNN for large inputs."""
+    if not _onednn_dense(x) or x.numel() < ONEDNN_MIN_ROWS * x.shape[-1]:
         return F.linear(x, weight, bias)
     n, k = weight.shape
     rows = x.reshape(-1, k)

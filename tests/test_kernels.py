@@ -15,7 +15,7 @@ from clipsr_cli.network import Generator
 from clipsr_cli.upscale import Upscaler
 
 
-@pytest.mark.parametrize("shape", [(7, 12), (2, 9, 12)])
+@pytest.mark.parametrize("shape", [(7, 12), (2, 9, 12), (600, 12), (2, 300, 12)])  # below / above ONEDNN_MIN_ROWS
 @pytest.mark.parametrize("bias", [True, False])
 def test_dense_matches_linear_values_and_gradients(shape, bias):
     x = torch.randn(*shape, requires_grad=True)
@@ -33,7 +33,7 @@ def test_dense_matches_linear_values_and_gradients(shape, bias):
 
 
 def test_dense_on_a_non_contiguous_input():
-    x = torch.randn(12, 5).t()  # (5, 12), transposed strides
+    x = torch.randn(12, 600).t()  # (600, 12), transposed strides
     w, b = torch.randn(3, 12), torch.randn(3)
     torch.testing.assert_close(dense(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
 
@@ -52,7 +52,7 @@ def test_conv_pixel_shuffle_channels_last_matches_pixel_shuffle(factor):
 
 
 def test_vit_block_matches_open_clip_block(tiny_clip):
-    x = torch.randn(3, 11, tiny_clip.visual.conv1.out_channels)
+    x = torch.randn(8, 66, tiny_clip.visual.conv1.out_channels)  # 528 rows: the oneDNN path
     for block in tiny_clip.visual.transformer.resblocks:
         torch.testing.assert_close(vit_block(block, x), block(x), rtol=1e-5, atol=1e-5)
 

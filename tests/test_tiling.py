@@ -101,3 +101,13 @@ def test_same_size_images_are_batched_and_give_the_same_outputs(tiny_cfg, tiny_c
         a = np.asarray(Image.open(tmp_path / "one" / f"{i}.png"), dtype=np.int16)
         b = np.asarray(Image.open(tmp_path / "many" / f"{i}.png"), dtype=np.int16)
         assert np.abs(a - b).max() <= 1  # uint8 rounding of float differences only
+
+
+def test_automatic_tile_follows_free_memory_and_stays_small_on_the_cpu(monkeypatch):
+    from clipsr_cli import tiling
+
+    monkeypatch.setattr(tiling, "available_memory", lambda device: 64 << 30)
+    assert tiling.auto_tile(1000.0, torch.device("cpu")) == tiling.CPU_MAX_TILE
+    assert tiling.auto_tile(1000.0, torch.device("cuda")) == 1024  # not queried: memory is patched
+    monkeypatch.setattr(tiling, "available_memory", lambda device: 100 << 20)
+    assert tiling.auto_tile(1000.0, torch.device("cuda")) == 192  # 192^2 * 1000 B <= 40 MB < 256^2 * 1000 B
