@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TimeRemainingColumn
 from rich.table import Table
 
 from clipsr_cli import __version__
@@ -20,6 +20,11 @@ weights_app = typer.Typer(no_args_is_help=True, help="List, locate and verify we
 app.add_typer(weights_app, name="weights")
 console = Console(stderr=True)
 out = Console()
+
+
+class ImagesPerSecond(ProgressColumn):
+    def render(self, task):
+        return f"{task.speed:.2f} img/s" if task.speed else ""
 
 
 def user_errors(fn):
@@ -139,7 +144,7 @@ def upscale(
         console.print(f"{len(images)} image(s), x{gen.scale}, preset {gen.cfg.name!r}, device {dev}, "
                       f"{str(dtype).removeprefix('torch.')}, tiles of {upscaler.tile or 'any'} LR px, "
                       f"batch {batch_size}")
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), ImagesPerSecond(),
                   TimeRemainingColumn(), console=console, disable=quiet, transient=True) as bar:
         task = bar.add_task("upscaling", total=len(images))
         report = run(upscaler, root, images, output, caps, suffix, ext and ext.lower(), skip_existing,

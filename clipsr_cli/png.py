@@ -4,7 +4,7 @@ Writing: Pillow's PNG encoder tries all five row filters on every row and
 deflates with zlib: 5.6 ms for a 256x256 output, half of the tiny preset's
 forward pass.  Here every row gets the 'Up' filter (one numpy subtraction for
 the whole image) and ISA-L's deflate (`isal`, zlib where it is missing) at
-level 1: 0.75 ms, files no larger than Pillow's at level 1 (BENCHMARKS.md).
+level 1: 0.6-0.9 ms, files within 8% of Pillow's at level 1 (BENCHMARKS.md).
 Paeth would make them 6% smaller for 5x the time.  It also writes 16-bit
 RGB(A), which Pillow cannot.
 

@@ -129,10 +129,12 @@ class Upscaler:
 
     def condition(self, caption: str, image: Path):
         if caption not in self._text:  # each unique caption is encoded once
-            if self.gen.text.n_tokens(caption) > CLIP_MAX_TOKENS:
-                self.warn(f"{image}: caption longer than CLIP's {CLIP_MAX_TOKENS} tokens was truncated")
-            self._text[caption] = self.gen.encode_text([caption])
-        return self._text[caption]
+            too_long = self.gen.text.n_tokens(caption) > CLIP_MAX_TOKENS
+            self._text[caption] = (self.gen.encode_text([caption]), too_long)
+        cond, too_long = self._text[caption]
+        if too_long:  # said for every image it applies to
+            self.warn(f"{image}: caption longer than CLIP's {CLIP_MAX_TOKENS} tokens was truncated")
+        return cond
 
     def _forward(self, lr: torch.Tensor, cond) -> torch.Tensor:
         def fn(part: torch.Tensor) -> torch.Tensor:

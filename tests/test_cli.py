@@ -229,3 +229,22 @@ def test_16bit_rgb_png_is_upscaled_to_a_16bit_png(tmp_path):
     assert res.exit_code == 0, res.output
     with Image.open(out / "deep.png") as im:
         assert im.size == (24, 20) and is_png16_color(im)
+
+
+def test_long_caption_is_truncated_with_a_warning_naming_the_image(tiny_cfg, tiny_clip):
+    import torch
+
+    from clipsr_cli.network import Generator
+    from clipsr_cli.upscale import Upscaler
+
+    warnings = []
+    up = Upscaler(Generator(tiny_cfg, tiny_clip, 2).eval(), torch.device("cpu"), warn=warnings.append, tile=0)
+    long = " ".join(["a small red bird with a curved beak"] * 12)  # ~96 tokens
+    out = up.upscale(torch.rand(3, 8, 8), long, "birds/one.png")
+    assert out.shape == (3, 16, 16)
+    assert len(warnings) == 1 and "birds/one.png" in warnings[0] and "truncated" in warnings[0]
+    encoded = len(up._text)
+    up.upscale(torch.rand(3, 8, 8), long, "birds/two.png")  # encoded once, said for each image
+    up.upscale(torch.rand(3, 8, 8), "a short caption", "birds/three.png")
+    assert len(up._text) == encoded + 1
+    assert len(warnings) == 2 and "birds/two.png" in warnings[1]
