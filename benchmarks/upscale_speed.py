@@ -102,11 +102,46 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None) -> d
     return result
 
 
+def pieces(n: int = 96) -> dict:
+    """CPU time (user + system, all threads) per image of the non-network work, tiny x4 outputs."""
+    import torch
+
+    from clipsr_cli.images import load_image, output_array, write_image
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    gen = build("tiny", 4).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        paths = make_folder(tmp, n, LR_SIDE[4])
+        with torch.inference_mode():
+            cond = gen.encode_text(["a bird"] * 8)
+            srs = torch.cat([gen(torch.stack([load_image(p).rgb for p in paths[i : i + 8]]), cond)
+                             for i in range(0, n, 8)]).clamp_(0, 1)
+        t0 = cpu()
+        for p in paths:
+            load_image(p)
+        t1 = cpu()
+        arrays = [output_array(tmp / "x.png", sr) for sr in srs]
+        t2 = cpu()
+        for i, arr in enumerate(arrays):
+            write_image(tmp / f"out{i}.png", arr)
+        t3 = cpu()
+    return {"decode": t1 - t0, "quantise": t2 - t1, "encode+write": t3 - t2, "n": n}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--one", nargs=4, metavar=("PRESET", "SCALE", "N", "BATCH"))
     p.add_argument("--tile-test", type=int, metavar="TILE", help="1024x1024 at x8 with this tile (0: automatic)")
+    p.add_argument("--pieces", action="store_true", help="core-ms per image of decoding, quantising, writing")
     args = p.parse_args()
+    if args.pieces:
+        r = pieces()
+        print(", ".join(f"{k} {1000 * v / r['n']:.2f}" for k, v in r.items() if k != "n") + " core-ms per image")
+        return
     if args.one:
         preset, scale, n, batch = args.one
         print(json.dumps(one(preset, int(scale), int(n), int(batch), args.tile_test)))
