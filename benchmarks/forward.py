@@ -56,22 +56,16 @@ def gemm_ceiling(n: int = 2048, repeats: int = 5) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
+    from kernels import best_ms  # benchmarks/kernels.py, beside this script
+
     from clipsr_cli.devices import keep_freed_memory
     from clipsr_cli.kernels import dense
 
     keep_freed_memory()
     a, b = torch.randn(n, n), torch.randn(n, n)
-    result = {}
-    for name, fn in (("mkl", lambda: torch.mm(a, b)), ("onednn", lambda: dense(a, b, None)),
-                     ("mkl_linear", lambda: F.linear(a, b))):
-        fn()
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t)
-        result[name] = 2 * n**3 / best / 1e9
-    return result
+    products = {"mkl": lambda: torch.mm(a, b), "onednn": lambda: dense(a, b, None),
+                "mkl_linear": lambda: F.linear(a, b)}
+    return {name: 2 * n**3 / best_ms(fn, repeats) / 1e6 for name, fn in products.items()}
 
 
 def child(*args: str) -> dict:
