@@ -136,12 +136,15 @@ class Upscaler:
             self.warn(f"{image}: caption longer than CLIP's {CLIP_MAX_TOKENS} tokens was truncated")
         return cond
 
+    def is_tiled(self, lr: torch.Tensor) -> bool:
+        return bool(self.tile) and max(lr.shape[-2:]) > self.tile
+
     def _forward(self, lr: torch.Tensor, cond) -> torch.Tensor:
         def fn(part: torch.Tensor) -> torch.Tensor:
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                 return self.gen(part.to(self.device, memory_format=self.layout), cond)
 
-        if self.tile and max(lr.shape[-2:]) > self.tile:
+        if self.is_tiled(lr):
             return tiled(fn, lr, self.gen.scale, self.tile, self.tile_pad)
         return fn(lr).float().cpu()
 
@@ -292,7 +295,10 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
             alpha_up = F.interpolate(decoded.alpha[None], scale_factor=scale, mode="bicubic")[0].clamp(0, 1)
             targets = job.targets(True)
         for caption, target in zip(job.captions, targets):
-            if pending and (len(pending) >= batch_size or pending[0].rgb.shape != decoded.rgb.shape):
+            # a tiled image goes alone: its tiles already fill the device, and the
+            # automatic tile size is chosen for one image's activations
+            limit = 1 if upscaler.is_tiled(decoded.rgb) else batch_size
+            if pending and (len(pending) >= limit or pending[0].rgb.shape != decoded.rgb.shape):
                 flush()
             pending.append(_Item(job, decoded.rgb, caption, target, alpha_up, decoded.gray, decoded.bits))
     flush()

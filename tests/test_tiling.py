@@ -101,6 +101,11 @@ def test_same_size_images_are_batched_and_give_the_same_outputs(tiny_cfg, tiny_c
         a = np.asarray(Image.open(tmp_path / "one" / f"{i}.png"), dtype=np.int16)
         b = np.asarray(Image.open(tmp_path / "many" / f"{i}.png"), dtype=np.int16)
         assert np.abs(a - b).max() <= 1  # uint8 rounding of float differences only
+    batches.clear()
+    tiled_run = run(Upscaler(gen, torch.device("cpu"), tile=20, tile_pad=2), folder, images, tmp_path / "t", caps,
+                    batch_size=8)
+    assert len(tiled_run.done) == 4
+    assert batches == [1] * 7  # 24x16 images tile (2 tiles each) and go alone; 20x20 fits one tile
 
 
 def test_automatic_tile_follows_free_memory_and_stays_small_on_the_cpu(monkeypatch):
