@@ -44,14 +44,8 @@ def linear_layers() -> None:
             x, w, b = torch.randn(rows, k), torch.randn(n, k), torch.randn(n)
             gflop = 2 * rows * k * n / 1e9
             mkl = gflop / best_ms(lambda: F.linear(x, w, b)) * 1000
-            onednn = gflop / best_ms(lambda: dense(x, w, b) if rows >= 512 else _force_onednn(x, w, b)) * 1000
+            onednn = gflop / best_ms(lambda: dense(x, w, b, min_rows=0)) * 1000
             print(f"| {name} ({rows} x {k} -> {n}) | {mkl:.0f} | {onednn:.0f} |")
-
-
-def _force_onednn(x, w, b):  # what `dense` would do below its row threshold
-    n, k = w.shape
-    y = F.conv2d(x.view(1, 1, -1, k).permute(0, 3, 1, 2), w.view(n, k, 1, 1), b)
-    return y.permute(0, 2, 3, 1).reshape(-1, n)
 
 
 def pixel_shuffle() -> None:

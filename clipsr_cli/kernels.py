@@ -29,9 +29,10 @@ def _onednn_dense(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
 
 
-def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear(x, weight, bias), on the CPU computed by oneDNN for large inputs."""
-    if not _onednn_dense(x) or x.numel() < ONEDNN_MIN_ROWS * x.shape[-1]:
+def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+          min_rows: int = ONEDNN_MIN_ROWS) -> torch.Tensor:
+    """F.linear(x, weight, bias), on the CPU computed by oneDNN from `min_rows` rows."""
+    if not _onednn_dense(x) or x.numel() < min_rows * x.shape[-1]:
         return F.linear(x, weight, bias)
     n, k = weight.shape
     rows = x.reshape(-1, k)

@@ -181,8 +181,8 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def _truncated(path):
-    full = tmp = path.with_suffix(".full.png")
-    Image.fromarray(_random(64, 64, 3)).save(tmp)
+    full = path.with_suffix(".full.png")
+    Image.fromarray(_random(64, 64, 3)).save(full)
     path.write_bytes(full.read_bytes()[:200])
     full.unlink()
 

@@ -32,6 +32,11 @@ def test_dense_matches_linear_values_and_gradients(shape, bias):
         torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
 
 
+def test_dense_threshold_is_a_parameter():
+    x, w, b = torch.randn(5, 12), torch.randn(3, 12), torch.randn(3)
+    torch.testing.assert_close(dense(x, w, b, min_rows=0), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+
+
 def test_dense_on_a_non_contiguous_input():
     x = torch.randn(12, 600).t()  # (600, 12), transposed strides
     w, b = torch.randn(3, 12), torch.randn(3)
