@@ -78,13 +78,12 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None) -> d
         paths = make_folder(lr, n, LR_SIDE[scale])
         upscaler = Upscaler(gen, torch.device("cpu"), tile=0)
         rgbs = [load_image(p).rgb for p in paths]
-        upscaler.upscale_batch(rgbs[:batch], [caption] * batch, paths[:batch])  # warm-up, caption cached
+        upscaler.upscale_batch(rgbs[:batch], [caption] * batch)  # warm-up, caption cached
         forward, end_to_end = [], []
         for attempt in range(2):  # alternated, best of two: this machine is noisy
             start = time.perf_counter()
             for i in range(0, n, batch):
-                upscaler.upscale_batch(rgbs[i : i + batch], [caption] * len(rgbs[i : i + batch]),
-                                       paths[i : i + batch])
+                upscaler.upscale_batch(rgbs[i : i + batch], [caption] * len(rgbs[i : i + batch]))
             forward.append(n / (time.perf_counter() - start))
             start = time.perf_counter()
             report = run(upscaler, lr, paths, tmp / f"sr{attempt}", Captions(lr, text=caption), batch_size=batch)

@@ -44,7 +44,7 @@ def pick_memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc mallopt parameters
 
 
 def keep_freed_memory(limit: int = 1 << 30) -> bool:
@@ -54,12 +54,16 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
     so each forward pass page-faults its 100+ MiB activation maps in again
     (zero-filled by the kernel), which cost 12% of the paper preset's forward
     time on the CPU.  Freed memory is then kept by the process for its next
-    batch, which is what a batch tool wants.  Returns False where the C library
-    has no mallopt (macOS, musl ignores it)."""
+    batch, which is what a batch tool wants.  One arena for all threads: the
+    per-thread arenas of worker threads (upscale's lanes) hold at most 64 MiB
+    per block and map anything larger afresh on every allocation.  Call it
+    before starting threads.  Returns False where the C library has no mallopt
+    (macOS, musl ignores it)."""
     import ctypes
 
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, limit)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * limit))
+    return all(mallopt(param, value) for param, value in
+               ((_M_MMAP_THRESHOLD, limit), (_M_TRIM_THRESHOLD, 2 * limit), (_M_ARENA_MAX, 1)))

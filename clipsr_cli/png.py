@@ -16,6 +16,7 @@ Pillow's own decoder.
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -75,9 +76,16 @@ def encode_png(arr: np.ndarray, level: int = 1):
 
 
 def write_png(path: str | Path, arr: np.ndarray) -> None:
-    with open(path, "wb") as f:
+    # os-level calls: Python's buffered file adds a third to the time of
+    # creating and writing a 100 kB file on this machine
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
+    try:
         for part in encode_png(arr):
-            f.write(part)
+            view = memoryview(part)
+            while view:
+                view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 _LOW_BYTE = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}

@@ -6,11 +6,12 @@ are written atomically, so `--skip-existing` resumes an interrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from clipsr_cli.captions import Captions
 from clipsr_cli.devices import pick_memory_format
 from clipsr_cli.images import IMAGE_EXTS, ImageError, load_image, output_array, write_image
+from clipsr_cli.lanes import Lanes, default_lanes
 from clipsr_cli.prefetch import prefetch
 from clipsr_cli.tiling import auto_tile, is_out_of_memory, tiled
 
@@ -121,19 +123,33 @@ class Upscaler:
         self.tile_pad = tile_pad
         self.tile = tile if tile is not None else auto_tile(self.bytes_per_lr_pixel(), device)
         self._text: dict[str, object] = {}
+        self._tokens: dict[str, int] = {}
+        self._text_lock = threading.Lock()
+        # batches from several lanes: an accelerator runs one at a time (memory
+        # bound of one batch), the CPU's lanes each compute on their own cores
+        self._device_lock = threading.Lock() if device.type != "cpu" else contextlib.nullcontext()
 
     def bytes_per_lr_pixel(self) -> float:
         """A generous bound on activation memory per LR pixel: the upsampler's
         widest maps (4 x base channels at up to scale^2 pixels each), a few alive at once."""
         return 4.0 * 4 * self.gen.cfg.generator.base_channels * self.gen.scale**2 * 1.5
 
-    def condition(self, caption: str, image: Path):
-        if caption not in self._text:  # each unique caption is encoded once
-            too_long = self.gen.text.n_tokens(caption) > CLIP_MAX_TOKENS
-            self._text[caption] = (self.gen.encode_text([caption]), too_long)
-        cond, too_long = self._text[caption]
-        if too_long:  # said for every image it applies to
+    def check_caption(self, caption: str, image: Path) -> None:
+        """Warn, naming the image, when its caption is truncated (tokenised once per caption)."""
+        if caption not in self._tokens:
+            self._tokens[caption] = self.gen.text.n_tokens(caption)
+        if self._tokens[caption] > CLIP_MAX_TOKENS:
             self.warn(f"{image}: caption longer than CLIP's {CLIP_MAX_TOKENS} tokens was truncated")
+
+    def condition(self, caption: str):
+        """The text condition of a caption, encoded once (lanes may race to encode
+        the same caption first; both get the same result, one is kept)."""
+        with self._text_lock:
+            cond = self._text.get(caption)
+        if cond is None:
+            cond = self.gen.encode_text([caption])
+            with self._text_lock:
+                cond = self._text.setdefault(caption, cond)
         return cond
 
     def is_tiled(self, lr: torch.Tensor) -> bool:
@@ -149,11 +165,16 @@ class Upscaler:
         return fn(lr).float().cpu()
 
     @torch.inference_mode()
-    def upscale_batch(self, rgbs: list[torch.Tensor], captions: list[str], images: list[Path]) -> torch.Tensor:
+    def upscale_batch(self, rgbs: list[torch.Tensor], captions: list[str]) -> torch.Tensor:
         """Same-size images (CPU), one caption each -> (B, 3, sH, sW) on the CPU.  On
-        out-of-memory the tile is halved and the batch retried (and kept for later images)."""
+        out-of-memory the tile is halved and the batch retried (and kept for later
+        images).  Safe to call from several threads."""
         lr = torch.stack(rgbs)
-        cond = cat_conditions([self.condition(c, i) for c, i in zip(captions, images)])
+        cond = cat_conditions([self.condition(c) for c in captions])
+        with self._device_lock:
+            return self._retrying(lr, cond)
+
+    def _retrying(self, lr: torch.Tensor, cond) -> torch.Tensor:
         while True:
             try:
                 return self._forward(lr, cond).clamp_(0, 1)
@@ -169,7 +190,8 @@ class Upscaler:
                 self.warn(f"out of memory: retrying with --tile {self.tile}")
 
     def upscale(self, rgb: torch.Tensor, caption: str, image: Path) -> torch.Tensor:
-        return self.upscale_batch([rgb], [caption], [image])[0]
+        self.check_caption(caption, image)
+        return self.upscale_batch([rgb], [caption])[0]
 
 
 def cat_conditions(conds: list):
@@ -224,9 +246,11 @@ class _Item:
 
 def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, captions: Captions,
         suffix: str = "", ext: str | None = None, skip_existing: bool = False,
-        progress: Callable[[], None] = lambda: None, batch_size: int = 1) -> Report:
+        progress: Callable[[], None] = lambda: None, batch_size: int = 1, lanes: Lanes | None = None) -> Report:
     """Upscale every image (one output per caption).  Consecutive outputs of the
-    same LR size go through the network together, up to `batch_size`."""
+    same LR size go through the network together, up to `batch_size`; batches
+    are carried from forward pass to written files by `lanes` (default:
+    `default_lanes` for the upscaler's device)."""
     report = Report()
     inputs = {p.resolve() for p in images}
     scale = upscaler.gen.scale
@@ -240,6 +264,7 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
     remaining = {id(j): len(j.captions) for j in jobs}  # outputs still to write, per job
     failed: set[int] = set()
     pending: list[_Item] = []
+    lanes = lanes or Lanes(*default_lanes(upscaler.device))
 
     def finish(job: _Job, n: int = 1) -> None:
         remaining[id(job)] -= n
@@ -251,89 +276,63 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
             failed.add(id(job))
             report.failed.append((job.image, reason))
 
+    def done(batch: list[_Item], errors: list[Exception | None] | None, error: Exception | None) -> None:
+        if error is not None and not isinstance(error, (OSError, RuntimeError)):
+            raise error  # a bug, not a bad input
+        for it, e in zip(batch, errors or [error] * len(batch)):
+            if e is None:
+                report.done.append((it.job.image, it.target))
+            else:
+                fail(it.job, f"{type(e).__name__}: {e}")
+            finish(it.job)
+
     def flush() -> None:
         batch = [it for it in pending if id(it.job) not in failed]
         pending.clear()
         if not batch:
             return
-        try:
-            srs = upscaler.upscale_batch([it.rgb for it in batch], [it.caption for it in batch],
-                                         [it.job.image for it in batch])
-        except (OSError, RuntimeError) as e:
-            for it in batch:
-                fail(it.job, f"{type(e).__name__}: {e}")
-                finish(it.job)
-            return
-        for it, sr in zip(batch, srs):
-            writer.submit(it, sr)
-        if not overlap:
-            writer.drain()
-
-    def written(it: _Item, error: Exception | None) -> None:
-        if error is None:
-            report.done.append((it.job.image, it.target))
+        work, on_done = partial(_upscale_and_write, upscaler, batch), partial(done, batch)
+        if upscaler.is_tiled(batch[0].rgb):
+            lanes.run_alone(work, on_done)  # its tiles are sized for the whole machine's memory
         else:
-            fail(it.job, f"{type(error).__name__}: {error}")
-        finish(it.job)
+            lanes.submit(work, on_done)
 
-    # With the forward on the CPU every core is already busy: encoding alongside it only
-    # preempts the compute threads, so outputs are encoded on all cores between batches.
-    # With the forward on an accelerator the cores are free and encoding overlaps it.
-    overlap = upscaler.device.type != "cpu"
-    writer = _Writer(written, workers=1 if overlap else torch.get_num_threads())
-
-    # the next images decode in a worker thread while the current batch is upscaled
-    for job, decoded in prefetch(lambda j: load_image(j.image), jobs):
-        if isinstance(decoded, Exception):
-            reason = str(decoded).removeprefix(f"{job.image}: ") if isinstance(decoded, ImageError) else \
-                f"{type(decoded).__name__}: {decoded}"
-            fail(job, reason)
-            finish(job, len(job.captions))
-            continue
-        alpha_up, targets = None, job.targets(False)
-        if decoded.alpha is not None:
-            alpha_up = F.interpolate(decoded.alpha[None], scale_factor=scale, mode="bicubic")[0].clamp(0, 1)
-            targets = job.targets(True)
-        for caption, target in zip(job.captions, targets):
-            # a tiled image goes alone: its tiles already fill the device, and the
-            # automatic tile size is chosen for one image's activations
-            limit = 1 if upscaler.is_tiled(decoded.rgb) else batch_size
-            if pending and (len(pending) >= limit or pending[0].rgb.shape != decoded.rgb.shape):
-                flush()
-            pending.append(_Item(job, decoded.rgb, caption, target, alpha_up, decoded.gray, decoded.bits))
-    flush()
-    writer.close()
+    try:
+        # the next images decode in a worker thread while the current batches are upscaled
+        for job, decoded in prefetch(lambda j: load_image(j.image), jobs):
+            if isinstance(decoded, Exception):
+                reason = str(decoded).removeprefix(f"{job.image}: ") if isinstance(decoded, ImageError) else \
+                    f"{type(decoded).__name__}: {decoded}"
+                fail(job, reason)
+                finish(job, len(job.captions))
+                continue
+            alpha_up, targets = None, job.targets(False)
+            if decoded.alpha is not None:
+                alpha_up = F.interpolate(decoded.alpha[None], scale_factor=scale, mode="bicubic")[0].clamp(0, 1)
+                targets = job.targets(True)
+            for caption, target in zip(job.captions, targets):
+                upscaler.check_caption(caption, job.image)
+                # a tiled image goes alone: its tiles already fill the device, and the
+                # automatic tile size is chosen for one image's activations
+                limit = 1 if upscaler.is_tiled(decoded.rgb) else batch_size
+                if pending and (len(pending) >= limit or pending[0].rgb.shape != decoded.rgb.shape):
+                    flush()
+                pending.append(_Item(job, decoded.rgb, caption, target, alpha_up, decoded.gray, decoded.bits))
+        flush()
+    finally:
+        lanes.close()
     return report
 
 
-class _Writer:
-    """Quantises outputs in the calling thread, then encodes and writes them in
-    worker threads (numpy, ISA-L and Pillow's encoders release the GIL).  At
-    most `depth` outputs wait; results are reported in order."""
-
-    def __init__(self, on_done: Callable[[_Item, Exception | None], None], workers: int = 1, depth: int = 8):
-        self.pool = ThreadPoolExecutor(max_workers=workers)
-        self.waiting: deque = deque()
-        self.on_done, self.depth = on_done, max(depth, workers)
-
-    def submit(self, it: _Item, sr: torch.Tensor) -> None:
-        arr = output_array(it.target, sr, it.alpha, it.gray, it.bits)
-        self.waiting.append((it, self.pool.submit(write_image, it.target, arr)))
-        while len(self.waiting) > self.depth:
-            self._complete_one()
-
-    def _complete_one(self) -> None:
-        it, fut = self.waiting.popleft()
+def _upscale_and_write(upscaler: Upscaler, batch: list[_Item]) -> list[Exception | None]:
+    """One batch through the network, its outputs quantised and written (in a
+    lane): the error of each output, or None.  A failed forward pass raises."""
+    srs = upscaler.upscale_batch([it.rgb for it in batch], [it.caption for it in batch])
+    errors: list[Exception | None] = []
+    for it, sr in zip(batch, srs):
         try:
-            fut.result()
-            self.on_done(it, None)
+            write_image(it.target, output_array(it.target, sr, it.alpha, it.gray, it.bits))
+            errors.append(None)
         except (OSError, ImageError) as e:
-            self.on_done(it, e)
-
-    def drain(self) -> None:
-        while self.waiting:
-            self._complete_one()
-
-    def close(self) -> None:
-        self.drain()
-        self.pool.shutdown()
+            errors.append(e)
+    return errors

@@ -96,7 +96,7 @@ def test_same_size_images_are_batched_and_give_the_same_outputs(tiny_cfg, tiny_c
     assert batches == [1, 1, 1, 1] and len(one.done) == 4
     batches.clear()
     many = run(Upscaler(gen, torch.device("cpu"), tile=0), folder, images, tmp_path / "many", caps, batch_size=8)
-    assert batches == [3, 1] and len(many.done) == 4
+    assert sorted(batches) == [1, 3] and len(many.done) == 4  # lanes may finish in either order
     for i in range(4):
         a = np.asarray(Image.open(tmp_path / "one" / f"{i}.png"), dtype=np.int16)
         b = np.asarray(Image.open(tmp_path / "many" / f"{i}.png"), dtype=np.int16)

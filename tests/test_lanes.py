@@ -1,0 +1,104 @@
+"""Lanes: batches in flight on worker threads, results back in order; upscale's outputs do not depend on them."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipsr_cli.captions import Captions
+from clipsr_cli.lanes import Lanes, default_lanes
+from clipsr_cli.network import Generator
+from clipsr_cli.upscale import Upscaler, run
+
+
+def test_results_come_back_in_submission_order_with_errors():
+    lanes = Lanes(3)
+    seen = []
+    for i in range(8):
+        def work(i=i):
+            time.sleep(0.02 * (8 - i))  # later work finishes first
+            if i == 5:
+                raise OSError("disk full")
+            return i * 10
+        lanes.submit(work, lambda result, error, i=i: seen.append((i, result, error)))
+    lanes.close()
+    assert [i for i, _, _ in seen] == list(range(8))
+    assert [r for i, r, _ in seen if i != 5] == [i * 10 for i in range(8) if i != 5]
+    assert isinstance(seen[5][2], OSError) and seen[5][1] is None
+
+
+def test_one_lane_runs_inline_and_run_alone_waits_for_the_others():
+    caller = threading.get_ident()
+    where = []
+    inline = Lanes(1)
+    inline.submit(lambda: where.append(threading.get_ident()), lambda r, e: None)
+    assert where == [caller]  # done before submit returns
+    lanes, order = Lanes(2), []
+    lanes.submit(lambda: (time.sleep(0.05), order.append("slow")), lambda r, e: None)
+    lanes.run_alone(lambda: order.append(("alone", threading.get_ident())), lambda r, e: None)
+    assert order == ["slow", ("alone", caller)]
+    lanes.close()
+
+
+def test_lanes_set_their_own_thread_count_and_give_the_callers_back():
+    before = torch.get_num_threads()
+    lanes = Lanes(2, torch_threads=1)
+    counts = []
+    for _ in range(4):
+        lanes.submit(torch.get_num_threads, lambda r, e: counts.append(r))
+    lanes.close()
+    assert counts == [1, 1, 1, 1]
+    assert torch.get_num_threads() == before
+    seen = []  # a thread started later gets the caller's count, not the lanes'
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert seen == [before]
+
+
+def test_default_lanes_share_the_cpu_threads(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert default_lanes(torch.device("cpu")) == (2, 4)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert default_lanes(torch.device("cpu")) == (1, 1)
+    assert default_lanes(torch.device("cuda")) == (2, None)  # the device itself is shared by a lock
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_outputs_do_not_depend_on_the_lanes(tiny_cfg, tiny_clip, tmp_path, batch_size):
+    folder = tmp_path / "lr"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    images = sorted(folder.glob("*.png"))
+    gen = Generator(tiny_cfg, tiny_clip, 2)
+    with torch.no_grad():
+        gen.upsampler.to_rgb.weight.normal_(0, 0.05)  # a residual that is not negligible
+    caps = Captions(folder, text="a photo")
+    reports = {}
+    for name, lanes in (("inline", Lanes(1)), ("lanes", Lanes(2, torch_threads=1))):
+        reports[name] = run(Upscaler(gen, torch.device("cpu"), tile=0), folder, images, tmp_path / name, caps,
+                            batch_size=batch_size, lanes=lanes)
+    assert [i.name for i, _ in reports["lanes"].done] == [p.name for p in images]  # reported in input order
+    for p in images:
+        a = np.asarray(Image.open(tmp_path / "inline" / p.name), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "lanes" / p.name), dtype=np.int16)
+        assert np.abs(a - b).max() <= 1  # thread counts may change float summation order only
+
+
+def test_a_failed_write_fails_that_image_only(tiny_cfg, tiny_clip, tmp_path):
+    folder = tmp_path / "lr"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        Image.new("RGB", (8, 8), "red").save(folder / f"{name}.png")
+    out = tmp_path / "sr"
+    (out / "b.png").mkdir(parents=True)  # a folder where b's output should go: the rename fails
+    report = run(Upscaler(Generator(tiny_cfg, tiny_clip, 2), torch.device("cpu"), tile=0), folder,
+                 sorted(folder.glob("*.png")), out, Captions(folder, text="x"), batch_size=3, lanes=Lanes(2, 1))
+    assert [i.name for i, _ in report.done] == ["a.png", "c.png"]
+    assert [i.name for i, _ in report.failed] == ["b.png"]
+    assert not list(out.glob(".*.tmp"))  # no temporary left behind
