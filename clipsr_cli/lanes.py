@@ -41,7 +41,7 @@ class Lanes:
             self.run_alone(fn, on_done)
             return
         self._flight.append((self._pool.submit(fn), on_done))
-        while len(self._flight) > self.n:
+        while len(self._flight) > self.n + 1:
             self._complete_oldest()
 
     def run_alone(self, fn: Callable[[], object], on_done: Callable[[object, Exception | None], None]) -> None:
@@ -65,14 +65,24 @@ class Lanes:
             self._complete_oldest()
 
     def close(self) -> None:
+        """Wait for all work and report it."""
         try:
             self.drain()
         finally:
-            if self._pool is not None:
-                self._pool.shutdown()
-                # torch keeps the last thread count set anywhere as the default of
-                # threads that start later; give them the caller's again
-                torch.set_num_threads(self._restore)
+            self._shut(wait=True)
+
+    def cancel(self) -> None:
+        """Drop work not yet started and report nothing more (on an error or Ctrl-C):
+        work already running finishes in the background (its writes are atomic)."""
+        self._flight.clear()
+        self._shut(wait=False)
+
+    def _shut(self, wait: bool) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+            # torch keeps the last thread count set anywhere as the default of
+            # threads that start later; give them the caller's again
+            torch.set_num_threads(self._restore)
 
 
 def _set_threads(n: int | None) -> None:

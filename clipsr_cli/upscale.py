@@ -319,8 +319,10 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
                     flush()
                 pending.append(_Item(job, decoded.rgb, caption, target, alpha_up, decoded.gray, decoded.bits))
         flush()
-    finally:
-        lanes.close()
+    except BaseException:
+        lanes.cancel()
+        raise
+    lanes.close()
     return report
 
 

@@ -102,3 +102,21 @@ def test_a_failed_write_fails_that_image_only(tiny_cfg, tiny_clip, tmp_path):
     assert [i.name for i, _ in report.done] == ["a.png", "c.png"]
     assert [i.name for i, _ in report.failed] == ["b.png"]
     assert not list(out.glob(".*.tmp"))  # no temporary left behind
+
+
+def test_cancel_drops_queued_work_and_reports_nothing_more():
+    lanes, started, reported = Lanes(2), [], []
+    release = threading.Event()
+
+    def work(i):
+        started.append(i)
+        release.wait(5)
+        return i
+
+    for i in range(3):  # two run, the third waits for a free lane
+        lanes.submit(lambda i=i: work(i), lambda r, e: reported.append(r))
+    time.sleep(0.05)
+    lanes.cancel()
+    release.set()
+    time.sleep(0.05)
+    assert sorted(started) == [0, 1] and reported == []
