@@ -103,6 +103,7 @@ def upscale(
     from clipsr_cli.clip import load_clip
     from clipsr_cli.config import check_scale, load_preset
     from clipsr_cli.devices import pick_device, pick_precision
+    from clipsr_cli.lanes import Lanes, default_lanes
     from clipsr_cli.network import Generator
     from clipsr_cli.upscale import UsageError, Upscaler, collect_inputs, default_model, parse_shard, run, shard
 
@@ -140,15 +141,16 @@ def upscale(
         raise UsageError("--tile and --tile-pad must be >= 0, --batch-size >= 1")
     upscaler = Upscaler(gen, dev, warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False),
                         dtype=dtype, tile=tile, tile_pad=tile_pad)
+    lanes = Lanes(*default_lanes(dev))
     if not quiet:
         console.print(f"{len(images)} image(s), x{gen.scale}, preset {gen.cfg.name!r}, device {dev}, "
                       f"{str(dtype).removeprefix('torch.')}, tiles of {upscaler.tile or 'any'} LR px, "
-                      f"batch {batch_size}")
+                      f"batch {batch_size}, {lanes.n} lane(s)")
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), ImagesPerSecond(),
                   TimeRemainingColumn(), console=console, disable=quiet, transient=True) as bar:
         task = bar.add_task("upscaling", total=len(images))
         report = run(upscaler, root, images, output, caps, suffix, ext and ext.lower(), skip_existing,
-                     progress=lambda: bar.advance(task), batch_size=batch_size)
+                     progress=lambda: bar.advance(task), batch_size=batch_size, lanes=lanes)
     for image, reason in report.failed:
         console.print(f"[red]failed:[/red] {image}: {reason}", highlight=False, soft_wrap=True)
     if not quiet:

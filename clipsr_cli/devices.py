@@ -45,6 +45,7 @@ def pick_memory_format(device: torch.device) -> torch.memory_format:
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc mallopt parameters
+_INT_MAX = 2**31 - 1  # mallopt takes a C int
 
 
 def keep_freed_memory(limit: int = 1 << 30) -> bool:
@@ -66,4 +67,5 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
     except (OSError, AttributeError):
         return False
     return all(mallopt(param, value) for param, value in
-               ((_M_MMAP_THRESHOLD, limit), (_M_TRIM_THRESHOLD, 2 * limit), (_M_ARENA_MAX, 1)))
+               ((_M_MMAP_THRESHOLD, limit), (_M_TRIM_THRESHOLD, min(2 * limit, _INT_MAX)),
+                (_M_ARENA_MAX, 1)))
