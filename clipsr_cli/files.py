@@ -14,7 +14,7 @@ def atomic_write(path: Path, write) -> None:
     atomic) under a name no other writer uses, and is created by `write` itself,
     so it gets the usual mode under the process umask.  (mkstemp's 0600 would
     need a chmod, and reading the umask means setting it: a race between the
-    writer threads of `upscale`.)"""
+    lanes of `upscale`.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:16]}.tmp")

@@ -97,8 +97,7 @@ def _format(path: Path) -> str:
 
 def output_array(path: Path, rgb: torch.Tensor, alpha=None, gray=False, bits=8) -> np.ndarray:
     """What `write_image(path, ...)` writes: quantised for the format of `path`
-    (16 bits and alpha only where it holds them).  Torch work, done by the
-    caller's thread so that writer threads run no intra-op thread pools."""
+    (16 bits and alpha only where it holds them)."""
     fmt = _format(path)
     keep_alpha = alpha is not None and fmt != "JPEG"
     return _to_array(rgb.cpu(), alpha.cpu() if keep_alpha else None, gray, bits if fmt == "PNG" else 8)
