@@ -6,9 +6,9 @@ threads each).  Two lanes of one thread beat one lane of two on this 2-core
 machine: a single-threaded forward has no barrier at which to wait for a
 thread that decoding or encoding has pushed off its core, small ops scale
 poorly across threads anyway, and one lane's encoding fills the other's gaps
-(BENCHMARKS.md).  On an accelerator the device is shared by a lock in the
-caller's work function, and the lanes' CPU work overlaps the other lanes'
-device time.
+(BENCHMARKS.md).  On an accelerator the lanes take turns on the device
+(`Upscaler` holds a lock around the forward pass), and each lane's CPU work
+overlaps the others' device time.
 """
 
 from __future__ import annotations

@@ -115,7 +115,9 @@ def test_cancel_drops_queued_work_and_reports_nothing_more():
 
     for i in range(3):  # two run, the third waits for a free lane
         lanes.submit(lambda i=i: work(i), lambda r, e: reported.append(r))
-    time.sleep(0.05)
+    deadline = time.monotonic() + 5
+    while len(started) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
     lanes.cancel()
     release.set()
     time.sleep(0.05)
