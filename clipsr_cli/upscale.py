@@ -170,9 +170,8 @@ class Upscaler:
         out-of-memory the tile is halved and the batch retried (and kept for later
         images).  Safe to call from several threads."""
         lr = torch.stack(rgbs)
-        cond = cat_conditions([self.condition(c) for c in captions])
-        with self._device_lock:
-            return self._retrying(lr, cond)
+        with self._device_lock:  # text encoding included: it runs on the device too
+            return self._retrying(lr, cat_conditions([self.condition(c) for c in captions]))
 
     def _retrying(self, lr: torch.Tensor, cond) -> torch.Tensor:
         while True:

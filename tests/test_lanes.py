@@ -122,3 +122,34 @@ def test_cancel_drops_queued_work_and_reports_nothing_more():
     release.set()
     time.sleep(0.05)
     assert sorted(started) == [0, 1] and reported == []
+
+
+def test_an_accelerator_runs_one_lane_at_a_time_the_cpu_all(tiny_cfg, tiny_clip):
+    gen = Generator(tiny_cfg, tiny_clip, 2)
+    active, most = [0], []
+    guard = threading.Lock()
+
+    def tracked(fn):
+        def call(*args):
+            with guard:
+                active[0] += 1
+                most.append(active[0])
+            time.sleep(0.05)  # long enough for the other lane to arrive
+            try:
+                return fn(*args)
+            finally:
+                with guard:
+                    active[0] -= 1
+        return call
+
+    gen.forward, gen.encode_text = tracked(gen.forward), tracked(gen.encode_text)
+    for device_lock, expected in ((threading.Lock(), 1), (None, 2)):  # a GPU's lock / the CPU's none
+        up = Upscaler(gen, torch.device("cpu"), tile=0)
+        if device_lock is not None:
+            up._device_lock = device_lock  # what Upscaler gives a cuda or mps device
+        most.clear()
+        lanes = Lanes(2, torch_threads=1)
+        for i in range(4):
+            lanes.submit(lambda i=i: up.upscale_batch([torch.rand(3, 8, 8)], [f"caption {i}"]), lambda r, e: None)
+        lanes.close()
+        assert max(most) == expected
