@@ -322,7 +322,8 @@ def info(
                       f"{r.frozen / 1e6:.2f} M", f"{r.image_gflops:.2f}", f"{r.text_gflops:.2f}")
     out.print(table)
     out.print("FLOPs: multiply-adds x 2, counted by torch.utils.flop_counter on the training LR size; "
-              "a caption is encoded once per run, whatever the number of images.")
+              "a caption is encoded once per run, whatever the number of images; GFLOPs / caption for a "
+              "14-token caption (the text tower runs on each caption's own length, at most 77).")
 
 
 @app.command()

@@ -82,7 +82,15 @@ class TextTower(nn.Module):
         self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=CONTEXT_LENGTH)
 
     def tokenize(self, captions: list[str]) -> torch.Tensor:
-        return self.tokenizer(captions)
+        """(B, n) token ids.  CLIP's text attention is causal, so no position
+        depends on the padding after the last end token: n is the longest
+        caption's length (a typical caption is under 20 of the 77 positions),
+        and the tower's outputs at the kept positions are the same."""
+        tokens = self.tokenizer(captions)
+        if self.clip.attn_mask is None:  # not causal: every position sees the padding
+            return tokens
+        longest = max(self.n_tokens(c) for c in captions) + 2  # with the start and end markers
+        return tokens[:, : min(longest, tokens.shape[1])]
 
     def n_tokens(self, caption: str) -> int:
         """BPE tokens of a caption, without start/end markers (CLIP keeps 75)."""
@@ -90,11 +98,13 @@ class TextTower(nn.Module):
 
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor):
+        """(sentence embedding, token features, pad mask) of `tokenize`'s output."""
         c = self.clip
-        x = c.token_embedding(tokens) + c.positional_embedding
-        x = c.transformer(x, attn_mask=c.attn_mask)
-        x = c.ln_final(x)
         eot = tokens.argmax(dim=-1)  # the end token has the largest id
+        n = tokens.shape[1]
+        x = c.token_embedding(tokens) + c.positional_embedding[:n]
+        x = c.transformer(x, attn_mask=None if c.attn_mask is None else c.attn_mask[:n, :n])
+        x = c.ln_final(x)
         sentence = x[torch.arange(x.shape[0]), eot] @ c.text_projection
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         pad_mask = positions[None, :] > eot[:, None]  # True where there is no token

@@ -41,6 +41,11 @@ def _gflops(fn) -> float:
     return counter.get_total_flops() / 1e9
 
 
+# the text tower runs on a caption's own length (CLIP's attention is causal):
+# FLOPs per caption are those of a CUB-style caption of 14 tokens
+TYPICAL_CAPTION = "this bird has a yellow belly, black wings and a short pointed beak"
+
+
 def describe(cfg: ModelConfig, scales=SCALES) -> list[ScaleInfo]:
     """Built on the meta device: no memory, no compute, no download."""
     rows = []
@@ -50,8 +55,8 @@ def describe(cfg: ModelConfig, scales=SCALES) -> list[ScaleInfo]:
             gen = Generator(cfg, clip, scale)
             lr_size = cfg.generator.hr_crop // scale
             lr = torch.zeros(1, 3, lr_size, lr_size)
-            text = _gflops(lambda: gen.encode_text(["a photo"]))
-            cond = gen.encode_text(["a photo"])
+            text = _gflops(lambda: gen.encode_text([TYPICAL_CAPTION]))
+            cond = gen.encode_text([TYPICAL_CAPTION])
             image = _gflops(lambda: gen(lr, cond))
             rows.append(ScaleInfo(scale, lr_size, *_count(gen), image, text))
     return rows

@@ -141,16 +141,20 @@ class Upscaler:
         if self._tokens[caption] > CLIP_MAX_TOKENS:
             self.warn(f"{image}: caption longer than CLIP's {CLIP_MAX_TOKENS} tokens was truncated")
 
-    def condition(self, caption: str):
-        """The text condition of a caption, encoded once (lanes may race to encode
-        the same caption first; both get the same result, one is kept)."""
+    def conditions(self, captions: list[str]):
+        """The batched text condition of `captions`.  Each unique caption is
+        encoded once per run; the new ones of a batch in one call (the text
+        tower runs on their longest length).  Lanes may race to encode the same
+        caption first: both get the same result, one is kept."""
         with self._text_lock:
-            cond = self._text.get(caption)
-        if cond is None:
-            cond = self.gen.encode_text([caption])
+            new = [c for c in dict.fromkeys(captions) if c not in self._text]
+        if new:
+            encoded = split_conditions(self.gen.encode_text(new))
             with self._text_lock:
-                cond = self._text.setdefault(caption, cond)
-        return cond
+                for caption, cond in zip(new, encoded):
+                    self._text.setdefault(caption, cond)
+        with self._text_lock:
+            return cat_conditions([self._text[c] for c in captions])
 
     def is_tiled(self, lr: torch.Tensor) -> bool:
         return bool(self.tile) and max(lr.shape[-2:]) > self.tile
@@ -171,7 +175,7 @@ class Upscaler:
         images).  Safe to call from several threads."""
         lr = torch.stack(rgbs)
         with self._device_lock:  # text encoding included: it runs on the device too
-            return self._retrying(lr, cat_conditions([self.condition(c) for c in captions]))
+            return self._retrying(lr, self.conditions(captions))
 
     def _retrying(self, lr: torch.Tensor, cond) -> torch.Tensor:
         while True:
@@ -191,6 +195,13 @@ class Upscaler:
     def upscale(self, rgb: torch.Tensor, caption: str, image: Path) -> torch.Tensor:
         self.check_caption(caption, image)
         return self.upscale_batch([rgb], [caption])[0]
+
+
+def split_conditions(cond) -> list:
+    """Per-caption conditions (batch of one each) from a batched one."""
+    fields = [f.name for f in dataclasses.fields(cond)]
+    n = getattr(cond, fields[0]).shape[0]
+    return [type(cond)(**{f: getattr(cond, f)[i : i + 1] for f in fields}) for i in range(n)]
 
 
 def cat_conditions(conds: list):

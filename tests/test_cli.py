@@ -248,3 +248,26 @@ def test_long_caption_is_truncated_with_a_warning_naming_the_image(tiny_cfg, tin
     up.upscale(torch.rand(3, 8, 8), "a short caption", "birds/three.png")
     assert len(up._text) == encoded + 1
     assert len(warnings) == 2 and "birds/two.png" in warnings[1]
+
+
+def test_new_captions_of_a_batch_are_encoded_together_once(tiny_cfg, tiny_clip):
+    import torch
+
+    from clipsr_cli.network import Generator
+    from clipsr_cli.upscale import Upscaler
+
+    gen = Generator(tiny_cfg, tiny_clip, 2).eval()
+    calls = []
+    encode = gen.encode_text
+    gen.encode_text = lambda caps: calls.append(list(caps)) or encode(caps)
+    up = Upscaler(gen, torch.device("cpu"), tile=0)
+    batch = ["a red bird", "a small blue bird on a long thin branch", "a red bird"]
+    cond = up.conditions(batch)
+    assert calls == [["a red bird", "a small blue bird on a long thin branch"]]  # unique, one call
+    up.conditions(["a small blue bird on a long thin branch", "a cat"])
+    assert calls[1:] == [["a cat"]]  # cached ones are not encoded again
+    with torch.no_grad():
+        for i, caption in enumerate(batch):  # the same as encoding each caption alone
+            alone = encode([caption])
+            assert torch.allclose(cond.prompts[i], alone.prompts[0], atol=1e-5)
+            assert torch.allclose(cond.sentence[i], alone.sentence[0], atol=1e-5)

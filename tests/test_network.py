@@ -111,3 +111,22 @@ def test_unknown_preset_key_is_refused():
 
     with pytest.raises(ConfigError, match="unknown key"):
         ModelConfig.from_dict({"generator": {"base_channel": 3}})
+
+
+def test_text_tower_skips_the_padding_with_the_same_results(tiny_cfg, tiny_clip):
+    from clipsr_cli.clip import TextTower
+
+    tower = TextTower(tiny_clip).eval()
+    captions = ["a bird", "a small yellow bird with black wings sitting on a thin branch"]
+    tokens = tower.tokenizer(captions)  # all 77 positions, as CLIP runs them
+    sentence, feats, pad = tower(tower.tokenize(captions))
+    eot = tokens.argmax(dim=-1)
+    assert feats.shape[1] == int(eot.max()) + 1 < tokens.shape[1]  # the padding was cut
+    with torch.no_grad():  # reference
+        c = tiny_clip
+        full = c.ln_final(c.transformer(c.token_embedding(tokens) + c.positional_embedding, attn_mask=c.attn_mask))
+    n = feats.shape[1]
+    assert torch.allclose(feats, full[:, :n], atol=1e-5)
+    assert torch.allclose(sentence, full[torch.arange(2), eot] @ c.text_projection, atol=1e-5)
+    assert pad.tolist() == (torch.arange(n)[None] > eot[:, None]).tolist()
+    assert not pad[1].any() and pad[0].sum() == n - int(eot[0]) - 1
