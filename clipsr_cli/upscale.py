@@ -260,7 +260,7 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
     """Upscale every image (one output per caption).  Consecutive outputs of the
     same LR size go through the network together, up to `batch_size`; batches
     are carried from forward pass to written files by `lanes` (default:
-    `default_lanes` for the upscaler's device)."""
+    `default_lanes` for the upscaler's device), which run closes when done."""
     report = Report()
     inputs = {p.resolve() for p in images}
     scale = upscaler.gen.scale
