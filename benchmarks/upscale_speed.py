@@ -10,9 +10,11 @@ model does), and in the same lanes as upscale (no decoding or writing).  PIL
 bicubic = decode, resize, encode (PNG level 1, as upscale writes), write.
 Random weights (timing does not depend on them); the paper preset's CLIP is
 randomly initialised offline.  Each figure is the best of --repeats runs,
-the three kinds alternated.
+the three kinds alternated.  On a GPU (`--device cuda`) the forward passes
+include the copies to and from the device, as upscale's do.
 
     python3 benchmarks/upscale_speed.py [--repeats 4]
+    python3 benchmarks/upscale_speed.py --device cuda --images 512 --batch 16 --lanes 2 4 8
 """
 
 from __future__ import annotations
@@ -54,41 +56,55 @@ def build(preset: str, scale: int):
     return Generator(cfg, build_clip(cfg), scale)  # random CLIP: no weights file needed
 
 
-def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repeats: int = 4) -> dict:
+def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repeats: int = 4,
+        device: str = "cpu", precision: str | None = None, n_lanes: int | None = None) -> dict:
     import torch
 
     from clipsr_cli.captions import Captions
-    from clipsr_cli.devices import keep_freed_memory
+    from clipsr_cli.devices import keep_freed_memory, pick_device, pick_precision
     from clipsr_cli.images import load_image
     from clipsr_cli.lanes import Lanes, default_lanes
     from clipsr_cli.upscale import Upscaler, run
 
     keep_freed_memory()  # as the CLI does
     gen = build(preset, scale)
+    dev = pick_device(device)
+    dtype = pick_precision(precision, dev)
     caption = "a small bird with a red head on a branch"
-    result = {"preset": preset, "scale": scale, "images": n, "batch": batch}
+    result = {"preset": preset, "scale": scale, "images": n, "batch": batch, "device": str(dev),
+              "dtype": str(dtype).removeprefix("torch.")}
+    threads = torch.get_num_threads()
+    lane_spec = default_lanes(dev) if n_lanes is None else \
+        (n_lanes, max(1, threads // n_lanes) if dev.type == "cpu" else None)
+    result["lanes"] = lane_spec[0]
+
+    def device_peak() -> dict:
+        if dev.type != "cuda":
+            return {}
+        return {"peak_device_gib": torch.cuda.max_memory_allocated(dev) / 2**30}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if tile_test is not None:
             lr = tmp / "lr"
             lr.mkdir()
             make_folder(lr, 1, 1024)
-            upscaler = Upscaler(gen, torch.device("cpu"), tile=tile_test or None)  # 0: automatic
+            upscaler = Upscaler(gen, dev, dtype=dtype, tile=tile_test or None)  # 0: automatic
             start = time.perf_counter()
             report = run(upscaler, lr, sorted(lr.glob("*.png")), tmp / "sr", Captions(lr, text=caption))
             assert len(report.done) == 1, report.failed
             return result | {"tile": upscaler.tile, "seconds": time.perf_counter() - start,
-                             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+                             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                             **device_peak()}
         lr = tmp / "lr"
         lr.mkdir()
         paths = make_folder(lr, n, LR_SIDE[scale])
-        upscaler = Upscaler(gen, torch.device("cpu"), tile=0)
+        upscaler = Upscaler(gen, dev, dtype=dtype, tile=0)
         rgbs = [load_image(p).rgb for p in paths]
         chunks = [(rgbs[i : i + batch], [caption] * len(rgbs[i : i + batch])) for i in range(0, n, batch)]
         upscaler.upscale_batch(*chunks[0])  # warm-up, caption cached
 
         def forward_in_lanes() -> None:
-            lanes = Lanes(*default_lanes(upscaler.device))
+            lanes = Lanes(*lane_spec)
             for chunk in chunks:
                 lanes.submit(partial(upscaler.upscale_batch, *chunk), lambda result, error: None)
             lanes.close()
@@ -103,7 +119,8 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
             forward_in_lanes()
             lanes_forward.append(n / (time.perf_counter() - start))
             start = time.perf_counter()
-            report = run(upscaler, lr, paths, tmp / f"sr{attempt}", Captions(lr, text=caption), batch_size=batch)
+            report = run(upscaler, lr, paths, tmp / f"sr{attempt}", Captions(lr, text=caption), batch_size=batch,
+                         lanes=Lanes(*lane_spec))
             end_to_end.append(n / (time.perf_counter() - start))
             assert len(report.done) == n, report.failed
         result |= {"forward_ips": max(forward), "lanes_forward_ips": max(lanes_forward),
@@ -116,7 +133,7 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
                                                                                   compress_level=1)
         result["bicubic_ips"] = n / (time.perf_counter() - start)
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return result
+    return result | device_peak()
 
 
 def pieces(n: int = 96) -> dict:
@@ -155,36 +172,56 @@ def main() -> None:
     p.add_argument("--tile-test", type=int, metavar="TILE", help="1024x1024 at x8 with this tile (0: automatic)")
     p.add_argument("--pieces", action="store_true", help="core-ms per image of decoding, quantising, writing")
     p.add_argument("--repeats", type=int, default=4, help="runs of each kind; the best is kept")
+    p.add_argument("--device", default="cpu", help="cpu | cuda[:N] | mps | auto")
+    p.add_argument("--precision", default=None, help="fp32 | bf16 | fp16 (default: the CLI's for the device)")
+    p.add_argument("--lanes", type=int, nargs="+", help="lane counts to compare (default: the CLI's)")
+    p.add_argument("--images", type=int, help="images per configuration (default: 96, 32 for paper)")
+    p.add_argument("--batch", type=int, help="batch size (default: 8)")
+    p.add_argument("--presets", nargs="*", default=["tiny", "paper"], help="none: only the tile test")
+    p.add_argument("--no-tile-test", action="store_true", help="skip the 1024x1024 x8 runs")
     args = p.parse_args()
+    device_args = ["--device", args.device] + (["--precision", args.precision] if args.precision else [])
     if args.pieces:
         r = pieces()
         print(", ".join(f"{k} {1000 * v / r['n']:.2f}" for k, v in r.items() if k != "n") + " core-ms per image")
         return
     if args.one:
         preset, scale, n, batch = args.one
-        print(json.dumps(one(preset, int(scale), int(n), int(batch), args.tile_test, args.repeats)))
+        print(json.dumps(one(preset, int(scale), int(n), int(batch), args.tile_test, args.repeats, args.device,
+                             args.precision, args.lanes[0] if args.lanes else None)))
         return
 
     def child(*extra) -> dict:
         done = subprocess.run([sys.executable, __file__, *extra], capture_output=True, text=True, check=True)
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    print("| preset | scale | LR -> SR | batch | forward only, one batch at a time (img/s) | forward only, in lanes "
-          "| end-to-end (img/s) | end-to-end / forward | end-to-end / forward in lanes | PIL bicubic (img/s) "
-          "| peak RSS |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    def device_memory(r: dict) -> str:
+        return f" / {r['peak_device_gib']:.2f} GiB" if "peak_device_gib" in r else ""
+
+    print("| preset | scale | LR -> SR | device, precision | batch | lanes | forward only, one batch at a time (img/s) "
+          "| forward only, in lanes | end-to-end (img/s) | end-to-end / forward | end-to-end / forward in lanes "
+          "| PIL bicubic (img/s) | peak RSS (/ device) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for preset, scale, n, batch in CONFIGS:
-        r = child("--one", preset, str(scale), str(n), str(batch), "--repeats", str(args.repeats))
-        side = LR_SIDE[scale]
-        print(f"| {preset} | x{scale} | {side} -> {side * scale} | {batch} | {r['forward_ips']:.2f} | "
-              f"{r['lanes_forward_ips']:.2f} | {r['end_to_end_ips']:.2f} | "
-              f"{r['end_to_end_ips'] / r['forward_ips']:.0%} | {r['end_to_end_ips'] / r['lanes_forward_ips']:.0%} | "
-              f"{r['bicubic_ips']:.1f} | {r['peak_rss_gib']:.2f} GiB |", flush=True)
-    print("\n| 1024x1024 LR -> 8192x8192, tiny x8 | tile (LR px) | seconds | peak RSS |\n|---|---|---|---|")
+        if preset not in args.presets:
+            continue
+        n, batch = args.images or n, args.batch or batch
+        for lanes in args.lanes or [None]:
+            r = child("--one", preset, str(scale), str(n), str(batch), "--repeats", str(args.repeats), *device_args,
+                      *(["--lanes", str(lanes)] if lanes else []))
+            side = LR_SIDE[scale]
+            print(f"| {preset} | x{scale} | {side} -> {side * scale} | {r['device']}, {r['dtype']} | {batch} | "
+                  f"{r['lanes']} | {r['forward_ips']:.2f} | {r['lanes_forward_ips']:.2f} | {r['end_to_end_ips']:.2f} | "
+                  f"{r['end_to_end_ips'] / r['forward_ips']:.0%} | "
+                  f"{r['end_to_end_ips'] / r['lanes_forward_ips']:.0%} | {r['bicubic_ips']:.1f} | "
+                  f"{r['peak_rss_gib']:.2f} GiB{device_memory(r)} |", flush=True)
+    if args.no_tile_test:
+        return
+    print("\n| 1024x1024 LR -> 8192x8192, tiny x8 | tile (LR px) | seconds | peak RSS (/ device) |\n|---|---|---|---|")
     for tile in (0, 256, 128):  # the paper preset needs ~19 TFLOP for this image: minutes on this CPU
-        r = child("--one", "tiny", "8", "1", "1", "--tile-test", str(tile))
+        r = child("--one", "tiny", "8", "1", "1", "--tile-test", str(tile), *device_args)
         print(f"| {'automatic' if tile == 0 else '--tile'} | {r['tile']} | {r['seconds']:.1f} | "
-              f"{r['peak_rss_gib']:.2f} GiB |", flush=True)
+              f"{r['peak_rss_gib']:.2f} GiB{device_memory(r)} |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,9 @@ class ClipImageFeatures(nn.Module):
 
     def forward(self, img: torch.Tensor):
         v = self.visual
-        x = F.interpolate(img, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        # resized in fp32 whatever the autocast: the CPU has no bf16 antialiased kernel
+        x = F.interpolate(img.float(), size=(self.size, self.size), mode="bilinear", align_corners=False,
+                          antialias=True)
         x = v.conv1((x - self.mean) / self.std)
         b, c, gh, gw = x.shape
         x = x.flatten(2).transpose(1, 2)

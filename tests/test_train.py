@@ -181,6 +181,14 @@ def test_training_writes_an_experiment_that_upscale_can_use(tmp_path):
     assert any(not torch.equal(raw[k], ema[k]) for k in raw if raw[k].is_floating_point())
 
 
+def test_bf16_autocast_trains_with_the_discriminator(tmp_path):
+    cfg = tiny_run(tmp_path, max_steps=2, precision="bf16", val_every=0, sample_every=0)
+    trainer = train(cfg)
+    assert trainer.step == 2 and trainer.disc is not None
+    lines = [json.loads(x) for x in (Path(cfg.exp_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(x[k]) for x in lines if x["kind"] == "train" for k in ("loss_g", "adv", "loss_d"))
+
+
 def test_export_writes_the_generator_from_a_checkpoint(tmp_path):
     cfg = tiny_run(tmp_path, max_steps=2, val_every=0, sample_every=0)
     train(cfg)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The GPU checks and figures of BENCHMARKS.md ("On a GPU"), in one go on a CUDA
+# machine with clipsr installed:  bash benchmarks/gpu.sh [LOG_DIR]
+# 1. the CUDA tests (tests/test_cuda.py; they skip on machines without CUDA),
+# 2. upscale throughput on the GPU against its forward pass and PIL bicubic, by lane count,
+# 3. the 1024x1024 x8 tiled image on the GPU.
+set -uo pipefail
+log=${1:-.}
+mkdir -p "$log"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$log/gpu.txt"
+python3 -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cpus', os.cpu_count())" | tee -a "$log/gpu.txt"
+python3 -m pytest -q -rs -s tests/test_cuda.py 2>&1 | tee "$log/test_cuda.txt"
+python3 benchmarks/upscale_speed.py --device cuda --images 512 --batch 16 --lanes 2 4 8 --repeats 3 --no-tile-test 2>&1 \
+    | tee "$log/upscale_cuda.txt"
+python3 benchmarks/upscale_speed.py --device cuda --precision fp32 --images 512 --batch 16 --lanes 4 --repeats 3 \
+    --presets paper --no-tile-test 2>&1 | tee "$log/upscale_cuda_fp32.txt"
+python3 benchmarks/upscale_speed.py --device cuda --presets 2>&1 | tee "$log/tile_cuda.txt"
