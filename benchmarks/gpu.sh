@@ -8,11 +8,12 @@ set -uo pipefail
 log=${1:-.}
 mkdir -p "$log"
 export PYTHONUNBUFFERED=1
+speed="python3 benchmarks/upscale_speed.py --device cuda --images 2048 --batch 16 --repeats 3"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$log/gpu.txt"
-python3 -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cpus', os.cpu_count())" | tee -a "$log/gpu.txt"
+python3 -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cpus', os.cpu_count())" \
+    | tee -a "$log/gpu.txt"
 python3 -m pytest -q -rs -s tests/test_cuda.py 2>&1 | tee "$log/test_cuda.txt"
-python3 benchmarks/upscale_speed.py --device cuda --images 512 --batch 16 --lanes 2 4 8 --repeats 3 --no-tile-test 2>&1 \
-    | tee "$log/upscale_cuda.txt"
-python3 benchmarks/upscale_speed.py --device cuda --precision fp32 --images 512 --batch 16 --lanes 4 --repeats 3 \
-    --presets paper --no-tile-test 2>&1 | tee "$log/upscale_cuda_fp32.txt"
+$speed --scales 4 --lanes 2 4 8 --no-tile-test 2>&1 | tee "$log/upscale_cuda_x4.txt"
+$speed --scales 8 --no-tile-test 2>&1 | tee "$log/upscale_cuda_x8.txt"
+$speed --scales 4 --presets paper --precision fp32 --no-tile-test 2>&1 | tee "$log/upscale_cuda_fp32.txt"
 python3 benchmarks/upscale_speed.py --device cuda --presets 2>&1 | tee "$log/tile_cuda.txt"

@@ -6,13 +6,14 @@ threads each).  Two lanes of one thread beat one lane of two on this 2-core
 machine: a single-threaded forward has no barrier at which to wait for a
 thread that decoding or encoding has pushed off its core, small ops scale
 poorly across threads anyway, and one lane's encoding fills the other's gaps
-(BENCHMARKS.md).  On an accelerator the lanes take turns on the device
-(`Upscaler` holds a lock around the forward pass), and each lane's CPU work
-overlaps the others' device time.
+(BENCHMARKS.md).  On an accelerator the caller's thread launches the forward
+passes and the lanes only quantise, encode and write: CPU work overlapping the
+device's, while the device keeps the one thread whose library handles are warm.
 """
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
@@ -96,4 +97,6 @@ def default_lanes(device: torch.device) -> tuple[int, int | None]:
     if device.type == "cpu":
         n = 2 if threads >= 2 else 1
         return n, threads // n
-    return 2, None  # one batch on the device while the other is encoded
+    # writers only (the device is driven from the caller): half the cores, the
+    # other half decode and launch; more than 4 measured no faster (BENCHMARKS.md)
+    return min(4, max(2, (os.cpu_count() or 2) // 2)), None

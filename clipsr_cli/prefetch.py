@@ -10,10 +10,13 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int = 4) -> Iterator[tuple[T, R | Exception]]:
-    """fn over items in a worker thread, at most `depth` ahead, in order: image
-    decoding (PIL releases the GIL) overlaps with upscaling or scoring.
-    Exceptions are returned, not raised, so one bad file does not end the run."""
+def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int = 4,
+             workers: int = 1) -> Iterator[tuple[T, R | Exception]]:
+    """fn over items in `workers` threads, at most `depth` (at least 2 x workers)
+    ahead, in order: image decoding (PIL releases the GIL) overlaps with
+    upscaling or scoring.  Exceptions are returned, not raised, so one bad file
+    does not end the run."""
+    depth = max(depth, 2 * workers)
 
     def safe(item):
         try:
@@ -21,7 +24,7 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int = 4) -> Iterat
         except Exception as e:  # handed back to the caller with its item
             return e
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque = deque()
         for item in items:
             pending.append((item, pool.submit(safe, item)))

@@ -125,8 +125,11 @@ class Upscaler:
         self._text: dict[str, object] = {}
         self._tokens: dict[str, int] = {}
         self._text_lock = threading.Lock()
-        # batches from several lanes: an accelerator runs one at a time (memory
-        # bound of one batch), the CPU's lanes each compute on their own cores
+        # upscale.run: the CPU's lanes each compute on their own cores; an
+        # accelerator is driven from the caller's thread and lanes only write
+        self.forward_in_lanes = device.type == "cpu"
+        # callers on several threads: an accelerator runs one batch at a time
+        # (memory bound of one batch)
         self._device_lock = threading.Lock() if device.type != "cpu" else contextlib.nullcontext()
 
     def bytes_per_lr_pixel(self) -> float:
@@ -301,15 +304,23 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
         pending.clear()
         if not batch:
             return
-        work, on_done = partial(_upscale_and_write, upscaler, batch), partial(done, batch)
+        on_done = partial(done, batch)
         if upscaler.is_tiled(batch[0].rgb):
-            lanes.run_alone(work, on_done)  # its tiles are sized for the whole machine's memory
+            # its tiles are sized for the whole machine's memory
+            lanes.run_alone(partial(_upscale_and_write, upscaler, batch), on_done)
+        elif upscaler.forward_in_lanes:
+            lanes.submit(partial(_upscale_and_write, upscaler, batch), on_done)
         else:
-            lanes.submit(work, on_done)
+            # an accelerator is driven from this thread alone (a new thread's first
+            # launches set up its own library handles: 2-4x slower per run with 2-8
+            # lanes, BENCHMARKS.md); the lanes quantise, encode and write
+            lanes.submit(partial(_write_outputs, batch, _outcome(upscaler.upscale_batch, [it.rgb for it in batch],
+                                                                 [it.caption for it in batch])), on_done)
 
     try:
-        # the next images decode in a worker thread while the current batches are upscaled
-        for job, decoded in prefetch(lambda j: load_image(j.image), jobs):
+        # the next images decode in worker threads while the current batches are upscaled
+        decoders = 1 if upscaler.forward_in_lanes else max(1, lanes.n // 2)  # the CPU's cores compute
+        for job, decoded in prefetch(lambda j: load_image(j.image), jobs, workers=decoders):
             if isinstance(decoded, Exception):
                 reason = str(decoded).removeprefix(f"{job.image}: ") if isinstance(decoded, ImageError) else \
                     f"{type(decoded).__name__}: {decoded}"
@@ -339,7 +350,22 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
 def _upscale_and_write(upscaler: Upscaler, batch: list[_Item]) -> list[Exception | None]:
     """One batch through the network, its outputs quantised and written (in a
     lane): the error of each output, or None.  A failed forward pass raises."""
-    srs = upscaler.upscale_batch([it.rgb for it in batch], [it.caption for it in batch])
+    return _write_outputs(batch, upscaler.upscale_batch([it.rgb for it in batch], [it.caption for it in batch]))
+
+
+def _outcome(fn: Callable, *args):
+    """fn(*args), or the exception it raised (raised again where the result is used)."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        return e
+
+
+def _write_outputs(batch: list[_Item], srs: torch.Tensor | Exception) -> list[Exception | None]:
+    """The batch's outputs quantised and written: the error of each, or None.
+    `srs` is the forward pass's result, or its error (raised here)."""
+    if isinstance(srs, Exception):
+        raise srs
     errors: list[Exception | None] = []
     for it, sr in zip(batch, srs):
         try:

@@ -1,5 +1,6 @@
 """Lanes: batches in flight on worker threads, results back in order; upscale's outputs do not depend on them."""
 
+import os
 import threading
 import time
 
@@ -64,7 +65,10 @@ def test_default_lanes_share_the_cpu_threads(monkeypatch):
     assert default_lanes(torch.device("cpu")) == (2, 4)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert default_lanes(torch.device("cpu")) == (1, 1)
-    assert default_lanes(torch.device("cuda")) == (2, None)  # the device itself is shared by a lock
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert default_lanes(torch.device("cuda")) == (4, None)  # writers: the device is driven from one thread
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert default_lanes(torch.device("cuda")) == (2, None)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
@@ -88,6 +92,50 @@ def test_outputs_do_not_depend_on_the_lanes(tiny_cfg, tiny_clip, tmp_path, batch
         a = np.asarray(Image.open(tmp_path / "inline" / p.name), dtype=np.int16)
         b = np.asarray(Image.open(tmp_path / "lanes" / p.name), dtype=np.int16)
         assert np.abs(a - b).max() <= 1  # thread counts may change float summation order only
+
+
+def test_an_accelerator_is_driven_from_the_callers_thread_and_lanes_write(tiny_cfg, tiny_clip, tmp_path,
+                                                                        monkeypatch):
+    folder = tmp_path / "lr"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(12, 16)] * 4 + [(9, 9)] * 2 + [(12, 16)] * 2):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    images = sorted(folder.glob("*.png"))
+    gen = Generator(tiny_cfg, tiny_clip, 2)
+    with torch.no_grad():
+        gen.upsampler.to_rgb.weight.normal_(0, 0.05)
+    forward_threads, write_threads = set(), set()
+
+    def forward_hook(module, args):
+        forward_threads.add(threading.current_thread().name)
+        if args[0].shape[-1] == 9:
+            raise RuntimeError("device error on this batch")
+
+    import clipsr_cli.upscale as upscale_module
+
+    real_write = upscale_module.write_image
+    monkeypatch.setattr(upscale_module, "write_image",
+                        lambda *a: (write_threads.add(threading.current_thread().name), real_write(*a))[1])
+    caps = Captions(folder, text="a photo")
+    reference = run(Upscaler(gen, torch.device("cpu"), tile=0), folder, images, tmp_path / "ref", caps,
+                    batch_size=2, lanes=Lanes(1))
+    handle = gen.register_forward_pre_hook(forward_hook)
+    forward_threads.clear()
+    write_threads.clear()
+    up = Upscaler(gen, torch.device("cpu"), tile=0)
+    up.forward_in_lanes = False  # what an accelerator gets
+    report = run(up, folder, images, tmp_path / "acc", caps, batch_size=2, lanes=Lanes(2, 1))
+    handle.remove()
+    assert forward_threads == {threading.current_thread().name}
+    assert write_threads and all(name.startswith("clipsr-lane") for name in write_threads)
+    assert [i.name for i, _ in report.failed] == ["4.png", "5.png"]  # the batch whose forward failed
+    assert "device error on this batch" in report.failed[0][1]
+    assert [i.name for i, _ in report.done] == [i.name for i, _ in reference.done if i.name not in ("4.png", "5.png")]
+    for i, out in report.done:
+        a = np.asarray(Image.open(out), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "ref" / out.name), dtype=np.int16)
+        assert np.abs(a - b).max() <= 1
 
 
 def test_a_failed_write_fails_that_image_only(tiny_cfg, tiny_clip, tmp_path):
