@@ -57,7 +57,8 @@ def build(preset: str, scale: int):
 
 
 def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repeats: int = 4,
-        device: str = "cpu", precision: str | None = None, n_lanes: int | None = None) -> dict:
+        device: str = "cpu", precision: str | None = None, n_lanes: int | None = None,
+        work_dir: str | None = None) -> dict:
     import torch
 
     from clipsr_cli.captions import Captions
@@ -82,7 +83,7 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
         if dev.type != "cuda":
             return {}
         return {"peak_device_gib": torch.cuda.max_memory_allocated(dev) / 2**30}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         tmp = Path(tmp)
         if tile_test is not None:
             lr = tmp / "lr"
@@ -180,9 +181,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, help="batch size (default: 8)")
     p.add_argument("--presets", nargs="*", default=["tiny", "paper"], help="none: only the tile test")
     p.add_argument("--scales", type=int, nargs="+", default=[4, 8])
+    p.add_argument("--work-dir", help="where the input and output folders go (default: the system's temporary)")
     p.add_argument("--no-tile-test", action="store_true", help="skip the 1024x1024 x8 runs")
     args = p.parse_args()
-    device_args = ["--device", args.device] + (["--precision", args.precision] if args.precision else [])
+    device_args = ["--device", args.device] + (["--precision", args.precision] if args.precision else []) + \
+        (["--work-dir", args.work_dir] if args.work_dir else [])
     if args.pieces:
         r = pieces()
         print(", ".join(f"{k} {1000 * v / r['n']:.2f}" for k, v in r.items() if k != "n") + " core-ms per image")
@@ -190,7 +193,7 @@ def main() -> None:
     if args.one:
         preset, scale, n, batch = args.one
         print(json.dumps(one(preset, int(scale), int(n), int(batch), args.tile_test, args.repeats, args.device,
-                             args.precision, args.lanes[0] if args.lanes else None)))
+                             args.precision, args.lanes[0] if args.lanes else None, args.work_dir)))
         return
 
     def child(*extra) -> dict:

