@@ -93,7 +93,9 @@ def upscale(
     tile: Optional[int] = typer.Option(None, "-t", "--tile",
                                        help="LR tile side for large images (0: never tile; default: from free memory)."),
     tile_pad: int = typer.Option(16, "--tile-pad", help="LR pixels of overlap between tiles (blended, no seams)."),
-    batch_size: int = typer.Option(1, "-b", "--batch-size", help="Same-size images upscaled together."),
+    batch_size: Optional[int] = typer.Option(
+        None, "-b", "--batch-size",
+        help="Same-size images upscaled together [default: 1 on the CPU; on a GPU as many as fit, up to 64]."),
     json_report: Optional[Path] = typer.Option(None, "--json", help="Write a machine-readable report."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors."),
 ):
@@ -137,7 +139,7 @@ def upscale(
         gen = Generator(cfg, load_clip(cfg, weights_dir=weights_dir), check_scale(scale or 4))
         console.print(f"[yellow]note:[/yellow] no --weights: preset {cfg.name!r} with untrained "
                       "generator weights; the output shows the pipeline, not CLIP-SR quality")
-    if (tile is not None and tile < 0) or tile_pad < 0 or batch_size < 1:
+    if (tile is not None and tile < 0) or tile_pad < 0 or (batch_size is not None and batch_size < 1):
         raise UsageError("--tile and --tile-pad must be >= 0, --batch-size >= 1")
     upscaler = Upscaler(gen, dev, warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False),
                         dtype=dtype, tile=tile, tile_pad=tile_pad)
@@ -145,7 +147,7 @@ def upscale(
     if not quiet:
         console.print(f"{len(images)} image(s), x{gen.scale}, preset {gen.cfg.name!r}, device {dev}, "
                       f"{str(dtype).removeprefix('torch.')}, tiles of {upscaler.tile or 'any'} LR px, "
-                      f"batch {batch_size}, {lanes.n} lane(s)")
+                      f"batch {batch_size or 'auto'}, {lanes.n} lane(s)")
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), ImagesPerSecond(),
                   TimeRemainingColumn(), console=console, disable=quiet, transient=True) as bar:
         task = bar.add_task("upscaling", total=len(images))

@@ -23,7 +23,7 @@ from clipsr_cli.devices import pick_memory_format
 from clipsr_cli.images import IMAGE_EXTS, ImageError, load_image, output_array, write_image
 from clipsr_cli.lanes import Lanes, default_lanes
 from clipsr_cli.prefetch import prefetch
-from clipsr_cli.tiling import auto_tile, is_out_of_memory, tiled
+from clipsr_cli.tiling import auto_batch, auto_tile, is_out_of_memory, tiled
 
 CLIP_MAX_TOKENS = 75  # 77 minus the start and end markers
 
@@ -123,6 +123,7 @@ class Upscaler:
         self.tile_pad = tile_pad
         self.tile = tile if tile is not None else auto_tile(self.bytes_per_lr_pixel(), device)
         self._text: dict[str, object] = {}
+        self._batches: dict[tuple[int, int], int] = {}
         self._tokens: dict[str, int] = {}
         self._text_lock = threading.Lock()
         # upscale.run: the CPU's lanes each compute on their own cores; an
@@ -158,6 +159,13 @@ class Upscaler:
                     self._text.setdefault(caption, cond)
         with self._text_lock:
             return cat_conditions([self._text[c] for c in captions])
+
+    def auto_batch(self, lr: torch.Tensor) -> int:
+        """Images of lr's size per forward pass when no batch size is given."""
+        size = tuple(lr.shape[-2:])
+        if size not in self._batches:  # free memory is read once per size
+            self._batches[size] = auto_batch(self.bytes_per_lr_pixel(), size[0] * size[1], self.device)
+        return self._batches[size]
 
     def is_tiled(self, lr: torch.Tensor) -> bool:
         return bool(self.tile) and max(lr.shape[-2:]) > self.tile
@@ -259,9 +267,11 @@ class _Item:
 
 def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, captions: Captions,
         suffix: str = "", ext: str | None = None, skip_existing: bool = False,
-        progress: Callable[[], None] = lambda: None, batch_size: int = 1, lanes: Lanes | None = None) -> Report:
+        progress: Callable[[], None] = lambda: None, batch_size: int | None = 1,
+        lanes: Lanes | None = None) -> Report:
     """Upscale every image (one output per caption).  Consecutive outputs of the
-    same LR size go through the network together, up to `batch_size`; batches
+    same LR size go through the network together, up to `batch_size` (None:
+    `Upscaler.auto_batch`); batches
     are carried from forward pass to written files by `lanes` (default:
     `default_lanes` for the upscaler's device), which run closes when done."""
     report = Report()
@@ -335,7 +345,7 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
                 upscaler.check_caption(caption, job.image)
                 # a tiled image goes alone: its tiles already fill the device, and the
                 # automatic tile size is chosen for one image's activations
-                limit = 1 if upscaler.is_tiled(decoded.rgb) else batch_size
+                limit = 1 if upscaler.is_tiled(decoded.rgb) else batch_size or upscaler.auto_batch(decoded.rgb)
                 if pending and (len(pending) >= limit or pending[0].rgb.shape != decoded.rgb.shape):
                     flush()
                 pending.append(_Item(job, decoded.rgb, caption, target, alpha_up, decoded.gray, decoded.bits))
