@@ -95,7 +95,7 @@ def upscale(
     tile_pad: int = typer.Option(16, "--tile-pad", help="LR pixels of overlap between tiles (blended, no seams)."),
     batch_size: Optional[int] = typer.Option(
         None, "-b", "--batch-size",
-        help="Same-size images upscaled together [default: 1 on the CPU; on a GPU as many as fit, up to 64]."),
+        help="Same-size images upscaled together (default: 1 on the CPU; on a GPU as many as fit, up to 64)."),
     json_report: Optional[Path] = typer.Option(None, "--json", help="Write a machine-readable report."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors."),
 ):
