@@ -147,7 +147,7 @@ def upscale(
     if not quiet:
         console.print(f"{len(images)} image(s), x{gen.scale}, preset {gen.cfg.name!r}, device {dev}, "
                       f"{str(dtype).removeprefix('torch.')}, tiles of {upscaler.tile or 'any'} LR px, "
-                      f"batch {batch_size or 'auto'}, {lanes.n} lane(s)")
+                      f"batch {batch_size or (1 if dev.type == 'cpu' else 'auto')}, {lanes.n} lane(s)")
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), ImagesPerSecond(),
                   TimeRemainingColumn(), console=console, disable=quiet, transient=True) as bar:
         task = bar.add_task("upscaling", total=len(images))

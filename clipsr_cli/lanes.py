@@ -97,6 +97,6 @@ def default_lanes(device: torch.device) -> tuple[int, int | None]:
     if device.type == "cpu":
         n = 2 if threads >= 2 else 1
         return n, threads // n
-    # writers only (the device is driven from the caller): half the cores, the
-    # other half decode and launch; more than 4 measured no faster (BENCHMARKS.md)
+    # writers only (the device is driven from the caller); 2, 4 and 8 measured
+    # alike on an H100 with 16 cores, the host's Python work being the limit (BENCHMARKS.md)
     return min(4, max(2, (os.cpu_count() or 2) // 2)), None

@@ -124,6 +124,7 @@ class Upscaler:
         self.tile = tile if tile is not None else auto_tile(self.bytes_per_lr_pixel(), device)
         self._text: dict[str, object] = {}
         self._batches: dict[tuple[int, int], int] = {}
+        self.batch_cap = 1 << 30  # lowered on out-of-memory
         self._tokens: dict[str, int] = {}
         self._text_lock = threading.Lock()
         # upscale.run: the CPU's lanes each compute on their own cores; an
@@ -160,6 +161,13 @@ class Upscaler:
         with self._text_lock:
             return cat_conditions([self._text[c] for c in captions])
 
+    def batch_limit(self, lr: torch.Tensor, requested: int | None) -> int:
+        """Images of lr's size per forward pass: one when it is tiled, else the
+        requested number (None: `auto_batch`), at most what has not run out of memory."""
+        if self.is_tiled(lr):
+            return 1
+        return min(requested or self.auto_batch(lr), self.batch_cap)
+
     def auto_batch(self, lr: torch.Tensor) -> int:
         """Images of lr's size per forward pass when no batch size is given."""
         size = tuple(lr.shape[-2:])
@@ -182,8 +190,9 @@ class Upscaler:
     @torch.inference_mode()
     def upscale_batch(self, rgbs: list[torch.Tensor], captions: list[str]) -> torch.Tensor:
         """Same-size images (CPU), one caption each -> (B, 3, sH, sW) on the CPU.  On
-        out-of-memory the tile is halved and the batch retried (and kept for later
-        images).  Safe to call from several threads."""
+        out-of-memory the batch is split in halves, and single images are tiled
+        with halving tiles; the smaller batch or tile is kept for later images.
+        Safe to call from several threads."""
         lr = torch.stack(rgbs)
         with self._device_lock:  # text encoding included: it runs on the device too
             return self._retrying(lr, self.conditions(captions))
@@ -195,12 +204,19 @@ class Upscaler:
             except (RuntimeError, torch.OutOfMemoryError) as e:
                 if not is_out_of_memory(e):
                     raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if len(lr) > 1:  # fewer images at a time before smaller tiles
+                    half = len(lr) // 2
+                    self.batch_cap = half  # and for the batches to come
+                    self.warn(f"out of memory: retrying {half} image(s) at a time")
+                    parts = split_conditions(cond)
+                    return torch.cat([self._retrying(lr[:half], cat_conditions(parts[:half])),
+                                      self._retrying(lr[half:], cat_conditions(parts[half:]))])
                 current = self.tile or max(lr.shape[-2:])
                 if current <= 16:
                     raise RuntimeError(f"out of memory even with {current}px tiles") from None
                 self.tile = current // 2
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
                 self.warn(f"out of memory: retrying with --tile {self.tile}")
 
     def upscale(self, rgb: torch.Tensor, caption: str, image: Path) -> torch.Tensor:
@@ -345,7 +361,7 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
                 upscaler.check_caption(caption, job.image)
                 # a tiled image goes alone: its tiles already fill the device, and the
                 # automatic tile size is chosen for one image's activations
-                limit = 1 if upscaler.is_tiled(decoded.rgb) else batch_size or upscaler.auto_batch(decoded.rgb)
+                limit = upscaler.batch_limit(decoded.rgb, batch_size)
                 if pending and (len(pending) >= limit or pending[0].rgb.shape != decoded.rgb.shape):
                     flush()
                 pending.append(_Item(job, decoded.rgb, caption, target, alpha_up, decoded.gray, decoded.bits))

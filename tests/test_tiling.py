@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipsr_cli.captions import Captions
+from clipsr_cli.lanes import Lanes
 from clipsr_cli.network import Generator
 from clipsr_cli.tiling import is_out_of_memory, tiled
 from clipsr_cli.upscale import Upscaler, run
@@ -79,6 +80,40 @@ def test_out_of_memory_halves_the_tile_and_retries(tiny_cfg, tiny_clip):
                                                  "out of memory: retrying with --tile 10"]
     assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_out_of_memory_splits_a_batch_before_tiling_and_later_batches_stay_small(tiny_cfg, tiny_clip, tmp_path):
+    folder = tmp_path / "lr"
+    folder.mkdir()
+    for i in range(6):
+        arr = (_smooth(12, 16, seed=i).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"{i}.png")
+    images = sorted(folder.glob("*.png"))
+    gen = Generator(tiny_cfg, tiny_clip, 4)
+    with torch.no_grad():
+        gen.upsampler.to_rgb.weight.normal_(0, 0.05)
+    caps = Captions(folder, text="a photo")
+    run(Upscaler(gen, torch.device("cpu"), tile=0), folder, images, tmp_path / "ref", caps)
+    real, calls = gen.forward, []
+
+    def forward(lr, cond):
+        calls.append(lr.shape[0])
+        assert cond.sentence.shape[0] == lr.shape[0]  # each half keeps its own captions
+        if lr.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(lr, cond)
+
+    gen.forward = forward
+    warnings = []
+    upscaler = Upscaler(gen, torch.device("cpu"), warn=warnings.append, tile=0)
+    report = run(upscaler, folder, images, tmp_path / "oom", caps, batch_size=4, lanes=Lanes(1))
+    assert len(report.done) == 6 and not report.failed
+    assert calls == [4, 2, 2, 2] and upscaler.batch_cap == 2 and upscaler.tile == 0  # never tiled
+    assert warnings == ["out of memory: retrying 2 image(s) at a time"]
+    for p in images:
+        a = np.asarray(Image.open(tmp_path / "ref" / p.name), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "oom" / p.name), dtype=np.int16)
+        assert np.abs(a - b).max() <= 1
 
 
 def test_same_size_images_are_batched_and_give_the_same_outputs(tiny_cfg, tiny_clip, tmp_path):
