@@ -138,6 +138,37 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
     return result | device_peak()
 
 
+def host_ceiling(n: int, batch: int, lanes: int, caller_driven: bool, repeats: int) -> float:
+    """img/s of upscale.run when the network costs nothing (nearest-neighbour x4
+    in its place): the most the host's decoding, quantising, encoding, writing
+    and bookkeeping allow.  caller_driven: as on an accelerator (forward in the
+    main thread, lanes only write); else as on the CPU (forward in the lanes)."""
+    import torch
+    import torch.nn.functional as F
+
+    from clipsr_cli.captions import Captions
+    from clipsr_cli.devices import keep_freed_memory
+    from clipsr_cli.lanes import Lanes
+    from clipsr_cli.upscale import Upscaler, run
+
+    keep_freed_memory()
+    upscaler = Upscaler(build("tiny", 4), torch.device("cpu"), tile=0)
+    upscaler.forward_in_lanes = not caller_driven
+    upscaler.upscale_batch = lambda rgbs, captions: F.interpolate(torch.stack(rgbs), scale_factor=4, mode="nearest")
+    best = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        lr = Path(tmp) / "lr"
+        lr.mkdir()
+        paths = make_folder(lr, n, LR_SIDE[4])
+        for attempt in range(repeats):
+            start = time.perf_counter()
+            report = run(upscaler, lr, paths, Path(tmp) / f"sr{attempt}", Captions(lr, text="a bird"),
+                         batch_size=batch, lanes=Lanes(lanes, 1 if not caller_driven else None))
+            best = max(best, n / (time.perf_counter() - start))
+            assert len(report.done) == n, report.failed
+    return best
+
+
 def pieces(n: int = 96) -> dict:
     """CPU time (user + system, all threads) per image of the non-network work, tiny x4 outputs."""
     import torch
@@ -173,6 +204,8 @@ def main() -> None:
     p.add_argument("--one", nargs=4, metavar=("PRESET", "SCALE", "N", "BATCH"))
     p.add_argument("--tile-test", type=int, metavar="TILE", help="1024x1024 at x8 with this tile (0: automatic)")
     p.add_argument("--pieces", action="store_true", help="core-ms per image of decoding, quantising, writing")
+    p.add_argument("--host-ceiling", action="store_true",
+                   help="upscale.run's img/s with a network that costs nothing, by lanes")
     p.add_argument("--repeats", type=int, default=4, help="runs of each kind; the best is kept")
     p.add_argument("--device", default="cpu", help="cpu | cuda[:N] | mps | auto")
     p.add_argument("--precision", default=None, help="fp32 | bf16 | fp16 (default: the CLI's for the device)")
@@ -186,6 +219,13 @@ def main() -> None:
     args = p.parse_args()
     device_args = ["--device", args.device] + (["--precision", args.precision] if args.precision else []) + \
         (["--work-dir", args.work_dir] if args.work_dir else [])
+    if args.host_ceiling:
+        print("| lanes | forward driven from | host ceiling, tiny x4 outputs (img/s) |\n|---|---|---|")
+        for lanes in args.lanes or [1, 2, 4]:
+            for caller in (False, True):
+                ips = host_ceiling(args.images or 512, args.batch or 16, lanes, caller, args.repeats)
+                print(f"| {lanes} | {'main thread' if caller else 'lanes'} | {ips:.0f} |", flush=True)
+        return
     if args.pieces:
         r = pieces()
         print(", ".join(f"{k} {1000 * v / r['n']:.2f}" for k, v in r.items() if k != "n") + " core-ms per image")

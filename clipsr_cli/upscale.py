@@ -287,9 +287,9 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
         lanes: Lanes | None = None) -> Report:
     """Upscale every image (one output per caption).  Consecutive outputs of the
     same LR size go through the network together, up to `batch_size` (None:
-    `Upscaler.auto_batch`); batches
-    are carried from forward pass to written files by `lanes` (default:
-    `default_lanes` for the upscaler's device), which run closes when done."""
+    `Upscaler.auto_batch`); batches are carried from forward pass to written
+    files by `lanes` (default: `default_lanes` for the upscaler's device), which
+    run closes when done."""
     report = Report()
     inputs = {p.resolve() for p in images}
     scale = upscaler.gen.scale
@@ -338,8 +338,8 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
             lanes.submit(partial(_upscale_and_write, upscaler, batch), on_done)
         else:
             # an accelerator is driven from this thread alone (a new thread's first
-            # launches set up its own library handles: 2-4x slower per run with 2-8
-            # lanes, BENCHMARKS.md); the lanes quantise, encode and write
+            # launches set up its own library handles: the forward in 2-8 lanes ran
+            # 1.7-4.3x slower on an H100, BENCHMARKS.md); the lanes quantise, encode, write
             lanes.submit(partial(_write_outputs, batch, _outcome(upscaler.upscale_batch, [it.rgb for it in batch],
                                                                  [it.caption for it in batch])), on_done)
 
