@@ -172,7 +172,8 @@ class Upscaler:
         """Images of lr's size per forward pass when no batch size is given."""
         size = tuple(lr.shape[-2:])
         if size not in self._batches:  # free memory is read once per size
-            self._batches[size] = auto_batch(self.bytes_per_lr_pixel(), size[0] * size[1], self.device)
+            self._batches[size] = auto_batch(self.bytes_per_lr_pixel(), size[0] * size[1], self.gen.scale,
+                                             self.device)
         return self._batches[size]
 
     def is_tiled(self, lr: torch.Tensor) -> bool:

@@ -116,7 +116,7 @@ def _run_folder(gen, folder, out, lanes: Lanes, batch_size: int):
     return {p.name: np.asarray(Image.open(p)).astype(int) for p in out.iterdir()}
 
 
-def test_two_lanes_share_the_device_and_write_what_one_lane_writes(gen, tmp_path):
+def test_two_writer_lanes_on_cuda_write_what_one_lane_writes(gen, tmp_path):
     folder = tmp_path / "lr"
     folder.mkdir()
     for i in range(7):

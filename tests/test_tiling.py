@@ -163,7 +163,10 @@ def test_automatic_batch_is_one_on_the_cpu_and_fills_free_memory_on_a_gpu(monkey
     from clipsr_cli import tiling
 
     monkeypatch.setattr(tiling, "available_memory", lambda device: 100 << 20)
-    assert tiling.auto_batch(1000.0, 64 * 64, torch.device("cpu")) == 1
-    assert tiling.auto_batch(1000.0, 64 * 64, torch.device("cuda")) == 10  # 40 MiB // 4.1 MB
-    assert tiling.auto_batch(1000.0, 16 * 16, torch.device("cuda")) == tiling.AUTO_BATCH_MAX
-    assert tiling.auto_batch(1000.0, 1024 * 1024, torch.device("cuda")) == 1  # never 0
+    assert tiling.auto_batch(1000.0, 64 * 64, 4, torch.device("cpu")) == 1
+    assert tiling.auto_batch(1000.0, 64 * 64, 4, torch.device("cuda")) == 10  # 40 MiB // 4.1 MB
+    assert tiling.auto_batch(1000.0, 16 * 16, 4, torch.device("cuda")) == tiling.AUTO_BATCH_MAX
+    assert tiling.auto_batch(1000.0, 1024 * 1024, 4, torch.device("cuda")) == 1  # never 0
+    monkeypatch.setattr(tiling, "available_memory", lambda device: 80 << 30)
+    # 512x512 LR at x4: 50 MB of float output per image, 10 in 512 MiB of host memory
+    assert tiling.auto_batch(10.0, 512 * 512, 4, torch.device("cuda")) == 10
