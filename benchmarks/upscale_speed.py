@@ -243,13 +243,13 @@ def main() -> None:
     def device_memory(r: dict) -> str:
         return f" / {r['peak_device_gib']:.2f} GiB" if "peak_device_gib" in r else ""
 
-    print("| preset | scale | LR -> SR | device, precision | batch | lanes | forward only, one batch at a time (img/s) "
-          "| forward only, in lanes | end-to-end (img/s) | end-to-end / forward | end-to-end / forward in lanes "
-          "| PIL bicubic (img/s) | peak RSS (/ device) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for preset, scale, n, batch in CONFIGS:
-        if preset not in args.presets or scale not in args.scales:
-            continue
+    configs = [c for c in CONFIGS if c[0] in args.presets and c[1] in args.scales]
+    if configs:
+        print("| preset | scale | LR -> SR | device, precision | batch | lanes | forward only, one batch at a time "
+              "(img/s) | forward only, in lanes | end-to-end (img/s) | end-to-end / forward | end-to-end / forward in "
+              "lanes | PIL bicubic (img/s) | peak RSS (/ device) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for preset, scale, n, batch in configs:
         n, batch = args.images or n, args.batch or batch
         for lanes in args.lanes or [None]:
             r = child("--one", preset, str(scale), str(n), str(batch), "--repeats", str(args.repeats), *device_args,
