@@ -14,7 +14,8 @@ the three kinds alternated.  On a GPU (`--device cuda`) the forward passes
 include the copies to and from the device, as upscale's do.
 
     python3 benchmarks/upscale_speed.py [--repeats 4]
-    python3 benchmarks/upscale_speed.py --device cuda --images 512 --batch 16 --lanes 2 4 8
+    python3 benchmarks/upscale_speed.py --device cuda --images 2048 --batch 16 --lanes 2 4 8
+    python3 benchmarks/upscale_speed.py --host-ceiling   # upscale.run with a network that costs nothing
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
         if dev.type != "cuda":
             return {}
         return {"peak_device_gib": torch.cuda.max_memory_allocated(dev) / 2**30}
+
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         tmp = Path(tmp)
         if tile_test is not None:

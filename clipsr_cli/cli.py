@@ -95,7 +95,7 @@ def upscale(
     tile_pad: int = typer.Option(16, "--tile-pad", help="LR pixels of overlap between tiles (blended, no seams)."),
     batch_size: Optional[int] = typer.Option(
         None, "-b", "--batch-size",
-        help="Same-size images upscaled together (default: 1 on the CPU; on a GPU as many as fit, up to 64)."),
+        help="Same-size images upscaled together (default: as many as fit in memory, up to 8 on a CPU, 64 on a GPU)."),
     json_report: Optional[Path] = typer.Option(None, "--json", help="Write a machine-readable report."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors."),
 ):
@@ -147,7 +147,7 @@ def upscale(
     if not quiet:
         console.print(f"{len(images)} image(s), x{gen.scale}, preset {gen.cfg.name!r}, device {dev}, "
                       f"{str(dtype).removeprefix('torch.')}, tiles of {upscaler.tile or 'any'} LR px, "
-                      f"batch {batch_size or (1 if dev.type == 'cpu' else 'auto')}, {lanes.n} lane(s)")
+                      f"batch {batch_size or 'auto'}, {lanes.n} lane(s)")
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), ImagesPerSecond(),
                   TimeRemainingColumn(), console=console, disable=quiet, transient=True) as bar:
         task = bar.add_task("upscaling", total=len(images))

@@ -82,21 +82,21 @@ def auto_tile(bytes_per_lr_pixel: float, device: torch.device, fraction: float =
 
 
 AUTO_BATCH_MAX = 64  # H100, tiny x4: batch 64 ran the forward 3x faster than batch 16 (BENCHMARKS.md)
+CPU_AUTO_BATCH_MAX = 8  # 2-core CPU: batch 8 ran 1.6-1.7x faster per image than 1; 16 little more (BENCHMARKS.md)
 BATCH_OUTPUT_BYTES = 512 << 20  # host memory for one batch's float outputs (a few batches are in flight)
 
 
 def auto_batch(bytes_per_lr_pixel: float, lr_pixels: int, scale: int, device: torch.device,
                fraction: float = 0.4) -> int:
-    """Same-size images per forward pass when --batch-size is unset.  One on a
-    CPU, where larger batches measured no faster; on an accelerator as many as
-    fit in `fraction` of free device memory and whose outputs fit in
-    BATCH_OUTPUT_BYTES on the host, up to AUTO_BATCH_MAX: small images leave a
-    GPU waiting on kernel launches, not computing."""
-    if device.type == "cpu":
-        return 1
-    fits_device = available_memory(device) * fraction // (bytes_per_lr_pixel * lr_pixels)
+    """Same-size images per forward pass when --batch-size is unset: as many as
+    fit in `fraction` of free memory (split between the CPU's two lanes) and
+    whose float outputs fit in BATCH_OUTPUT_BYTES on the host, up to
+    CPU_AUTO_BATCH_MAX on a CPU and AUTO_BATCH_MAX on an accelerator, where
+    small images leave the device waiting on kernel launches, not computing."""
+    cpu = device.type == "cpu"
+    fits_device = available_memory(device) * (fraction / 2 if cpu else fraction) // (bytes_per_lr_pixel * lr_pixels)
     fits_host = BATCH_OUTPUT_BYTES // (3 * 4 * scale**2 * lr_pixels)
-    return int(max(1, min(AUTO_BATCH_MAX, fits_device, fits_host)))
+    return int(max(1, min(CPU_AUTO_BATCH_MAX if cpu else AUTO_BATCH_MAX, fits_device, fits_host)))
 
 
 def is_out_of_memory(e: BaseException) -> bool:

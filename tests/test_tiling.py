@@ -138,8 +138,8 @@ def test_same_size_images_are_batched_and_give_the_same_outputs(tiny_cfg, tiny_c
         assert np.abs(a - b).max() <= 1  # uint8 rounding of float differences only
     batches.clear()
     automatic = Upscaler(gen, torch.device("cpu"), tile=0)
-    assert automatic.auto_batch(torch.zeros(3, 16, 24)) == 1  # the CPU's automatic batch
-    automatic._batches[(16, 24)] = 2  # what a GPU with room for two 24x16 images would say
+    assert automatic.auto_batch(torch.zeros(3, 16, 24)) == 8  # small images: the CPU's cap
+    automatic._batches[(16, 24)] = 2  # what a device with room for two 24x16 images would say
     run(automatic, folder, images, tmp_path / "auto", caps, batch_size=None)
     assert sorted(batches) == [1, 1, 2]  # 2 + 1 of the 24x16 images, then the 20x20 one
     batches.clear()
@@ -159,11 +159,12 @@ def test_automatic_tile_follows_free_memory_and_stays_small_on_the_cpu(monkeypat
     assert tiling.auto_tile(1000.0, torch.device("cuda")) == 192  # 192^2 * 1000 B <= 40 MB < 256^2 * 1000 B
 
 
-def test_automatic_batch_is_one_on_the_cpu_and_fills_free_memory_on_a_gpu(monkeypatch):
+def test_automatic_batch_fills_free_memory_up_to_a_cap_per_device(monkeypatch):
     from clipsr_cli import tiling
 
     monkeypatch.setattr(tiling, "available_memory", lambda device: 100 << 20)
-    assert tiling.auto_batch(1000.0, 64 * 64, 4, torch.device("cpu")) == 1
+    assert tiling.auto_batch(1000.0, 64 * 64, 4, torch.device("cpu")) == 5  # 20 MiB per lane // 4.1 MB
+    assert tiling.auto_batch(1000.0, 16 * 16, 4, torch.device("cpu")) == tiling.CPU_AUTO_BATCH_MAX
     assert tiling.auto_batch(1000.0, 64 * 64, 4, torch.device("cuda")) == 10  # 40 MiB // 4.1 MB
     assert tiling.auto_batch(1000.0, 16 * 16, 4, torch.device("cuda")) == tiling.AUTO_BATCH_MAX
     assert tiling.auto_batch(1000.0, 1024 * 1024, 4, torch.device("cuda")) == 1  # never 0
