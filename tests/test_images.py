@@ -1,6 +1,7 @@
 """Every image mode a user's folder may hold is read and written back faithfully;
 every kind of bad file is refused with one line naming it."""
 
+import os
 import struct
 import zlib
 
@@ -93,6 +94,28 @@ def test_png_encoder_round_trips_through_pillow(tmp_path, monkeypatch, channels,
         assert im.mode == {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
         back = np.asarray(im).reshape(13, 9, channels)
     assert np.array_equal(back, arr)
+
+
+@pytest.mark.parametrize("writev", [True, False])
+def test_png_writing_survives_short_writes_and_has_valid_crcs(tmp_path, monkeypatch, writev):
+    arr = _random(40, 30, 3, np.uint8, seed=7)
+    png.write_png(tmp_path / "whole.png", arr)
+    real_write, real_writev = os.write, os.writev
+    if writev:  # the OS takes at most 5 bytes per call, cutting parts and buffers short
+        monkeypatch.setattr(os, "writev", lambda fd, bufs: real_writev(fd, [bytes(b)[:5] for b in bufs[:1]]))
+    else:
+        monkeypatch.delattr(os, "writev")
+        monkeypatch.setattr(os, "write", lambda fd, buf: real_write(fd, bytes(buf)[:5]))
+    png.write_png(tmp_path / "short.png", arr)
+    data = (tmp_path / "short.png").read_bytes()
+    assert data == (tmp_path / "whole.png").read_bytes()
+    pos = len(png.SIGNATURE)
+    while pos < len(data):  # every chunk's CRC is zlib's CRC-32 of its type and data
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        body = data[pos + 4 : pos + 8 + length]
+        assert struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])[0] == zlib.crc32(body)
+        pos += 12 + length
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "short.png")), arr)
 
 
 def test_up_filter_predicts_each_row_from_the_one_above():
