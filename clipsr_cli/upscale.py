@@ -209,7 +209,7 @@ class Upscaler:
                     torch.cuda.empty_cache()
                 if len(lr) > 1:  # fewer images at a time before smaller tiles
                     half = len(lr) // 2
-                    self.batch_cap = half  # and for the batches to come
+                    self.batch_cap = min(self.batch_cap, half)  # and for the batches to come
                     self.warn(f"out of memory: retrying {half} image(s) at a time")
                     parts = split_conditions(cond)
                     return torch.cat([self._retrying(lr[:half], cat_conditions(parts[:half])),
