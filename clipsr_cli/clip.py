@@ -89,6 +89,7 @@ class TextTower(nn.Module):
         tokens = self.tokenizer(captions)
         if self.clip.attn_mask is None:  # not causal: every position sees the padding
             return tokens
+        # from the text, not the tensor: `clipsr info` tokenises on the meta device
         longest = max(self.n_tokens(c) for c in captions) + 2  # with the start and end markers
         return tokens[:, : min(longest, tokens.shape[1])]
 

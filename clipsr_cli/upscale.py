@@ -162,8 +162,10 @@ class Upscaler:
             return cat_conditions([self._text[c] for c in captions])
 
     def batch_limit(self, lr: torch.Tensor, requested: int | None) -> int:
-        """Images of lr's size per forward pass: one when it is tiled, else the
-        requested number (None: `auto_batch`), at most what has not run out of memory."""
+        """Images of lr's size per forward pass: one when it is tiled (its tiles
+        already fill the device, and the automatic tile is chosen for one image's
+        activations), else the requested number (None: `auto_batch`), at most
+        what has not run out of memory."""
         if self.is_tiled(lr):
             return 1
         return min(requested or self.auto_batch(lr), self.batch_cap)
@@ -341,8 +343,7 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
             # an accelerator is driven from this thread alone (a new thread's first
             # launches set up its own library handles: the forward in 2-8 lanes ran
             # 1.7-4.3x slower on an H100, BENCHMARKS.md); the lanes quantise, encode, write
-            lanes.submit(partial(_write_outputs, batch, _outcome(upscaler.upscale_batch, [it.rgb for it in batch],
-                                                                 [it.caption for it in batch])), on_done)
+            lanes.submit(partial(_write_outputs, batch, _outcome(_upscale, upscaler, batch)), on_done)
 
     try:
         # the next images decode in worker threads while the current batches are upscaled
@@ -360,8 +361,6 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
                 targets = job.targets(True)
             for caption, target in zip(job.captions, targets):
                 upscaler.check_caption(caption, job.image)
-                # a tiled image goes alone: its tiles already fill the device, and the
-                # automatic tile size is chosen for one image's activations
                 limit = upscaler.batch_limit(decoded.rgb, batch_size)
                 if pending and (len(pending) >= limit or pending[0].rgb.shape != decoded.rgb.shape):
                     flush()
@@ -377,7 +376,11 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
 def _upscale_and_write(upscaler: Upscaler, batch: list[_Item]) -> list[Exception | None]:
     """One batch through the network, its outputs quantised and written (in a
     lane): the error of each output, or None.  A failed forward pass raises."""
-    return _write_outputs(batch, upscaler.upscale_batch([it.rgb for it in batch], [it.caption for it in batch]))
+    return _write_outputs(batch, _upscale(upscaler, batch))
+
+
+def _upscale(upscaler: Upscaler, batch: list[_Item]) -> torch.Tensor:
+    return upscaler.upscale_batch([it.rgb for it in batch], [it.caption for it in batch])
 
 
 def _outcome(fn: Callable, *args):
