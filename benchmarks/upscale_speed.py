@@ -11,7 +11,7 @@ bicubic = decode, resize, encode (PNG level 1, as upscale writes), write.
 Random weights (timing does not depend on them); the paper preset's CLIP is
 randomly initialised offline.  Each figure is the best of --repeats runs,
 the three kinds alternated.  On a GPU (`--device cuda`) the forward passes
-include the copies to and from the device, as upscale's do.
+include the copies to and from the device and the quantising there, as upscale's do.
 
     python3 benchmarks/upscale_speed.py [--repeats 4]
     python3 benchmarks/upscale_speed.py --device cuda --images 2048 --batch 16 --lanes 2 4 8
@@ -59,7 +59,7 @@ def build(preset: str, scale: int):
 
 def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repeats: int = 4,
         device: str = "cpu", precision: str | None = None, n_lanes: int | None = None,
-        work_dir: str | None = None) -> dict:
+        work_dir: str | None = None, cuda_graphs: bool = True) -> dict:
     import torch
 
     from clipsr_cli.captions import Captions
@@ -74,7 +74,7 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
     dtype = pick_precision(precision, dev)
     caption = "a small bird with a red head on a branch"
     result = {"preset": preset, "scale": scale, "images": n, "batch": batch, "device": str(dev),
-              "dtype": str(dtype).removeprefix("torch.")}
+              "dtype": str(dtype).removeprefix("torch.") + ("" if cuda_graphs or dev.type != "cuda" else ", eager")}
     threads = torch.get_num_threads()
     lane_spec = default_lanes(dev) if n_lanes is None else \
         (n_lanes, max(1, threads // n_lanes) if dev.type == "cpu" else None)
@@ -91,7 +91,7 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
             lr = tmp / "lr"
             lr.mkdir()
             make_folder(lr, 1, 1024)
-            upscaler = Upscaler(gen, dev, dtype=dtype, tile=tile_test or None)  # 0: automatic
+            upscaler = Upscaler(gen, dev, dtype=dtype, tile=tile_test or None, cuda_graphs=cuda_graphs)  # 0: auto
             start = time.perf_counter()
             report = run(upscaler, lr, sorted(lr.glob("*.png")), tmp / "sr", Captions(lr, text=caption))
             assert len(report.done) == 1, report.failed
@@ -101,10 +101,12 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
         lr = tmp / "lr"
         lr.mkdir()
         paths = make_folder(lr, n, LR_SIDE[scale])
-        upscaler = Upscaler(gen, dev, dtype=dtype, tile=0)
+        upscaler = Upscaler(gen, dev, dtype=dtype, tile=0, cuda_graphs=cuda_graphs)
         rgbs = [load_image(p).rgb for p in paths]
-        chunks = [(rgbs[i : i + batch], [caption] * len(rgbs[i : i + batch])) for i in range(0, n, batch)]
-        upscaler.upscale_batch(*chunks[0])  # warm-up, caption cached
+        as_uint8 = not upscaler.forward_in_lanes  # as upscale does on an accelerator: quantised there
+        chunks = [(rgbs[i : i + batch], [caption] * len(rgbs[i : i + batch]), as_uint8) for i in range(0, n, batch)]
+        for _ in range(3 if dev.type == "cuda" else 1):  # warm-up: caption cached, CUDA graph captured
+            upscaler.upscale_batch(*chunks[0])
 
         def forward_in_lanes() -> None:
             lanes = Lanes(*lane_spec)
@@ -151,12 +153,17 @@ def host_ceiling(n: int, batch: int, lanes: int, caller_driven: bool, repeats: i
     from clipsr_cli.captions import Captions
     from clipsr_cli.devices import keep_freed_memory
     from clipsr_cli.lanes import Lanes
-    from clipsr_cli.upscale import Upscaler, run
+    from clipsr_cli.upscale import Upscaler, quantise, run
 
     keep_freed_memory()
     upscaler = Upscaler(build("tiny", 4), torch.device("cpu"), tile=0)
     upscaler.forward_in_lanes = not caller_driven
-    upscaler.upscale_batch = lambda rgbs, captions: F.interpolate(torch.stack(rgbs), scale_factor=4, mode="nearest")
+
+    def free_network(rgbs, captions, as_uint8=False):
+        out = F.interpolate(torch.stack(rgbs), scale_factor=4, mode="nearest")
+        return quantise(out) if as_uint8 else out
+
+    upscaler.upscale_batch = free_network
     best = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         lr = Path(tmp) / "lr"
@@ -218,9 +225,10 @@ def main() -> None:
     p.add_argument("--scales", type=int, nargs="+", default=[4, 8])
     p.add_argument("--work-dir", help="where the input and output folders go (default: the system's temporary)")
     p.add_argument("--no-tile-test", action="store_true", help="skip the 1024x1024 x8 runs")
+    p.add_argument("--eager", action="store_true", help="CUDA: no graphs, every kernel launched from Python")
     args = p.parse_args()
     device_args = ["--device", args.device] + (["--precision", args.precision] if args.precision else []) + \
-        (["--work-dir", args.work_dir] if args.work_dir else [])
+        (["--work-dir", args.work_dir] if args.work_dir else []) + (["--eager"] if args.eager else [])
     if args.host_ceiling:
         print("| lanes | forward driven from | host ceiling, tiny x4 outputs (img/s) |\n|---|---|---|")
         for lanes in args.lanes or [1, 2, 4]:
@@ -235,7 +243,8 @@ def main() -> None:
     if args.one:
         preset, scale, n, batch = args.one
         print(json.dumps(one(preset, int(scale), int(n), int(batch), args.tile_test, args.repeats, args.device,
-                             args.precision, args.lanes[0] if args.lanes else None, args.work_dir)))
+                             args.precision, args.lanes[0] if args.lanes else None, args.work_dir,
+                             cuda_graphs=not args.eager)))
         return
 
     def child(*extra) -> dict:

@@ -103,6 +103,13 @@ def output_array(path: Path, rgb: torch.Tensor, alpha=None, gray=False, bits=8) 
     return _to_array(rgb.cpu(), alpha.cpu() if keep_alpha else None, gray, bits if fmt == "PNG" else 8)
 
 
+def is_plain_8bit(path: Path, alpha=None, gray=False, bits=8) -> bool:
+    """Whether `output_array(path, rgb, ...)` is rgb's 8-bit RGB alone (no
+    alpha, gray or 16 bits to add): what `upscale.quantise` gives on the device."""
+    fmt = _format(path)
+    return not gray and (bits == 8 or fmt != "PNG") and (alpha is None or fmt == "JPEG")
+
+
 def write_image(path: Path, arr: np.ndarray) -> None:
     """Write atomically: PNG by clipsr's encoder (any mode, 8 or 16 bits), JPEG and WebP by Pillow."""
     fmt = _format(path)

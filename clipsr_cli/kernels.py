@@ -45,9 +45,10 @@ def is_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
-def _shuffle_order(channels: int, factor: int) -> torch.Tensor:
-    """Output-channel permutation (c, i, j) -> (i, j, c) of a conv feeding PixelShuffle."""
-    return torch.arange(channels * factor * factor).view(channels, factor * factor).t().reshape(-1)
+def _shuffle_order(channels: int, factor: int, device=None) -> torch.Tensor:
+    """Output-channel permutation (c, i, j) -> (i, j, c) of a conv feeding PixelShuffle;
+    made on the device (a copy from the host cannot be captured in a CUDA graph)."""
+    return torch.arange(channels * factor * factor, device=device).view(channels, factor * factor).t().reshape(-1)
 
 
 def conv_pixel_shuffle(x: torch.Tensor, conv: nn.Conv2d, factor: int) -> torch.Tensor:
@@ -55,7 +56,7 @@ def conv_pixel_shuffle(x: torch.Tensor, conv: nn.Conv2d, factor: int) -> torch.T
     if not is_channels_last(x):
         return F.pixel_shuffle(conv(x), factor)
     c = conv.out_channels // (factor * factor)
-    order = _shuffle_order(c, factor).to(x.device)
+    order = _shuffle_order(c, factor, x.device)
     bias = conv.bias[order] if conv.bias is not None else None
     y = conv._conv_forward(x, conv.weight[order], bias)  # NHWC memory: (B, H, W, i, j, c)
     b, _, h, w = y.shape

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import os
 import threading
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,7 +21,8 @@ import torch.nn.functional as F
 
 from clipsr_cli.captions import Captions
 from clipsr_cli.devices import pick_memory_format
-from clipsr_cli.images import IMAGE_EXTS, ImageError, load_image, output_array, write_image
+from clipsr_cli.graphs import GraphedForward
+from clipsr_cli.images import IMAGE_EXTS, ImageError, is_plain_8bit, load_image, output_array, write_image
 from clipsr_cli.lanes import Lanes, default_lanes
 from clipsr_cli.prefetch import prefetch
 from clipsr_cli.tiling import auto_batch, auto_tile, is_out_of_memory, tiled
@@ -114,7 +116,8 @@ class Upscaler:
     """
 
     def __init__(self, gen, device: torch.device, warn: Callable[[str], None] = print,
-                 dtype: torch.dtype = torch.float32, tile: int | None = None, tile_pad: int = 16):
+                 dtype: torch.dtype = torch.float32, tile: int | None = None, tile_pad: int = 16,
+                 cuda_graphs: bool = True):
         self.layout = pick_memory_format(device)
         self.gen = gen.to(device, memory_format=self.layout).eval()
         self.device = device
@@ -133,6 +136,8 @@ class Upscaler:
         # callers on several threads: an accelerator runs one batch at a time
         # (memory bound of one batch)
         self._device_lock = threading.Lock() if device.type != "cpu" else contextlib.nullcontext()
+        # on CUDA the forward pass is replayed from a graph per input shape (graphs.py)
+        self._net = GraphedForward(self._eager, warn) if cuda_graphs and device.type == "cuda" else self._eager
 
     def bytes_per_lr_pixel(self) -> float:
         """A generous bound on activation memory per LR pixel: the upsampler's
@@ -181,29 +186,37 @@ class Upscaler:
     def is_tiled(self, lr: torch.Tensor) -> bool:
         return bool(self.tile) and max(lr.shape[-2:]) > self.tile
 
-    def _forward(self, lr: torch.Tensor, cond) -> torch.Tensor:
-        def fn(part: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                return self.gen(part.to(self.device, memory_format=self.layout), cond)
+    def _eager(self, x: torch.Tensor, cond) -> torch.Tensor:
+        # no autocast weight cache: a graph capture must not keep casts made outside it
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32,
+                            cache_enabled=False):
+            return self.gen(x, cond)
 
-        if self.is_tiled(lr):
-            return tiled(fn, lr, self.gen.scale, self.tile, self.tile_pad)
-        return fn(lr).float().cpu()
+    def _forward(self, lr: torch.Tensor, cond, as_uint8: bool) -> torch.Tensor:
+        if self.is_tiled(lr):  # eager: a graph's memory pool per tile shape would outlive the tile
+            out = tiled(lambda part: self._eager(part.to(self.device, memory_format=self.layout), cond), lr,
+                        self.gen.scale, self.tile, self.tile_pad).clamp_(0, 1)
+            return quantise(out) if as_uint8 else out
+        out = self._net(lr.to(self.device, memory_format=self.layout), cond).clamp_(0, 1)
+        # copied off at once (a graph's output is overwritten by its next replay); quantised
+        # on the device, a quarter of the bytes cross to the host
+        return quantise(out).cpu() if as_uint8 else out.float().cpu()
 
     @torch.inference_mode()
-    def upscale_batch(self, rgbs: list[torch.Tensor], captions: list[str]) -> torch.Tensor:
-        """Same-size images (CPU), one caption each -> (B, 3, sH, sW) on the CPU.  On
-        out-of-memory the batch is split in halves, and single images are tiled
+    def upscale_batch(self, rgbs: list[torch.Tensor], captions: list[str], as_uint8: bool = False) -> torch.Tensor:
+        """Same-size images (CPU), one caption each -> (B, 3, sH, sW) float on the CPU,
+        or with `as_uint8` (B, sH, sW, 3) uint8 quantised as `images.output_array` does.
+        On out-of-memory the batch is split in halves, and single images are tiled
         with halving tiles; the smaller batch or tile is kept for later images.
         Safe to call from several threads."""
         lr = torch.stack(rgbs)
         with self._device_lock:  # text encoding included: it runs on the device too
-            return self._retrying(lr, self.conditions(captions))
+            return self._retrying(lr, self.conditions(captions), as_uint8)
 
-    def _retrying(self, lr: torch.Tensor, cond) -> torch.Tensor:
+    def _retrying(self, lr: torch.Tensor, cond, as_uint8: bool) -> torch.Tensor:
         while True:
             try:
-                return self._forward(lr, cond).clamp_(0, 1)
+                return self._forward(lr, cond, as_uint8)
             except (RuntimeError, torch.OutOfMemoryError) as e:
                 if not is_out_of_memory(e):
                     raise
@@ -214,8 +227,8 @@ class Upscaler:
                     self.batch_cap = min(self.batch_cap, half)  # and for the batches to come
                     self.warn(f"out of memory: retrying {half} image(s) at a time")
                     parts = split_conditions(cond)
-                    return torch.cat([self._retrying(lr[:half], cat_conditions(parts[:half])),
-                                      self._retrying(lr[half:], cat_conditions(parts[half:]))])
+                    return torch.cat([self._retrying(lr[:half], cat_conditions(parts[:half]), as_uint8),
+                                      self._retrying(lr[half:], cat_conditions(parts[half:]), as_uint8)])
                 current = self.tile or max(lr.shape[-2:])
                 if current <= 16:
                     raise RuntimeError(f"out of memory even with {current}px tiles") from None
@@ -225,6 +238,12 @@ class Upscaler:
     def upscale(self, rgb: torch.Tensor, caption: str, image: Path) -> torch.Tensor:
         self.check_caption(caption, image)
         return self.upscale_batch([rgb], [caption])[0]
+
+
+def quantise(rgb: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8, rounded half to even as
+    `images.output_array` rounds (the same bytes from the same floats)."""
+    return rgb.float().mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 def split_conditions(cond) -> list:
@@ -246,10 +265,36 @@ def cat_conditions(conds: list):
 class _Job:
     image: Path
     captions: list[str]
+    outputs: list[Path]  # one per caption, for an image without alpha
     targets: Callable[[bool], list[Path]]  # output paths, given whether the image has alpha
 
 
-def _plan(image: Path, root: Path, out_dir: Path, captions: Captions, inputs: set[Path], suffix: str,
+class _InputFiles:
+    """Whether a path is one of the run's inputs, by file identity.  Only a path
+    that exists can be an input, so a fresh output folder costs one stat per
+    output; the inputs' identities are read once, the first time one exists
+    (resolving every path instead took 0.1-0.25 ms per image: BENCHMARKS.md)."""
+
+    def __init__(self, images: list[Path]):
+        self._images = images
+        self._ids: set[tuple[int, int]] | None = None
+
+    def __contains__(self, path: Path) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        if self._ids is None:
+            self._ids = {_identity(p) for p in self._images}
+        return (st.st_dev, st.st_ino) in self._ids
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _plan(image: Path, root: Path, out_dir: Path, captions: Captions, inputs: _InputFiles, suffix: str,
           ext: str | None, skip_existing: bool, report: Report) -> _Job | None:
     """The job for one image, or None after recording why it is not done."""
     caps = captions.get(image)
@@ -257,20 +302,23 @@ def _plan(image: Path, root: Path, out_dir: Path, captions: Captions, inputs: se
         report.failed.append((image, "no caption (give --captions, a .txt sidecar, or --missing-caption)"))
         report.missing_captions += 1
         return None
-    rel = image.relative_to(root) if image.is_relative_to(root) else Path(image.name)
+    try:
+        rel = image.relative_to(root)
+    except ValueError:
+        rel = Path(image.name)
 
     def targets(alpha: bool) -> list[Path]:
         several = len(caps) > 1
         return [out_dir / output_name(rel, suffix, ext, alpha, i if several else None) for i in range(len(caps))]
 
     planned = targets(False)  # alpha is known only after decoding
-    if any(t.resolve() in inputs for t in planned):
+    if any(t in inputs for t in planned):
         report.failed.append((image, "output would overwrite an input; choose another -o or a --suffix"))
         return None
     if skip_existing and all(t.exists() for t in planned):
         report.skipped.append((image, "output exists"))
         return None
-    return _Job(image, caps, targets)
+    return _Job(image, caps, planned, targets)
 
 
 @dataclass
@@ -294,7 +342,7 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
     files by `lanes` (default: `default_lanes` for the upscaler's device), which
     run closes when done."""
     report = Report()
-    inputs = {p.resolve() for p in images}
+    inputs = _InputFiles(images)
     scale = upscaler.gen.scale
     jobs = []
     for image in images:
@@ -343,7 +391,8 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
             # an accelerator is driven from this thread alone (a new thread's first
             # launches set up its own library handles: the forward in 2-8 lanes ran
             # 1.7-4.3x slower on an H100, BENCHMARKS.md); the lanes quantise, encode, write
-            lanes.submit(partial(_write_outputs, batch, _outcome(_upscale, upscaler, batch)), on_done)
+            srs = _outcome(_upscale, upscaler, batch, all(is_plain_8bit(it.target, it.alpha, it.gray, it.bits) for it in batch))
+            lanes.submit(partial(_write_outputs, batch, srs), on_done)
 
     try:
         # the next images decode in worker threads while the current batches are upscaled
@@ -355,7 +404,7 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
                 fail(job, reason)
                 finish(job, len(job.captions))
                 continue
-            alpha_up, targets = None, job.targets(False)
+            alpha_up, targets = None, job.outputs
             if decoded.alpha is not None:
                 alpha_up = F.interpolate(decoded.alpha[None], scale_factor=scale, mode="bicubic")[0].clamp(0, 1)
                 targets = job.targets(True)
@@ -379,8 +428,8 @@ def _upscale_and_write(upscaler: Upscaler, batch: list[_Item]) -> list[Exception
     return _write_outputs(batch, _upscale(upscaler, batch))
 
 
-def _upscale(upscaler: Upscaler, batch: list[_Item]) -> torch.Tensor:
-    return upscaler.upscale_batch([it.rgb for it in batch], [it.caption for it in batch])
+def _upscale(upscaler: Upscaler, batch: list[_Item], as_uint8: bool = False) -> torch.Tensor:
+    return upscaler.upscale_batch([it.rgb for it in batch], [it.caption for it in batch], as_uint8)
 
 
 def _outcome(fn: Callable, *args):
@@ -399,7 +448,8 @@ def _write_outputs(batch: list[_Item], srs: torch.Tensor | Exception) -> list[Ex
     errors: list[Exception | None] = []
     for it, sr in zip(batch, srs):
         try:
-            write_image(it.target, output_array(it.target, sr, it.alpha, it.gray, it.bits))
+            arr = sr.numpy() if sr.dtype == torch.uint8 else output_array(it.target, sr, it.alpha, it.gray, it.bits)
+            write_image(it.target, arr)
             errors.append(None)
         except (OSError, ImageError) as e:
             errors.append(e)

@@ -73,6 +73,22 @@ def test_output_folder_equal_to_input_is_refused_without_suffix(folder):
     assert res.exit_code == 2 and "is the input folder" in res.output
 
 
+def test_an_output_that_would_replace_an_input_is_refused_and_the_input_kept(tmp_path):
+    # recursive input, output folder inside it, reached through a symbolic link:
+    # lr/a.jpg -> link/a.png, which is the input lr/sr/a.png
+    lr = tmp_path / "lr"
+    (lr / "sr").mkdir(parents=True)
+    _img(lr / "a.jpg")
+    _img(lr / "sr" / "a.png")
+    (tmp_path / "link").symlink_to(lr / "sr")
+    before = (lr / "sr" / "a.png").read_bytes()
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(lr), "-r", "-o", str(tmp_path / "link"),
+                              "--ext", "png", "--caption", "x", "-s", "2"])
+    assert res.exit_code == 1, res.output
+    assert "a.jpg: output would overwrite an input" in res.output
+    assert (lr / "sr" / "a.png").read_bytes() == before
+    assert Image.open(lr / "sr" / "sr" / "a.png").size == (24, 20)  # the other input was upscaled
+
 def test_scale_must_match_checkpoint(tiny_cfg, tiny_clip, folder, tmp_path):
     from clipsr_cli.checkpoint import save_generator
     from clipsr_cli.network import Generator

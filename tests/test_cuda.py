@@ -4,6 +4,7 @@ CI and the development machines have no GPU: these tests skip there and run on
 a GPU machine (`python3 -m pytest tests/test_cuda.py`; figures in BENCHMARKS.md)."""
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 from clipsr_cli.captions import Captions
 from clipsr_cli.cli import app
 from clipsr_cli.devices import pick_device, pick_precision
+from clipsr_cli.graphs import GraphedForward
 from clipsr_cli.lanes import Lanes
 from clipsr_cli.network import Generator
 from clipsr_cli.upscale import Upscaler, run
@@ -106,6 +108,51 @@ def test_out_of_memory_on_the_device_halves_the_tile_and_goes_on(gen):
     same_tiles = Upscaler(copy.deepcopy(gen), CUDA, tile=up.tile, tile_pad=8).upscale(lr, "a photo", None)
     # the same tiles; under the memory cap cuDNN may pick other (TF32) kernels
     assert psnr(out, same_tiles) > 45
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_graph_replays_give_what_the_eager_pass_gives(gen, dtype):
+    graphed = Upscaler(copy.deepcopy(gen), CUDA, dtype=dtype, tile=0)
+    eager = Upscaler(copy.deepcopy(gen), CUDA, dtype=dtype, tile=0, cuda_graphs=False)
+    assert isinstance(graphed._net, GraphedForward) and eager._net == eager._eager
+    sizes = [(24, 32)] * 4 + [(16, 16)] * 3 + [(24, 32)]
+    for i, (h, w) in enumerate(sizes):  # new pixels and captions every call: the static inputs are refilled
+        lrs = [smooth(h, w, seed=10 * i + k) for k in range(2)]
+        captions = [f"a bird number {i}", f"a {'red' if i % 2 else 'blue'} bird"]
+        out, ref = graphed.upscale_batch(lrs, captions), eager.upscale_batch(lrs, captions)
+        assert torch.equal(out, ref) or psnr(out, ref) > 60, (i, psnr(out, ref))
+    assert graphed._net.shapes == 2  # captured at each shape's second batch, kept
+
+
+def test_graphs_keep_at_most_max_graphs_and_a_failed_capture_turns_them_off():
+    calls = []
+
+    def fn(x, cond):
+        calls.append(x.shape)
+        return x * cond.w
+
+    @dataclasses.dataclass
+    class Cond:
+        w: torch.Tensor
+
+    g = GraphedForward(fn, max_graphs=2)
+    cond = Cond(torch.full((1, 1, 1, 1), 2.0, device=CUDA))
+    for side in (4, 4, 5, 5, 6, 6, 4):
+        x = torch.rand(1, 1, side, side, device=CUDA)
+        assert torch.equal(g(x, cond), x * 2)
+    assert g.shapes == 2  # 4 was evicted for 6, then seen again: captured anew
+
+    warnings = []
+
+    def syncs(x, cond):  # a stage that reads a value back on the host cannot be captured
+        return x * float(x.sum())
+
+    g = GraphedForward(syncs, warn=warnings.append)
+    x = torch.rand(1, 1, 4, 4, device=CUDA)
+    for _ in range(3):
+        assert torch.allclose(g(x, cond), x * float(x.sum()))
+    assert not g.enabled and len(warnings) == 1 and "CUDA graphs off" in warnings[0]
+    assert torch.equal(torch.ones(2, device=CUDA) + 1, torch.full((2,), 2.0, device=CUDA))  # CUDA still works
 
 
 def _run_folder(gen, folder, out, lanes: Lanes, batch_size: int):

@@ -258,3 +258,18 @@ def test_outputs_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "x.png").stat().st_mode) == 0o640
+
+
+def test_quantising_on_the_device_gives_the_hosts_bytes(tmp_path):
+    from clipsr_cli.images import is_plain_8bit, output_array
+    from clipsr_cli.upscale import quantise
+
+    k = torch.arange(256.0)
+    # every level, the halfway points between levels (ties round to even) and values a hair either side
+    values = torch.cat([k, k + 0.5, k + 0.5 - 1e-3, k + 0.5 + 1e-3, k - 0.2]) / 255
+    x = torch.cat([values, torch.rand(3 * 40 * 40 - values.numel())]).reshape(1, 3, 40, 40).clamp(0, 1)
+    assert np.array_equal(quantise(x.clone())[0].numpy(), output_array(tmp_path / "a.png", x[0]))
+    assert not torch.equal(quantise(x.clone())[0].float() / 255, x[0].permute(1, 2, 0))  # it does round
+    a, png, jpg = torch.ones(1, 40, 40), tmp_path / "a.png", tmp_path / "a.jpg"
+    assert is_plain_8bit(png) and is_plain_8bit(jpg, bits=16) and is_plain_8bit(jpg, alpha=a)
+    assert not is_plain_8bit(png, alpha=a) and not is_plain_8bit(png, bits=16) and not is_plain_8bit(jpg, gray=True)

@@ -99,8 +99,10 @@ def test_an_accelerator_is_driven_from_the_callers_thread_and_lanes_write(tiny_c
     folder = tmp_path / "lr"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    for i, size in enumerate([(12, 16)] * 4 + [(9, 9)] * 2 + [(12, 16)] * 2):
-        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    for i, size in enumerate([(12, 16)] * 4 + [(9, 9)] * 2 + [(12, 16)] * 3):
+        # 7 is gray and 8 has alpha: batches holding them are quantised on the host, the rest on the "device"
+        mode = {7: "L", 8: "RGBA"}.get(i, "RGB")
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).convert(mode).save(folder / f"{i}.png")
     images = sorted(folder.glob("*.png"))
     gen = Generator(tiny_cfg, tiny_clip, 2)
     with torch.no_grad():
@@ -114,12 +116,15 @@ def test_an_accelerator_is_driven_from_the_callers_thread_and_lanes_write(tiny_c
 
     import clipsr_cli.upscale as upscale_module
 
-    real_write = upscale_module.write_image
+    real_write, real_quantise = upscale_module.write_image, upscale_module.quantise
+    quantised = []
+    monkeypatch.setattr(upscale_module, "quantise", lambda x: (quantised.append(len(x)), real_quantise(x))[1])
     monkeypatch.setattr(upscale_module, "write_image",
                         lambda *a: (write_threads.add(threading.current_thread().name), real_write(*a))[1])
     caps = Captions(folder, text="a photo")
     reference = run(Upscaler(gen, torch.device("cpu"), tile=0), folder, images, tmp_path / "ref", caps,
                     batch_size=2, lanes=Lanes(1))
+    assert quantised == []  # the CPU's lanes quantise in numpy
     handle = gen.register_forward_pre_hook(forward_hook)
     forward_threads.clear()
     write_threads.clear()
@@ -128,6 +133,7 @@ def test_an_accelerator_is_driven_from_the_callers_thread_and_lanes_write(tiny_c
     report = run(up, folder, images, tmp_path / "acc", caps, batch_size=2, lanes=Lanes(2, 1))
     handle.remove()
     assert forward_threads == {threading.current_thread().name}
+    assert quantised == [2, 2]  # 0-1 and 2-3; 6-7 holds a gray image, 8 has alpha
     assert write_threads and all(name.startswith("clipsr-lane") for name in write_threads)
     assert [i.name for i, _ in report.failed] == ["4.png", "5.png"]  # the batch whose forward failed
     assert "device error on this batch" in report.failed[0][1]
@@ -135,7 +141,8 @@ def test_an_accelerator_is_driven_from_the_callers_thread_and_lanes_write(tiny_c
     for i, out in report.done:
         a = np.asarray(Image.open(out), dtype=np.int16)
         b = np.asarray(Image.open(tmp_path / "ref" / out.name), dtype=np.int16)
-        assert np.abs(a - b).max() <= 1
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1
+    assert Image.open(tmp_path / "acc" / "7.png").mode == "L" and Image.open(tmp_path / "acc" / "8.png").mode == "RGBA"
 
 
 def test_a_failed_write_fails_that_image_only(tiny_cfg, tiny_clip, tmp_path):
