@@ -3,6 +3,7 @@
 # machine with clipsr installed:  bash benchmarks/gpu.sh [LOG_DIR]
 # 1. the CUDA tests (tests/test_cuda.py; they skip on machines without CUDA),
 # 2. upscale throughput on the GPU against its forward pass and PIL bicubic, by lane count,
+#    and without CUDA graphs,
 # 3. the 1024x1024 x8 tiled image on the GPU.
 set -uo pipefail
 log=${1:-.}
@@ -14,6 +15,7 @@ python3 -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.ve
     | tee -a "$log/gpu.txt"
 python3 -m pytest -q -rs -s tests/test_cuda.py 2>&1 | tee "$log/test_cuda.txt"
 $speed --scales 4 --lanes 2 4 8 --no-tile-test 2>&1 | tee "$log/upscale_cuda_x4.txt"
+$speed --scales 4 --no-tile-test --eager 2>&1 | tee "$log/upscale_cuda_x4_eager.txt"  # without CUDA graphs
 $speed --scales 8 --no-tile-test 2>&1 | tee "$log/upscale_cuda_x8.txt"
 $speed --scales 4 --presets paper --precision fp32 --no-tile-test 2>&1 | tee "$log/upscale_cuda_fp32.txt"
 python3 benchmarks/upscale_speed.py --device cuda --presets 2>&1 | tee "$log/tile_cuda.txt"

@@ -59,7 +59,7 @@ def build(preset: str, scale: int):
 
 def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repeats: int = 4,
         device: str = "cpu", precision: str | None = None, n_lanes: int | None = None,
-        work_dir: str | None = None, cuda_graphs: bool = True) -> dict:
+        work_dir: str | None = None, cuda_graphs: bool = True, decoders: int | None = None) -> dict:
     import torch
 
     from clipsr_cli.captions import Captions
@@ -78,7 +78,7 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
     threads = torch.get_num_threads()
     lane_spec = default_lanes(dev) if n_lanes is None else \
         (n_lanes, max(1, threads // n_lanes) if dev.type == "cpu" else None)
-    result["lanes"] = lane_spec[0]
+    result["lanes"] = lane_spec[0] if decoders is None else f"{lane_spec[0]}, {decoders} decoders"
 
     def device_peak() -> dict:
         if dev.type != "cuda":
@@ -126,7 +126,7 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
                 lanes_forward.append(n / (time.perf_counter() - start))
             start = time.perf_counter()
             report = run(upscaler, lr, paths, tmp / f"sr{attempt}", Captions(lr, text=caption), batch_size=batch,
-                         lanes=Lanes(*lane_spec))
+                         lanes=Lanes(*lane_spec), decoders=decoders)
             end_to_end.append(n / (time.perf_counter() - start))
             assert len(report.done) == n, report.failed
         result |= {"forward_ips": max(forward), "lanes_forward_ips": max(lanes_forward, default=None),
@@ -226,9 +226,11 @@ def main() -> None:
     p.add_argument("--work-dir", help="where the input and output folders go (default: the system's temporary)")
     p.add_argument("--no-tile-test", action="store_true", help="skip the 1024x1024 x8 runs")
     p.add_argument("--eager", action="store_true", help="CUDA: no graphs, every kernel launched from Python")
+    p.add_argument("--decoders", type=int, help="decoding threads (default: upscale's)")
     args = p.parse_args()
     device_args = ["--device", args.device] + (["--precision", args.precision] if args.precision else []) + \
-        (["--work-dir", args.work_dir] if args.work_dir else []) + (["--eager"] if args.eager else [])
+        (["--work-dir", args.work_dir] if args.work_dir else []) + (["--eager"] if args.eager else []) + \
+        (["--decoders", str(args.decoders)] if args.decoders else [])
     if args.host_ceiling:
         print("| lanes | forward driven from | host ceiling, tiny x4 outputs (img/s) |\n|---|---|---|")
         for lanes in args.lanes or [1, 2, 4]:
@@ -244,7 +246,7 @@ def main() -> None:
         preset, scale, n, batch = args.one
         print(json.dumps(one(preset, int(scale), int(n), int(batch), args.tile_test, args.repeats, args.device,
                              args.precision, args.lanes[0] if args.lanes else None, args.work_dir,
-                             cuda_graphs=not args.eager)))
+                             cuda_graphs=not args.eager, decoders=args.decoders)))
         return
 
     def child(*extra) -> dict:

@@ -10,13 +10,13 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int = 4,
+def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int | Callable[[], int] = 4,
              workers: int = 1) -> Iterator[tuple[T, R | Exception]]:
-    """fn over items in `workers` threads, at most `depth` (at least 2 x workers)
-    ahead, in order: image decoding (PIL releases the GIL) overlaps with
-    upscaling or scoring.  Exceptions are returned, not raised, so one bad file
-    does not end the run."""
-    depth = max(depth, 2 * workers)
+    """fn over items in `workers` threads, at most `depth` (at least 2 x workers;
+    a callable is asked again at each item) ahead, in order: image decoding (PIL
+    releases the GIL) overlaps with upscaling or scoring.  Exceptions are
+    returned, not raised, so one bad file does not end the run."""
+    ahead = depth if callable(depth) else (lambda: depth)
 
     def safe(item):
         try:
@@ -28,7 +28,7 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int = 4,
         pending: deque = deque()
         for item in items:
             pending.append((item, pool.submit(safe, item)))
-            if len(pending) > depth:
+            if len(pending) > max(ahead(), 2 * workers):
                 first, fut = pending.popleft()
                 yield first, fut.result()
         while pending:

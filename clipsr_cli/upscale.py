@@ -335,12 +335,13 @@ class _Item:
 def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, captions: Captions,
         suffix: str = "", ext: str | None = None, skip_existing: bool = False,
         progress: Callable[[], None] = lambda: None, batch_size: int | None = 1,
-        lanes: Lanes | None = None) -> Report:
+        lanes: Lanes | None = None, decoders: int | None = None) -> Report:
     """Upscale every image (one output per caption).  Consecutive outputs of the
     same LR size go through the network together, up to `batch_size` (None:
     `Upscaler.auto_batch`); batches are carried from forward pass to written
     files by `lanes` (default: `default_lanes` for the upscaler's device), which
-    run closes when done."""
+    run closes when done.  Images decode in `decoders` threads (default: one
+    where the CPU's cores compute, one per two lanes on an accelerator)."""
     report = Report()
     inputs = _InputFiles(images)
     scale = upscaler.gen.scale
@@ -395,9 +396,13 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
             lanes.submit(partial(_write_outputs, batch, srs), on_done)
 
     try:
-        # the next images decode in worker threads while the current batches are upscaled
-        decoders = 1 if upscaler.forward_in_lanes else max(1, lanes.n // 2)  # the CPU's cores compute
-        for job, decoded in prefetch(lambda j: load_image(j.image), jobs, workers=decoders):
+        # the next images decode in worker threads while the current batches are upscaled,
+        # up to two batches ahead: they go on while this thread waits for a free lane
+        # (on an H100, 2 decoders for 4 lanes ended 1.2x faster than 4: they share the GIL)
+        decoders = decoders or (1 if upscaler.forward_in_lanes else max(1, lanes.n // 2))
+        limit = 1
+        for job, decoded in prefetch(lambda j: load_image(j.image), jobs, depth=lambda: max(4, 2 * limit),
+                                     workers=decoders):
             if isinstance(decoded, Exception):
                 reason = str(decoded).removeprefix(f"{job.image}: ") if isinstance(decoded, ImageError) else \
                     f"{type(decoded).__name__}: {decoded}"

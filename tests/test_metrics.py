@@ -196,6 +196,26 @@ def test_prefetch_keeps_order_and_returns_errors():
     assert [r for i, r in out if i != 3] == [i * 10 for i in range(10) if i != 3]
 
 
+def test_prefetch_runs_as_far_ahead_as_its_depth_says_when_asked():
+    from clipsr_cli.prefetch import prefetch
+
+    pulled = []
+
+    def items():
+        for x in range(100):
+            pulled.append(x)
+            yield x
+
+    depth = {"n": 4}
+    ahead = []
+    for i, _ in prefetch(lambda x: x, items(), depth=lambda: depth["n"], workers=1):
+        ahead.append(len(pulled) - (i + 1))  # handed to a worker beyond those consumed
+        depth["n"] = 20  # e.g. the batch size became known
+        if i == 2:
+            break
+    assert ahead == [4, 20, 20]
+
+
 def test_report_is_one_self_contained_sortable_page(tmp_path):
     sr_dir, hr_dir, rep = tmp_path / "sr", tmp_path / "hr", tmp_path / "rep"
     sr_dir.mkdir()
