@@ -43,9 +43,12 @@ class GraphedForward:
             self._seen[key] += 1
             if self._seen[key] < self.capture_at:
                 return self.fn(x, cond)
-            entry = self._capture(key, x, cond)
+            while len(self._graphs) >= self.max_graphs:
+                self._graphs.popitem(last=False)  # the least recently used, before a new pool is taken
+            entry = self._capture(x, cond)
             if entry is None:
                 return self.fn(x, cond)
+            self._graphs[key] = entry
         self._graphs.move_to_end(key)
         graph, static_x, static_cond, out = entry
         static_x.copy_(x, non_blocking=True)
@@ -54,9 +57,10 @@ class GraphedForward:
         graph.replay()
         return out
 
-    def _capture(self, key, x: torch.Tensor, cond):
-        static_x = torch.empty_like(x, device=x.device)
-        static_x.copy_(x)
+    def _capture(self, x: torch.Tensor, cond):
+        """(graph, static x, static cond, static output) for x's shape, or None
+        after turning graphs off."""
+        static_x = x.clone()
         static_cond = dataclasses.replace(cond, **{f.name: getattr(cond, f.name).clone()
                                                    for f in dataclasses.fields(cond)})
         graph = torch.cuda.CUDAGraph()
@@ -78,11 +82,7 @@ class GraphedForward:
             self.warn(f"CUDA graphs off for this run (capture failed: {str(e).splitlines()[0]}); "
                       "continuing with the same forward pass, launched op by op")
             return None
-        while len(self._graphs) >= self.max_graphs:
-            self._graphs.popitem(last=False)
-        entry = (graph, static_x, static_cond, out)
-        self._graphs[key] = entry
-        return entry
+        return graph, static_x, static_cond, out
 
     @property
     def shapes(self) -> int:

@@ -112,7 +112,8 @@ class Upscaler:
     """Holds the generator, the per-caption text cache and the tiling policy of one run.
 
     `tile`: LR tile side (0: never tile; None: automatic, from free memory);
-    `tile_pad`: LR pixels of overlap on each interior side of a tile.
+    `tile_pad`: LR pixels of overlap on each interior side of a tile;
+    `cuda_graphs`: on CUDA, replay untiled forward passes from graphs (graphs.py).
     """
 
     def __init__(self, gen, device: torch.device, warn: Callable[[str], None] = print,
@@ -136,7 +137,6 @@ class Upscaler:
         # callers on several threads: an accelerator runs one batch at a time
         # (memory bound of one batch)
         self._device_lock = threading.Lock() if device.type != "cpu" else contextlib.nullcontext()
-        # on CUDA the forward pass is replayed from a graph per input shape (graphs.py)
         self._net = GraphedForward(self._eager, warn) if cuda_graphs and device.type == "cuda" else self._eager
 
     def bytes_per_lr_pixel(self) -> float:

@@ -43,6 +43,23 @@ def test_dense_on_a_non_contiguous_input():
     torch.testing.assert_close(dense(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
 
 
+def test_dense_in_inference_packs_the_weight_once_and_again_after_it_changes():
+    w, b = torch.randn(24, 16), torch.randn(24)
+    with torch.inference_mode():
+        for rows in (600, 700):  # packed for the first input's shape, right for any
+            x = torch.randn(rows, 16)
+            torch.testing.assert_close(dense(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+        if not hasattr(w, "_clipsr_packed"):
+            pytest.skip("this PyTorch has no prepacked oneDNN convolution: dense reorders on every call")
+        packed = w._clipsr_packed[1]
+        dense(x, w, b)
+        assert w._clipsr_packed[1] is packed  # not packed again
+    w.mul_(-2)  # e.g. an optimizer step between two validations
+    with torch.inference_mode():
+        torch.testing.assert_close(dense(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    assert w._clipsr_packed[1] is not packed
+
+
 @pytest.mark.parametrize("factor", [2, 3])
 def test_conv_pixel_shuffle_channels_last_matches_pixel_shuffle(factor):
     conv = nn.Conv2d(8, 5 * factor * factor, 3, 1, 1)
