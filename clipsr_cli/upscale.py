@@ -280,17 +280,20 @@ class _InputFiles:
         self._ids: set[tuple[int, int]] | None = None
 
     def __contains__(self, path: Path) -> bool:
-        try:
-            st = os.stat(path)
-        except OSError:
+        target = _identity(path)
+        if target is None:
             return False
         if self._ids is None:
-            self._ids = {_identity(p) for p in self._images}
-        return (st.st_dev, st.st_ino) in self._ids
+            self._ids = set(filter(None, map(_identity, self._images)))
+        return target in self._ids
 
 
-def _identity(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode), or None for a file gone since it was listed (its decoding reports it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
     return st.st_dev, st.st_ino
 
 

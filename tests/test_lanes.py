@@ -239,3 +239,19 @@ def test_graphed_forward_refills_its_static_inputs_and_keeps_the_latest_shapes()
     # 4 captured at its second call, 6 at its second (evicting 4), 5 at its second, then 4 again
     assert Replayed.captured == [(1, 1, 4, 4), (1, 1, 6, 6), (1, 1, 5, 5), (1, 1, 4, 4)]
     assert g.shapes == 2
+
+
+def test_an_input_gone_since_listing_is_reported_while_existing_outputs_are_checked(tiny_cfg, tiny_clip, tmp_path):
+    folder, out = tmp_path / "lr", tmp_path / "sr"
+    folder.mkdir()
+    out.mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (8, 8), "red").save(folder / f"{name}.png")
+    (out / "a.png").write_bytes(b"old output")  # exists: the overwrite check reads the inputs' identities
+    images = sorted(folder.glob("*.png"))
+    (folder / "b.png").unlink()  # gone between listing and planning
+    report = run(Upscaler(Generator(tiny_cfg, tiny_clip, 2), torch.device("cpu"), tile=0), folder, images, out,
+                 Captions(folder, text="x"), lanes=Lanes(1))
+    assert [i.name for i, _ in report.done] == ["a.png"]
+    assert [i.name for i, _ in report.failed] == ["b.png"]
+    assert Image.open(out / "a.png").size == (16, 16)  # an old output is replaced, it is no input
