@@ -98,16 +98,20 @@ def _format(path: Path) -> str:
 def output_array(path: Path, rgb: torch.Tensor, alpha=None, gray=False, bits=8) -> np.ndarray:
     """What `write_image(path, ...)` writes: quantised for the format of `path`
     (16 bits and alpha only where it holds them)."""
+    keep_alpha, bits = _kept(path, alpha, bits)
+    return _to_array(rgb.cpu(), alpha.cpu() if keep_alpha else None, gray, bits)
+
+
+def _kept(path: Path, alpha, bits: int) -> tuple[bool, int]:
+    """(alpha kept, bits per sample) in the format of `path`."""
     fmt = _format(path)
-    keep_alpha = alpha is not None and fmt != "JPEG"
-    return _to_array(rgb.cpu(), alpha.cpu() if keep_alpha else None, gray, bits if fmt == "PNG" else 8)
+    return alpha is not None and fmt != "JPEG", bits if fmt == "PNG" else 8
 
 
 def is_plain_8bit(path: Path, alpha=None, gray=False, bits=8) -> bool:
     """Whether `output_array(path, rgb, ...)` is rgb's 8-bit RGB alone (no
     alpha, gray or 16 bits to add): what `upscale.quantise` gives on the device."""
-    fmt = _format(path)
-    return not gray and (bits == 8 or fmt != "PNG") and (alpha is None or fmt == "JPEG")
+    return not gray and _kept(path, alpha, bits) == (False, 8)
 
 
 def write_image(path: Path, arr: np.ndarray) -> None:

@@ -193,11 +193,14 @@ class Upscaler:
             return self.gen(x, cond)
 
     def _forward(self, lr: torch.Tensor, cond, as_uint8: bool) -> torch.Tensor:
+        def on_device(x: torch.Tensor) -> torch.Tensor:
+            return x.to(self.device, memory_format=self.layout)
+
         if self.is_tiled(lr):  # eager: a graph's memory pool per tile shape would outlive the tile
-            out = tiled(lambda part: self._eager(part.to(self.device, memory_format=self.layout), cond), lr,
-                        self.gen.scale, self.tile, self.tile_pad).clamp_(0, 1)
+            out = tiled(lambda part: self._eager(on_device(part), cond), lr, self.gen.scale, self.tile,
+                        self.tile_pad).clamp_(0, 1)
             return quantise(out) if as_uint8 else out
-        out = self._net(lr.to(self.device, memory_format=self.layout), cond).clamp_(0, 1)
+        out = self._net(on_device(lr), cond).clamp_(0, 1)
         # copied off at once (a graph's output is overwritten by its next replay); quantised
         # on the device, a quarter of the bytes cross to the host
         return quantise(out).cpu() if as_uint8 else out.float().cpu()
