@@ -9,11 +9,15 @@ tensors, two ways: one batch at a time on all threads (what a loop over the
 model does), and in the same lanes as upscale (no decoding or writing).  PIL
 bicubic = decode, resize, encode (PNG level 1, as upscale writes), write.
 Random weights (timing does not depend on them); the paper preset's CLIP is
-randomly initialised offline.  Each figure is the best of --repeats runs,
-the three kinds alternated.  On a GPU (`--device cuda`) the forward passes
-include the copies to and from the device and the quantising there, as upscale's do.
+randomly initialised offline.  Each figure is the best of --repeats rounds,
+a round running each kind once; the ratios are also given as the median of
+each round's own (its runs side by side).  The host share is the part of the
+end-to-end run's CPU time spent outside the network: with every core busy,
+end to end can reach at most (1 - host share) of the forward in lanes.  On a
+GPU (`--device cuda`) the forward passes include the copies to and from the
+device and the quantising there, as upscale's do.
 
-    python3 benchmarks/upscale_speed.py [--repeats 4]
+    python3 benchmarks/upscale_speed.py [--repeats 5]
     python3 benchmarks/upscale_speed.py --device cuda --images 2048 --batch 16 --lanes 2 4 8
     python3 benchmarks/upscale_speed.py --host-ceiling   # upscale.run with a network that costs nothing
 """
@@ -23,17 +27,21 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-CONFIGS = [("tiny", 4, 96, 8), ("tiny", 8, 96, 8), ("paper", 4, 32, 8), ("paper", 8, 32, 8)]
+# tiny: 192 images (about 1.5 s a run here), long enough that per-run noise is not the figure
+CONFIGS = [("tiny", 4, 192, 8), ("tiny", 8, 192, 8), ("paper", 4, 32, 8), ("paper", 8, 32, 8)]
 LR_SIDE = {4: 64, 8: 32}  # training-size LR: 256 px outputs
 
 
@@ -114,7 +122,7 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
                 lanes.submit(partial(upscaler.upscale_batch, *chunk), lambda result, error: None)
             lanes.close()
 
-        forward, lanes_forward, end_to_end = [], [], []
+        forward, lanes_forward, end_to_end, host_share = [], [], [], []
         for attempt in range(repeats):  # alternated, best of each: this machine is noisy
             start = time.perf_counter()
             for chunk in chunks:
@@ -124,13 +132,23 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
                 start = time.perf_counter()
                 forward_in_lanes()
                 lanes_forward.append(n / (time.perf_counter() - start))
-            start = time.perf_counter()
-            report = run(upscaler, lr, paths, tmp / f"sr{attempt}", Captions(lr, text=caption), batch_size=batch,
-                         lanes=Lanes(*lane_spec), decoders=decoders)
-            end_to_end.append(n / (time.perf_counter() - start))
+            with cpu_split(upscaler) as split:
+                start = time.perf_counter()
+                report = run(upscaler, lr, paths, tmp / f"sr{attempt}", Captions(lr, text=caption),
+                             batch_size=batch, lanes=Lanes(*lane_spec), decoders=decoders)
+                end_to_end.append(n / (time.perf_counter() - start))
+            host_share.append(split.host_share())
             assert len(report.done) == n, report.failed
+        # the ratio of each round (its runs side by side), median over rounds: the
+        # best of each kind can come from different rounds of a noisy machine
+        per_round = [e / f for e, f in zip(end_to_end, forward)]
+        per_round_lanes = [e / f for e, f in zip(end_to_end, lanes_forward)]
         result |= {"forward_ips": max(forward), "lanes_forward_ips": max(lanes_forward, default=None),
-                   "end_to_end_ips": max(end_to_end)}
+                   "end_to_end_ips": max(end_to_end), "median_ratio": statistics.median(per_round),
+                   "median_lanes_ratio": statistics.median(per_round_lanes) if per_round_lanes else None,
+                   "ratio_range": [min(per_round), max(per_round)],
+                   # forward CPU time is all on the calling thread only with one intra-op thread per lane
+                   "host_share": statistics.median(host_share) if lane_spec[1] == 1 else None}
         start = time.perf_counter()
         (tmp / "bic").mkdir()
         for p in paths[:256]:  # single-threaded: a sample is enough
@@ -140,6 +158,48 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
         result["bicubic_ips"] = len(paths[:256]) / (time.perf_counter() - start)
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return result | device_peak()
+
+
+class CpuSplit:
+    """CPU time (all threads) of a run, and the part spent in forward passes."""
+
+    def __init__(self):
+        self.forward = self.total = 0.0
+        self._lock = threading.Lock()
+
+    def host_share(self) -> float:
+        """Share of the run's CPU time spent outside the network: decoding,
+        quantising, encoding, writing, bookkeeping.  On a machine whose cores
+        are all busy, end to end reaches at most 1 - this of the forward in lanes."""
+        return 1 - self.forward / self.total if self.total else 0.0
+
+
+@contextmanager
+def cpu_split(upscaler):
+    """Time the upscaler's forward passes on the threads that run them (on the
+    CPU the whole pass runs in that thread, one intra-op thread per lane)."""
+    split, forward = CpuSplit(), upscaler.upscale_batch
+
+    def timed(*args, **kwargs):
+        start = time.thread_time()
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            with split._lock:
+                split.forward += time.thread_time() - start
+
+    start = process_cpu()
+    upscaler.upscale_batch = timed
+    try:
+        yield split
+    finally:
+        del upscaler.upscale_batch  # the method again
+        split.total = process_cpu() - start
+
+
+def process_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def host_ceiling(n: int, batch: int, lanes: int, caller_driven: bool, repeats: int) -> float:
@@ -184,10 +244,6 @@ def pieces(n: int = 96) -> dict:
 
     from clipsr_cli.images import load_image, output_array, write_image
 
-    def cpu() -> float:
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        return r.ru_utime + r.ru_stime
-
     gen = build("tiny", 4).eval()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -196,15 +252,15 @@ def pieces(n: int = 96) -> dict:
             cond = gen.encode_text(["a bird"] * 8)
             srs = torch.cat([gen(torch.stack([load_image(p).rgb for p in paths[i : i + 8]]), cond)
                              for i in range(0, n, 8)]).clamp_(0, 1)
-        t0 = cpu()
+        t0 = process_cpu()
         for p in paths:
             load_image(p)
-        t1 = cpu()
+        t1 = process_cpu()
         arrays = [output_array(tmp / "x.png", sr) for sr in srs]
-        t2 = cpu()
+        t2 = process_cpu()
         for i, arr in enumerate(arrays):
             write_image(tmp / f"out{i}.png", arr)
-        t3 = cpu()
+        t3 = process_cpu()
     return {"decode": t1 - t0, "quantise": t2 - t1, "encode+write": t3 - t2, "n": n}
 
 
@@ -215,11 +271,12 @@ def main() -> None:
     p.add_argument("--pieces", action="store_true", help="core-ms per image of decoding, quantising, writing")
     p.add_argument("--host-ceiling", action="store_true",
                    help="upscale.run's img/s with a network that costs nothing, by lanes")
-    p.add_argument("--repeats", type=int, default=4, help="runs of each kind; the best is kept")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="rounds, each running every kind once; the best of each kind is kept")
     p.add_argument("--device", default="cpu", help="cpu | cuda[:N] | mps | auto")
     p.add_argument("--precision", default=None, help="fp32 | bf16 | fp16 (default: the CLI's for the device)")
     p.add_argument("--lanes", type=int, nargs="+", help="lane counts to compare (default: the CLI's)")
-    p.add_argument("--images", type=int, help="images per configuration (default: 96, 32 for paper)")
+    p.add_argument("--images", type=int, help="images per configuration (default: 192, 32 for paper)")
     p.add_argument("--batch", type=int, help="batch size (default: 8)")
     p.add_argument("--presets", nargs="*", default=["tiny", "paper"], help="none: only the tile test")
     p.add_argument("--scales", type=int, nargs="+", default=[4, 8])
@@ -259,9 +316,10 @@ def main() -> None:
     configs = [c for c in CONFIGS if c[0] in args.presets and c[1] in args.scales]
     if configs:
         print("| preset | scale | LR -> SR | device, precision | batch | lanes | forward only, one batch at a time "
-              "(img/s) | forward only, in lanes | end-to-end (img/s) | end-to-end / forward | end-to-end / forward in "
-              "lanes | PIL bicubic (img/s) | peak RSS (/ device) |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "(img/s) | forward only, in lanes | end-to-end (img/s) | end-to-end / forward: best / median round "
+              "(range) | end-to-end / forward in lanes: best / median round | host share of CPU time "
+              "| PIL bicubic (img/s) | peak RSS (/ device) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for preset, scale, n, batch in configs:
         n, batch = args.images or n, args.batch or batch
         for lanes in args.lanes or [None]:
@@ -269,12 +327,15 @@ def main() -> None:
                       *(["--lanes", str(lanes)] if lanes else []))
             side = LR_SIDE[scale]
             in_lanes = r["lanes_forward_ips"]
-            lanes_fwd, lanes_ratio = (f"{in_lanes:.2f}", f"{r['end_to_end_ips'] / in_lanes:.0%}") if in_lanes \
-                else ("—", "—")
+            lanes_fwd, lanes_ratio = (f"{in_lanes:.2f}", f"{r['end_to_end_ips'] / in_lanes:.0%} / "
+                                      f"{r['median_lanes_ratio']:.0%}") if in_lanes else ("—", "—")
+            low, high = r["ratio_range"]
+            host = "—" if r["host_share"] is None else f"{r['host_share']:.1%}"
             print(f"| {preset} | x{scale} | {side} -> {side * scale} | {r['device']}, {r['dtype']} | {batch} | "
                   f"{r['lanes']} | {r['forward_ips']:.2f} | {lanes_fwd} | {r['end_to_end_ips']:.2f} | "
-                  f"{r['end_to_end_ips'] / r['forward_ips']:.0%} | {lanes_ratio} | {r['bicubic_ips']:.1f} | "
-                  f"{r['peak_rss_gib']:.2f} GiB{device_memory(r)} |", flush=True)
+                  f"{r['end_to_end_ips'] / r['forward_ips']:.0%} / {r['median_ratio']:.0%} ({low:.0%}–{high:.0%}) | "
+                  f"{lanes_ratio} | {host} | {r['bicubic_ips']:.1f} | {r['peak_rss_gib']:.2f} GiB{device_memory(r)} |",
+                  flush=True)
     if args.no_tile_test:
         return
     print("\n| 1024x1024 LR -> 8192x8192, tiny x8 | tile (LR px) | seconds | peak RSS (/ device) |\n|---|---|---|---|")
