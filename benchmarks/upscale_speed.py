@@ -283,11 +283,11 @@ def main() -> None:
     p.add_argument("--work-dir", help="where the input and output folders go (default: the system's temporary)")
     p.add_argument("--no-tile-test", action="store_true", help="skip the 1024x1024 x8 runs")
     p.add_argument("--eager", action="store_true", help="CUDA: no graphs, every kernel launched from Python")
-    p.add_argument("--decoders", type=int, help="decoding threads (default: upscale's)")
+    p.add_argument("--decoders", type=int, help="decoding threads, 0: in the main thread (default: upscale's)")
     args = p.parse_args()
     device_args = ["--device", args.device] + (["--precision", args.precision] if args.precision else []) + \
         (["--work-dir", args.work_dir] if args.work_dir else []) + (["--eager"] if args.eager else []) + \
-        (["--decoders", str(args.decoders)] if args.decoders else [])
+        (["--decoders", str(args.decoders)] if args.decoders is not None else [])
     if args.host_ceiling:
         print("| lanes | forward driven from | host ceiling, tiny x4 outputs (img/s) |\n|---|---|---|")
         for lanes in args.lanes or [1, 2, 4]:

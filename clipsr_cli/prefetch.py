@@ -14,8 +14,9 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int | Callable[[],
              workers: int = 1) -> Iterator[tuple[T, R | Exception]]:
     """fn over items in `workers` threads, at most `depth` (at least 2 x workers;
     a callable is asked again at each item) ahead, in order: image decoding (PIL
-    releases the GIL) overlaps with upscaling or scoring.  Exceptions are
-    returned, not raised, so one bad file does not end the run."""
+    releases the GIL) overlaps with upscaling or scoring.  workers=0: in the
+    caller's thread, as it asks.  Exceptions are returned, not raised, so one
+    bad file does not end the run."""
     ahead = depth if callable(depth) else (lambda: depth)
 
     def safe(item):
@@ -24,6 +25,9 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int | Callable[[],
         except Exception as e:  # handed back to the caller with its item
             return e
 
+    if workers == 0:
+        yield from ((item, safe(item)) for item in items)
+        return
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque = deque()
         for item in items:

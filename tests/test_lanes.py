@@ -145,6 +145,30 @@ def test_an_accelerator_is_driven_from_the_callers_thread_and_lanes_write(tiny_c
     assert Image.open(tmp_path / "acc" / "7.png").mode == "L" and Image.open(tmp_path / "acc" / "8.png").mode == "RGBA"
 
 
+def test_images_decode_in_the_callers_thread_on_the_cpu_and_in_threads_for_an_accelerator(
+        tiny_cfg, tiny_clip, tmp_path, monkeypatch):
+    import clipsr_cli.upscale as upscale_module
+
+    folder = tmp_path / "lr"
+    folder.mkdir()
+    for i in range(5):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(folder / f"{i}.png")
+    images = sorted(folder.glob("*.png"))
+    real_load, decoded_in = upscale_module.load_image, set()
+    monkeypatch.setattr(upscale_module, "load_image",
+                        lambda p: (decoded_in.add(threading.current_thread().name), real_load(p))[1])
+    gen = Generator(tiny_cfg, tiny_clip, 2)
+    caps = Captions(folder, text="a photo")
+    for accelerator in (False, True):
+        decoded_in.clear()
+        up = Upscaler(gen, torch.device("cpu"), tile=0)
+        up.forward_in_lanes = not accelerator
+        report = run(up, folder, images, tmp_path / f"out{accelerator}", caps, batch_size=2, lanes=Lanes(2, 1))
+        assert len(report.done) == 5
+        caller = threading.current_thread().name
+        assert (caller not in decoded_in) if accelerator else (decoded_in == {caller})
+
+
 def test_a_failed_write_fails_that_image_only(tiny_cfg, tiny_clip, tmp_path):
     folder = tmp_path / "lr"
     folder.mkdir()

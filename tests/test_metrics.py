@@ -196,6 +196,32 @@ def test_prefetch_keeps_order_and_returns_errors():
     assert [r for i, r in out if i != 3] == [i * 10 for i in range(10) if i != 3]
 
 
+def test_prefetch_with_no_workers_runs_each_item_in_the_caller_when_asked():
+    import threading
+
+    from clipsr_cli.prefetch import prefetch
+
+    pulled, threads = [], set()
+
+    def items():
+        for x in range(5):
+            pulled.append(x)
+            yield x
+
+    def fn(x):
+        threads.add(threading.get_ident())
+        if x == 1:
+            raise ValueError("bad")
+        return x * 10
+
+    out = []
+    for i, r in prefetch(fn, items(), depth=4, workers=0):
+        assert len(pulled) == i + 1  # nothing decoded ahead of the caller
+        out.append(r)
+    assert isinstance(out[1], ValueError) and out[:1] + out[2:] == [0, 20, 30, 40]
+    assert threads == {threading.get_ident()}
+
+
 def test_prefetch_runs_as_far_ahead_as_its_depth_says_when_asked():
     from clipsr_cli.prefetch import prefetch
 
