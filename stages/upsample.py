@@ -10,11 +10,7 @@ from torch import nn
 
 from clipsr_cli.config import ModelConfig
 from clipsr_cli.hookspecs import hookimpl
-from clipsr_cli.kernels import conv_pixel_shuffle
-
-
-def bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:
-    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+from clipsr_cli.kernels import bicubic_upsample, conv_pixel_shuffle
 
 
 class PixelShuffleUpsampler(nn.Module):
@@ -44,8 +40,7 @@ class PixelShuffleUpsampler(nn.Module):
         for conv in self.body[::3]:  # conv, shuffle, activation
             x = F.leaky_relu_(conv_pixel_shuffle(x, conv, 2), 0.2)
         out = self.to_rgb(x)
-        # PyTorch's bicubic is twice as fast on the default layout as on channels-last
-        return out.add_(bicubic(lr.contiguous(), self.scale)) if self.residual else out
+        return out.add_(bicubic_upsample(lr, self.scale)) if self.residual else out
 
 
 class BicubicUpsampler(nn.Module):
@@ -58,7 +53,7 @@ class BicubicUpsampler(nn.Module):
         self.scale = scale
 
     def forward(self, features, lr: torch.Tensor) -> torch.Tensor:
-        return bicubic(lr, self.scale)
+        return bicubic_upsample(lr, self.scale)
 
 
 @hookimpl

@@ -10,7 +10,7 @@ from torch import nn
 
 from clipsr_cli.clip import build_clip
 from clipsr_cli.devices import keep_freed_memory, pick_memory_format
-from clipsr_cli.kernels import conv_pixel_shuffle, dense, is_channels_last, vit_block
+from clipsr_cli.kernels import BICUBIC_MATRIX_MAX_SIDE, bicubic_upsample, conv_pixel_shuffle, dense, is_channels_last, vit_block
 from clipsr_cli.network import Generator
 from clipsr_cli.upscale import Upscaler
 
@@ -71,6 +71,29 @@ def test_conv_pixel_shuffle_channels_last_matches_pixel_shuffle(factor):
     plain = conv_pixel_shuffle(x, conv, factor)  # the default layout takes the plain path
     assert plain.is_contiguous()
     torch.testing.assert_close(plain, ref)
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8, 16])
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (16, 16), (37, 64), (BICUBIC_MATRIX_MAX_SIDE + 1, 7)])
+def test_bicubic_upsample_matches_interpolate_values_and_gradients(scale, size):
+    x = torch.rand(2, 3, *size, requires_grad=True)
+    ref = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+    ours = bicubic_upsample(x, scale)
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(ref, x, g)[0],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_bicubic_upsample_on_channels_last_and_from_inference_into_training():
+    x = torch.rand(4, 3, 12, 20).to(memory_format=torch.channels_last)
+    with torch.inference_mode():  # its matrices are cached here first ...
+        ours = bicubic_upsample(x, 4)
+    torch.testing.assert_close(ours, F.interpolate(x, scale_factor=4, mode="bicubic"), rtol=1e-5, atol=1e-5)
+    y = x.clone().requires_grad_()
+    bicubic_upsample(y, 4).sum().backward()  # ... and still usable where autograd saves them
+    assert y.grad is not None and y.grad.abs().sum() > 0
 
 
 def test_vit_block_matches_open_clip_block(tiny_clip):
