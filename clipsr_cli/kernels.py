@@ -131,13 +131,19 @@ def bicubic_upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
     """F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
     for a (B, C, H, W) batch; on the CPU, for sides up to BICUBIC_MATRIX_MAX_SIDE,
     as A_h @ x @ A_w^T: 4-9x faster on 16-64 px inputs (BENCHMARKS.md), equal to
-    float rounding."""
+    float rounding, channels-last out where x is (adding it to a channels-last
+    output then reads both in order)."""
+    channels_last = is_channels_last(x)
     x = x.contiguous()  # PyTorch's bicubic kernel is twice as fast on this layout as on channels-last
-    h, w = x.shape[-2:]
+    b, c, h, w = x.shape
     if x.device.type != "cpu" or max(h, w) > BICUBIC_MATRIX_MAX_SIDE or not x.is_floating_point():
         return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
     rows, cols = _bicubic_matrix(h, scale, x.dtype), _bicubic_matrix(w, scale, x.dtype)
-    return rows @ (x @ cols.t())
+    wide = x @ cols.t()  # (B, C, H, W * scale)
+    if not channels_last:
+        return rows @ wide
+    y = rows @ wide.permute(0, 2, 3, 1).reshape(b, h, w * scale * c)  # one product, rows (W * scale, C)
+    return y.view(b, h * scale, w * scale, c).permute(0, 3, 1, 2)
 
 
 @functools.lru_cache(maxsize=16)
