@@ -7,7 +7,9 @@ memory kept), each configuration in its own process.
     python3 benchmarks/forward.py --presets paper --scales 4 --batches 8 --compare --bound
 
 --compare also times the plain PyTorch formulation (default layout, MKL's
-sgemm for linear layers, glibc's default allocator thresholds) side by side.
+sgemm for linear layers, F.interpolate's bicubic, glibc's default allocator
+thresholds) side by side; --compare-bicubic times ours with F.interpolate's
+bicubic residual in place of the two matrix products.
 --bound measures this CPU's fp32 GEMM ceiling in the same run (best of MKL
 sgemm and oneDNN on 2048^3) and reports forward time / (FLOPs / ceiling).
 """
@@ -21,7 +23,8 @@ import sys
 import time
 
 
-def seconds_per_image(preset: str, scale: int, batch: int, plain: bool, repeats: int) -> float:
+def seconds_per_image(preset: str, scale: int, batch: int, mode: str, repeats: int) -> float:
+    """mode: "fast" (as `clipsr upscale` runs it), "plain", or "interp-bicubic"."""
     import torch
 
     from clipsr_cli import kernels
@@ -30,7 +33,9 @@ def seconds_per_image(preset: str, scale: int, batch: int, plain: bool, repeats:
     from clipsr_cli.devices import keep_freed_memory, pick_memory_format
     from clipsr_cli.network import Generator
 
-    if plain:
+    if mode != "fast":
+        kernels.BICUBIC_MATRIX_MAX_SIDE = 0  # F.interpolate's bicubic
+    if mode == "plain":
         kernels._onednn_dense = lambda x: False
         layout = torch.contiguous_format
     else:
@@ -80,13 +85,14 @@ def main():
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compare", action="store_true", help="also time the plain PyTorch formulation")
+    ap.add_argument("--compare-bicubic", action="store_true", help="also time ours with F.interpolate's bicubic")
     ap.add_argument("--bound", action="store_true", help="measure the GEMM ceiling; report time / FLOP bound")
     ap.add_argument("--one", nargs=4, metavar=("PRESET", "SCALE", "BATCH", "MODE"), help=argparse.SUPPRESS)
     ap.add_argument("--ceiling", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         preset, scale, batch, mode = args.one
-        print(json.dumps({"s": seconds_per_image(preset, int(scale), int(batch), mode == "plain", args.repeats)}))
+        print(json.dumps({"s": seconds_per_image(preset, int(scale), int(batch), mode, args.repeats)}))
         return
     if args.ceiling:
         print(json.dumps(gemm_ceiling()))
@@ -108,6 +114,8 @@ def main():
     rule = "|---|---|---|---|---|"
     if args.compare:
         head, rule = head + " plain PyTorch | speed-up |", rule + "---|---|"
+    if args.compare_bicubic:
+        head, rule = head + " F.interpolate's bicubic | speed-up |", rule + "---|---|"
     if args.bound:
         head, rule = head + " GFLOP / image | FLOP bound | time / bound |", rule + "---|---|---|"
     print(head + "\n" + rule)
@@ -119,10 +127,11 @@ def main():
             for batch in args.batches:
                 ms = 1000 * child("--one", name, str(scale), str(batch), "fast", "--repeats", str(args.repeats))["s"]
                 row = f"| {name} | x{scale} | {lr_size} -> {lr_size * scale} | {batch} | {ms:.1f} |"
-                if args.compare:
-                    plain = 1000 * child("--one", name, str(scale), str(batch), "plain",
-                                         "--repeats", str(args.repeats))["s"]
-                    row += f" {plain:.1f} | {plain / ms:.2f}x |"
+                for wanted, mode in ((args.compare, "plain"), (args.compare_bicubic, "interp-bicubic")):
+                    if wanted:
+                        other = 1000 * child("--one", name, str(scale), str(batch), mode,
+                                             "--repeats", str(args.repeats))["s"]
+                        row += f" {other:.1f} | {other / ms:.2f}x |"
                 if args.bound:
                     bound = 1000 * flops[scale] / ceiling
                     row += f" {flops[scale]:.2f} | {bound:.1f} ms | {ms / bound:.2f}x |"
