@@ -4,6 +4,8 @@ devices.py, all in one run (best of N each):
 * the ViT's linear layers through MKL (F.linear) and through oneDNN (`dense`),
   at batch 1 (66 tokens) and batch 8 (528);
 * conv3x3 + PixelShuffle(2) of the paper's upsampler, plain vs channels-last;
+* the generator's bicubic residual (a batch of 8, one thread, as in a lane):
+  F.interpolate vs `bicubic_upsample`'s two matrix products, by LR side;
 * writing a 256x256 output: Pillow's PNG at level 1 vs clipsr's encoder;
 * allocating and filling a 134 MB activation map, glibc defaults vs
   `keep_freed_memory` (in two child processes: the setting is process-wide).
@@ -62,6 +64,20 @@ def pixel_shuffle() -> None:
           f"(reordered output channels) {ours:.0f} ms")
 
 
+def bicubic() -> None:
+    from clipsr_cli.kernels import bicubic_upsample
+
+    print("\n| bicubic, 8 x 3 x LR^2, one thread | F.interpolate (ms) | two matrix products (ms) |\n|---|---|---|")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for scale, side in ((4, 64), (8, 32), (16, 16), (4, 128), (4, 192)):
+        x = torch.rand(8, 3, side, side)
+        plain = best_ms(lambda: F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False))
+        ours = best_ms(lambda: bicubic_upsample(x, scale))
+        print(f"| x{scale}, LR {side} | {plain:.2f} | {ours:.2f} |")
+    torch.set_num_threads(threads)
+
+
 def png_writing() -> None:
     from clipsr_cli.png import encode_png
 
@@ -117,6 +133,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, CPU\n")
     linear_layers()
     pixel_shuffle()
+    bicubic()
     png_writing()
     allocator()
 

@@ -2,9 +2,9 @@
 PIL bicubic, per preset and scale, each configuration in its own process
 (peak RSS is its own); and peak memory of a 1024x1024 input at x8, tiled.
 
-End-to-end = clipsr_cli.upscale.run on a folder of PNGs: planning, decoding in
-a worker thread, one caption encoded once, forward passes in lanes, PNG
-encoding, atomic writes.  Forward only = the same generator on the same decoded
+End-to-end = clipsr_cli.upscale.run on a folder of PNGs: planning, decoding
+(in the main thread on the CPU, in worker threads on an accelerator), one
+caption encoded once, forward passes in lanes, PNG encoding, atomic writes.  Forward only = the same generator on the same decoded
 tensors, two ways: one batch at a time on all threads (what a loop over the
 model does), and in the same lanes as upscale (no decoding or writing).  PIL
 bicubic = decode, resize, encode (PNG level 1, as upscale writes), write.
@@ -40,8 +40,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# tiny: 192 images (about 1.5 s a run here), long enough that per-run noise is not the figure
-CONFIGS = [("tiny", 4, 192, 8), ("tiny", 8, 192, 8), ("paper", 4, 32, 8), ("paper", 8, 32, 8)]
+# tiny: 192 images (about 1.5 s a run here), long enough that per-run noise is not the figure;
+# small: the bundled default models' preset, what `clipsr upscale` runs with no --weights
+CONFIGS = [("tiny", 4, 192, 8), ("tiny", 8, 192, 8), ("small", 4, 96, 8), ("small", 8, 96, 8),
+           ("paper", 4, 32, 8), ("paper", 8, 32, 8)]
 LR_SIDE = {4: 64, 8: 32}  # training-size LR: 256 px outputs
 
 
@@ -276,9 +278,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda[:N] | mps | auto")
     p.add_argument("--precision", default=None, help="fp32 | bf16 | fp16 (default: the CLI's for the device)")
     p.add_argument("--lanes", type=int, nargs="+", help="lane counts to compare (default: the CLI's)")
-    p.add_argument("--images", type=int, help="images per configuration (default: 192, 32 for paper)")
+    p.add_argument("--images", type=int, help="images per configuration (default: tiny 192, small 96, paper 32)")
     p.add_argument("--batch", type=int, help="batch size (default: 8)")
-    p.add_argument("--presets", nargs="*", default=["tiny", "paper"], help="none: only the tile test")
+    p.add_argument("--presets", nargs="*", default=["tiny", "small", "paper"], help="none: only the tile test")
     p.add_argument("--scales", type=int, nargs="+", default=[4, 8])
     p.add_argument("--work-dir", help="where the input and output folders go (default: the system's temporary)")
     p.add_argument("--no-tile-test", action="store_true", help="skip the 1024x1024 x8 runs")
