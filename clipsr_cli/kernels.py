@@ -139,10 +139,12 @@ def bicubic_upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
     if x.device.type != "cpu" or max(h, w) > BICUBIC_MATRIX_MAX_SIDE or not x.is_floating_point():
         return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
     rows, cols = _bicubic_matrix(h, scale, x.dtype), _bicubic_matrix(w, scale, x.dtype)
-    wide = x @ cols.t()  # (B, C, H, W * scale)
-    if not channels_last:
-        return rows @ wide
-    y = rows @ wide.permute(0, 2, 3, 1).reshape(b, h, w * scale * c)  # one product, rows (W * scale, C)
+    # in x's precision, as F.interpolate is: autocast would make these products bf16
+    with torch.autocast("cpu", enabled=False):
+        wide = x @ cols.t()  # (B, C, H, W * scale)
+        if not channels_last:
+            return rows @ wide
+        y = rows @ wide.permute(0, 2, 3, 1).reshape(b, h, w * scale * c)  # one product, rows (W * scale, C)
     return y.view(b, h * scale, w * scale, c).permute(0, 3, 1, 2)
 
 

@@ -100,6 +100,14 @@ def test_bicubic_upsample_on_channels_last_and_from_inference_into_training():
     torch.testing.assert_close(y.grad, z.grad, rtol=1e-4, atol=1e-4)
 
 
+def test_bicubic_upsample_keeps_the_input_precision_under_autocast():
+    x = torch.rand(2, 3, 16, 24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as `train` / `upscale --precision bf16` run it
+        ours = bicubic_upsample(x, 4)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, F.interpolate(x, scale_factor=4, mode="bicubic"), rtol=1e-5, atol=1e-5)
+
+
 def test_vit_block_matches_open_clip_block(tiny_clip):
     x = torch.randn(8, 66, tiny_clip.visual.conv1.out_channels)  # 528 rows: the oneDNN path
     for block in tiny_clip.visual.transformer.resblocks:
