@@ -10,8 +10,14 @@ from torch import nn
 
 from clipsr_cli.clip import build_clip
 from clipsr_cli.devices import keep_freed_memory, pick_memory_format
-from clipsr_cli.kernels import (BICUBIC_MATRIX_MAX_SIDE, bicubic_upsample, conv_pixel_shuffle, dense, is_channels_last,
-                                vit_block)
+from clipsr_cli.kernels import (
+    BICUBIC_MATRIX_MAX_SIDE,
+    bicubic_upsample,
+    conv_pixel_shuffle,
+    dense,
+    is_channels_last,
+    vit_block,
+)
 from clipsr_cli.network import Generator
 from clipsr_cli.upscale import Upscaler
 
