@@ -4,10 +4,11 @@ PIL bicubic, per preset and scale, each configuration in its own process
 
 End-to-end = clipsr_cli.upscale.run on a folder of PNGs: planning, decoding
 (in the main thread on the CPU, in worker threads on an accelerator), one
-caption encoded once, forward passes in lanes, PNG encoding, atomic writes.  Forward only = the same generator on the same decoded
-tensors, two ways: one batch at a time on all threads (what a loop over the
-model does), and in the same lanes as upscale (no decoding or writing).  PIL
-bicubic = decode, resize, encode (PNG level 1, as upscale writes), write.
+caption encoded once, forward passes in lanes, PNG encoding, atomic writes.
+Forward only = the same generator on the same decoded tensors, two ways: one
+batch at a time on all threads (what a loop over the model does), and in the
+same lanes as upscale (no decoding or writing).  PIL bicubic = decode,
+resize, encode (PNG level 1, as upscale writes), write.
 Random weights (timing does not depend on them); the paper preset's CLIP is
 randomly initialised offline.  Each figure is the best of --repeats rounds,
 a round running each kind once; the ratios are also given as the median of
@@ -169,6 +170,10 @@ class CpuSplit:
         self.forward = self.total = 0.0
         self._lock = threading.Lock()
 
+    def add_forward(self, seconds: float) -> None:
+        with self._lock:  # from every lane
+            self.forward += seconds
+
     def host_share(self) -> float:
         """Share of the run's CPU time spent outside the network: decoding,
         quantising, encoding, writing, bookkeeping.  On a machine whose cores
@@ -187,8 +192,7 @@ def cpu_split(upscaler):
         try:
             return forward(*args, **kwargs)
         finally:
-            with split._lock:
-                split.forward += time.thread_time() - start
+            split.add_forward(time.thread_time() - start)
 
     start = process_cpu()
     upscaler.upscale_batch = timed
