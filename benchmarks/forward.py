@@ -30,7 +30,8 @@ def seconds_per_image(preset: str, scale: int, batch: int, mode: str, repeats: i
     from clipsr_cli import kernels
     from clipsr_cli.clip import build_clip
     from clipsr_cli.config import load_preset
-    from clipsr_cli.devices import keep_freed_memory, pick_memory_format
+    from clipsr_cli.devices import pick_memory_format
+    from clipsr_cli.memory import keep_freed_memory
     from clipsr_cli.network import Generator
 
     if mode != "fast":
@@ -63,8 +64,8 @@ def gemm_ceiling(n: int = 2048, repeats: int = 5) -> dict[str, float]:
 
     from kernels import best_ms  # benchmarks/kernels.py, beside this script
 
-    from clipsr_cli.devices import keep_freed_memory
     from clipsr_cli.kernels import dense
+    from clipsr_cli.memory import keep_freed_memory
 
     keep_freed_memory()
     a, b = torch.randn(n, n), torch.randn(n, n)

@@ -100,7 +100,7 @@ def png_writing() -> None:
 
 
 def fill_134mb(keep: bool) -> float:
-    from clipsr_cli.devices import keep_freed_memory
+    from clipsr_cli.memory import keep_freed_memory
 
     if keep:
         keep_freed_memory()

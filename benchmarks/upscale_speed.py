@@ -74,9 +74,10 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
     import torch
 
     from clipsr_cli.captions import Captions
-    from clipsr_cli.devices import keep_freed_memory, pick_device, pick_precision
+    from clipsr_cli.devices import pick_device, pick_precision
     from clipsr_cli.images import load_image
     from clipsr_cli.lanes import Lanes, default_lanes
+    from clipsr_cli.memory import keep_freed_memory
     from clipsr_cli.upscale import Upscaler, run
 
     keep_freed_memory()  # as the CLI does
@@ -217,8 +218,8 @@ def host_ceiling(n: int, batch: int, lanes: int, caller_driven: bool, repeats: i
     import torch.nn.functional as F
 
     from clipsr_cli.captions import Captions
-    from clipsr_cli.devices import keep_freed_memory
     from clipsr_cli.lanes import Lanes
+    from clipsr_cli.memory import keep_freed_memory
     from clipsr_cli.upscale import Upscaler, quantise, run
 
     keep_freed_memory()

@@ -16,12 +16,13 @@ from safetensors.torch import save_file
 
 from clipsr_cli import __version__
 from clipsr_cli.config import ConfigError, ModelConfig
+from clipsr_cli.errors import UserError
 from clipsr_cli.files import atomic_write
 
 FORMAT = "clipsr-generator"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     pass
 
 

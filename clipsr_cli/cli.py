@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 
 from clipsr_cli import __version__
+from clipsr_cli.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Text-guided image super-resolution (CLIP-SR).")
@@ -28,25 +29,13 @@ class ImagesPerSecond(ProgressColumn):
 
 
 def user_errors(fn):
-    """Known failures become one red line and exit code 2, not a traceback."""
-    from clipsr_cli.checkpoint import CheckpointError
-    from clipsr_cli.config import ConfigError
-    from clipsr_cli.plugins import UnknownStage
-    from clipsr_cli.state import StateError
-    from clipsr_cli.trainer import TrainingDiverged
-    from clipsr_cli.upscale import UsageError
-    from clipsr_cli.weights import WeightsError
-    from stages.captions import CaptionError
-    from stages.datasets import DatasetError
-
-    known = (CheckpointError, ConfigError, UnknownStage, UsageError, WeightsError, CaptionError,
-             DatasetError, StateError, TrainingDiverged)
+    """Known failures (`UserError`) become one red line and exit code 2, not a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except known as e:
+        except UserError as e:
             console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
@@ -62,7 +51,7 @@ def _version(value: bool):
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")):
-    from clipsr_cli.devices import keep_freed_memory
+    from clipsr_cli.memory import keep_freed_memory
 
     keep_freed_memory()  # process-wide, once: big activation maps are reused, not re-faulted
 

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import pluggy
 
 from clipsr_cli import hookspecs
+from clipsr_cli.errors import UserError
 
 ENTRY_POINT_GROUP = "clipsr"
 
@@ -24,7 +25,7 @@ KINDS = {
 }
 
 
-class UnknownStage(LookupError):
+class UnknownStage(UserError, LookupError):
     """A stage name that no registered plugin provides."""
 
 

@@ -12,12 +12,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from clipsr_cli.errors import UserError
 from clipsr_cli.files import atomic_write
 
 FORMAT = "clipsr-train-state"
 
 
-class StateError(RuntimeError):
+class StateError(UserError, RuntimeError):
     pass
 
 

@@ -30,6 +30,7 @@ from clipsr_cli.config import ConfigError, ModelConfig, load_preset
 from clipsr_cli.data import ResumableSampler, SRDataset, collate, downsample, open_rgb, to_tensor
 from clipsr_cli.devices import PRECISIONS
 from clipsr_cli.discriminator import Discriminator
+from clipsr_cli.errors import UserError
 from clipsr_cli.experiment import Experiment
 from clipsr_cli.losses import PerceptualLoss, d_hinge_loss, g_adversarial, load_vgg19_features, ma_gp
 from clipsr_cli.network import Generator, state_without
@@ -39,7 +40,7 @@ from clipsr_cli.weights import WeightsError
 from stages.datasets import Record
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     pass
 
 

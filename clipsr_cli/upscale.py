@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from clipsr_cli.captions import Captions
 from clipsr_cli.devices import pick_memory_format
+from clipsr_cli.errors import UserError
 from clipsr_cli.graphs import GraphedForward
 from clipsr_cli.images import IMAGE_EXTS, ImageError, is_plain_8bit, load_image, output_array, write_image
 from clipsr_cli.lanes import Lanes, default_lanes
@@ -30,7 +31,7 @@ from clipsr_cli.tiling import auto_batch, auto_tile, is_out_of_memory, tiled
 CLIP_MAX_TOKENS = 75  # 77 minus the start and end markers
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     pass
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipsr_cli.config import read_toml
+from clipsr_cli.errors import UserError
 from weights import BUNDLED_DIR, MANIFEST
 
 ENV_DIR = "CLIPSR_WEIGHTS_DIR"
@@ -24,7 +25,7 @@ ENV_CACHE = "CLIPSR_CACHE"
 ENV_OFFLINE = "CLIPSR_OFFLINE"
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     pass
 
 

@@ -12,10 +12,11 @@ import csv
 import json
 from pathlib import Path, PurePosixPath
 
+from clipsr_cli.errors import UserError
 from clipsr_cli.hookspecs import hookimpl
 
 
-class CaptionError(ValueError):
+class CaptionError(UserError, ValueError):
     pass
 
 

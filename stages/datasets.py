@@ -22,11 +22,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipsr_cli.errors import UserError
 from clipsr_cli.hookspecs import hookimpl
 from clipsr_cli.images import IMAGE_EXTS
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     pass
 
 

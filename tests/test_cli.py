@@ -287,3 +287,52 @@ def test_new_captions_of_a_batch_are_encoded_together_once(tiny_cfg, tiny_clip):
             alone = encode([caption])
             assert torch.allclose(cond.prompts[i], alone.prompts[0], atol=1e-5)
             assert torch.allclose(cond.sentence[i], alone.sentence[0], atol=1e-5)
+
+
+def test_help_answers_without_importing_torch():
+    # torch and open_clip take seconds to import: --help and usage errors must not wait for them
+    import subprocess
+    import sys
+
+    code = ("import sys; from typer.testing import CliRunner; from clipsr_cli.cli import app; "
+            "results = [CliRunner().invoke(app, args) for args in "
+            "(['--help'], ['upscale', '--help'], ['train', '--help'], ['score', '--help'])]; "
+            "assert all(r.exit_code == 0 for r in results), [r.output for r in results]; "
+            "print(sorted(m for m in ('torch', 'open_clip', 'numpy') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+def test_every_user_facing_error_is_one_line_with_exit_2(capsys):
+    import typer
+
+    from clipsr_cli.cli import user_errors
+    from clipsr_cli.errors import UserError
+
+    for error in _user_error_classes():
+        assert issubclass(error, UserError), error  # the CLI catches the base alone
+
+        @user_errors
+        def command():
+            raise error(f"x.png: {error.__name__}; fix it")
+
+        with pytest.raises(typer.Exit) as exit_info:
+            command()
+        assert exit_info.value.exit_code == 2
+        assert f"x.png: {error.__name__}; fix it" in capsys.readouterr().err
+
+
+def _user_error_classes():
+    from clipsr_cli.checkpoint import CheckpointError
+    from clipsr_cli.config import ConfigError
+    from clipsr_cli.plugins import UnknownStage
+    from clipsr_cli.state import StateError
+    from clipsr_cli.trainer import TrainingDiverged
+    from clipsr_cli.upscale import UsageError
+    from clipsr_cli.weights import WeightsError
+    from stages.captions import CaptionError
+    from stages.datasets import DatasetError
+
+    return (CheckpointError, ConfigError, UnknownStage, UsageError, WeightsError, CaptionError, DatasetError,
+            StateError, TrainingDiverged)

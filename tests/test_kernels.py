@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipsr_cli.clip import build_clip
-from clipsr_cli.devices import keep_freed_memory, pick_memory_format
+from clipsr_cli.devices import pick_memory_format
 from clipsr_cli.kernels import (
     BICUBIC_MATRIX_MAX_SIDE,
     bicubic_upsample,
@@ -18,6 +18,7 @@ from clipsr_cli.kernels import (
     is_channels_last,
     vit_block,
 )
+from clipsr_cli.memory import keep_freed_memory
 from clipsr_cli.network import Generator
 from clipsr_cli.upscale import Upscaler
 
@@ -174,7 +175,7 @@ ARENA_CHECK = """
 import ctypes, resource, sys, threading
 sys.path.insert(0, {root!r})
 if {fix}:
-    from clipsr_cli.devices import keep_freed_memory
+    from clipsr_cli.memory import keep_freed_memory
     assert keep_freed_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
