@@ -21,11 +21,13 @@ device and the quantising there, as upscale's do.
     python3 benchmarks/upscale_speed.py [--repeats 5]
     python3 benchmarks/upscale_speed.py --device cuda --images 2048 --batch 16 --lanes 2 4 8
     python3 benchmarks/upscale_speed.py --host-ceiling   # upscale.run with a network that costs nothing
+    python3 benchmarks/upscale_speed.py --ablate tiny 8  # what writing, quantising, decoding cost end to end
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import statistics
@@ -245,6 +247,69 @@ def host_ceiling(n: int, batch: int, lanes: int, caller_driven: bool, repeats: i
     return best
 
 
+ABLATIONS = {  # what each run of `ablate` leaves out of upscale.run, by the names it calls
+    "nothing": (),
+    "writing": ("write_image",),
+    "quantising and writing": ("write_image", "output_array"),
+    "all host work": ("write_image", "output_array", "load_image"),
+}
+
+
+def ablate(preset: str, scale: int, n: int, batch: int, repeats: int) -> dict:
+    """upscale.run on the CPU with parts of the host work left out (each replaced
+    by a no-op; decoding by a lookup of images decoded beforehand), against the
+    forward in lanes, alternated in one process: each round's ratio, median over
+    rounds.  What a part costs end to end, contention included: its CPU time
+    alone understates it, as the lanes' forward passes wait for the cores (and
+    the GIL) that it takes."""
+    from unittest import mock
+
+    import torch
+
+    from clipsr_cli import upscale
+    from clipsr_cli.captions import Captions
+    from clipsr_cli.lanes import Lanes, default_lanes
+    from clipsr_cli.memory import keep_freed_memory
+
+    keep_freed_memory()
+    dev = torch.device("cpu")
+    upscaler = upscale.Upscaler(build(preset, scale), dev, tile=0)
+    ratios: dict[str, list[float]] = {name: [] for name in ABLATIONS}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        lr = tmp / "lr"
+        lr.mkdir()
+        paths = make_folder(lr, n, LR_SIDE[scale])
+        decoded = {p: upscale.load_image(p) for p in paths}
+        stand_ins = {"write_image": lambda path, arr: None, "output_array": lambda *args: None,
+                     "load_image": decoded.__getitem__}
+        caption = "a small bird with a red head on a branch"
+        captions = Captions(lr, text=caption)
+        chunks = [([decoded[p].rgb for p in paths[i : i + batch]], [caption] * len(paths[i : i + batch]))
+                  for i in range(0, n, batch)]
+
+        def upscale_run(out: Path) -> float:
+            start = time.perf_counter()
+            report = upscale.run(upscaler, lr, paths, out, captions, batch_size=batch, lanes=Lanes(*default_lanes(dev)))
+            assert len(report.done) == n, report.failed
+            return n / (time.perf_counter() - start)
+
+        upscale_run(tmp / "warm-up")
+        for attempt in range(repeats):
+            lanes = Lanes(*default_lanes(dev))
+            start = time.perf_counter()
+            for chunk in chunks:
+                lanes.submit(partial(upscaler.upscale_batch, *chunk), lambda result, error: None)
+            lanes.close()
+            forward = n / (time.perf_counter() - start)
+            for name, left_out in ABLATIONS.items():
+                with contextlib.ExitStack() as patches:
+                    for fn in left_out:
+                        patches.enter_context(mock.patch.object(upscale, fn, stand_ins[fn]))
+                    ratios[name].append(upscale_run(tmp / f"{attempt}-{len(left_out)}") / forward)
+    return {name: statistics.median(r) for name, r in ratios.items()}
+
+
 def pieces(n: int = 96) -> dict:
     """CPU time (user + system, all threads) per image of the non-network work, tiny x4 outputs."""
     import torch
@@ -276,6 +341,8 @@ def main() -> None:
     p.add_argument("--one", nargs=4, metavar=("PRESET", "SCALE", "N", "BATCH"))
     p.add_argument("--tile-test", type=int, metavar="TILE", help="1024x1024 at x8 with this tile (0: automatic)")
     p.add_argument("--pieces", action="store_true", help="core-ms per image of decoding, quantising, writing")
+    p.add_argument("--ablate", nargs=2, metavar=("PRESET", "SCALE"),
+                   help="CPU: end to end with writing, quantising, decoding left out, against the forward in lanes")
     p.add_argument("--host-ceiling", action="store_true",
                    help="upscale.run's img/s with a network that costs nothing, by lanes")
     p.add_argument("--repeats", type=int, default=5,
@@ -301,6 +368,13 @@ def main() -> None:
             for caller in (False, True):
                 ips = host_ceiling(args.images or 512, args.batch or 16, lanes, caller, args.repeats)
                 print(f"| {lanes} | {'main thread' if caller else 'lanes'} | {ips:.0f} |", flush=True)
+        return
+    if args.ablate:
+        preset, scale = args.ablate
+        r = ablate(preset, int(scale), args.images or 192, args.batch or 8, args.repeats)
+        print(f"| {preset} x{scale}: end to end, leaving out | of the forward in lanes (median round) |\n|---|---|")
+        for name, ratio in r.items():
+            print(f"| {name} | {ratio:.1%} |")
         return
     if args.pieces:
         r = pieces()

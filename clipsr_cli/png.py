@@ -53,7 +53,8 @@ def up_filter(rows: np.ndarray, prior: np.ndarray) -> np.ndarray:
     prior: the scanline above the first row (zeros at the top of the image)."""
     out = np.empty((rows.shape[0], rows.shape[1] + 1), np.uint8)
     out[:, 0] = UP
-    np.subtract(rows, np.vstack([prior[None], rows[:-1]]), out=out[:, 1:])  # uint8 arithmetic wraps
+    np.subtract(rows[0], prior, out=out[0, 1:])  # uint8 arithmetic wraps
+    np.subtract(rows[1:], rows[:-1], out=out[1:, 1:])  # no shifted copy of the rows
     return out
 
 
