@@ -292,6 +292,28 @@ class _InputFiles:
         return target in self._ids
 
 
+class _OutputClaims:
+    """Which input each output path belongs to, so that no output is written
+    for two inputs (`a.png` and `a.jpg` under `--ext png`; an RGBA `a.webp`,
+    written as PNG, beside `a.png`) and none over an input."""
+
+    def __init__(self, images: list[Path], ext: str | None):
+        self._inputs = _InputFiles(images)
+        self._owner: dict[Path, Path] = {}
+        self._ext = ext
+
+    def claim(self, image: Path, targets: list[Path]) -> str | None:
+        """Why `image` cannot have these outputs, or None once they are its own."""
+        for target in targets:
+            if target in self._inputs:
+                return "output would overwrite an input; choose another -o or a --suffix"
+            other = self._owner.setdefault(target, image)
+            if other != image:  # the first image in input order keeps the name
+                return (f"its output {target.name} is also the output of {other}; rename one of the two"
+                        + ("" if self._ext else " or give --ext"))
+        return None
+
+
 def _identity(path: Path) -> tuple[int, int] | None:
     """(device, inode), or None for a file gone since it was listed (its decoding reports it)."""
     try:
@@ -301,7 +323,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _plan(image: Path, root: Path, out_dir: Path, captions: Captions, inputs: _InputFiles, suffix: str,
+def _plan(image: Path, root: Path, out_dir: Path, captions: Captions, claims: _OutputClaims, suffix: str,
           ext: str | None, skip_existing: bool, report: Report) -> _Job | None:
     """The job for one image, or None after recording why it is not done."""
     caps = captions.get(image)
@@ -319,8 +341,9 @@ def _plan(image: Path, root: Path, out_dir: Path, captions: Captions, inputs: _I
         return [out_dir / output_name(rel, suffix, ext, alpha, i if several else None) for i in range(len(caps))]
 
     planned = targets(False)  # alpha is known only after decoding
-    if any(t in inputs for t in planned):
-        report.failed.append((image, "output would overwrite an input; choose another -o or a --suffix"))
+    reason = claims.claim(image, planned)  # skipped images keep their outputs too
+    if reason:
+        report.failed.append((image, reason))
         return None
     if skip_existing and all(t.exists() for t in planned):
         report.skipped.append((image, "output exists"))
@@ -351,11 +374,11 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
     in this thread, where the CPU's cores compute; one per two lanes on an
     accelerator)."""
     report = Report()
-    inputs = _InputFiles(images)
+    claims = _OutputClaims(images, ext)
     scale = upscaler.gen.scale
     jobs = []
     for image in images:
-        job = _plan(image, root, out_dir, captions, inputs, suffix, ext, skip_existing, report)
+        job = _plan(image, root, out_dir, captions, claims, suffix, ext, skip_existing, report)
         if job is None:
             progress()
         else:
@@ -374,6 +397,19 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
         if id(job) not in failed:
             failed.add(id(job))
             report.failed.append((job.image, reason))
+
+    def take_alpha_outputs(job: _Job, targets: list[Path]) -> bool:
+        """Whether the job goes on with the outputs its alpha channel gave it
+        (checked as planned outputs are), else reported as failed or skipped."""
+        reason = claims.claim(job.image, targets)
+        if reason:
+            fail(job, reason)
+        elif skip_existing and all(t.exists() for t in targets):
+            report.skipped.append((job.image, "output exists"))
+        else:
+            return True
+        finish(job, len(job.captions))
+        return False
 
     def done(batch: list[_Item], errors: list[Exception | None] | None, error: Exception | None) -> None:
         if error is not None and not isinstance(error, (OSError, RuntimeError)):
@@ -422,8 +458,10 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
                 continue
             alpha_up, targets = None, job.outputs
             if decoded.alpha is not None:
+                targets = job.targets(True)  # PNG where the kept format was chosen without alpha
+                if targets != job.outputs and not take_alpha_outputs(job, targets):
+                    continue
                 alpha_up = F.interpolate(decoded.alpha[None], scale_factor=scale, mode="bicubic")[0].clamp(0, 1)
-                targets = job.targets(True)
             for caption, target in zip(job.captions, targets):
                 upscaler.check_caption(caption, job.image)
                 limit = upscaler.batch_limit(decoded.rgb, batch_size)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,13 @@ runner = CliRunner()
 def _img(path, size=(12, 10), mode="RGB"):
     arr = (np.random.rand(size[1], size[0], 3) * 255).astype(np.uint8)
     Image.fromarray(arr).convert(mode).save(path)
+
+
+def _rgba(path, size=(12, 10)):
+    """An image whose alpha channel is not all opaque (WebP drops an opaque one)."""
+    arr = (np.random.rand(size[1], size[0], 4) * 255).astype(np.uint8)
+    arr[..., 3] = np.linspace(0, 255, size[0], dtype=np.uint8)
+    Image.fromarray(arr, "RGBA").save(path, lossless=True)
 
 
 @pytest.fixture
@@ -88,6 +96,57 @@ def test_an_output_that_would_replace_an_input_is_refused_and_the_input_kept(tmp
     assert "a.jpg: output would overwrite an input" in res.output
     assert (lr / "sr" / "a.png").read_bytes() == before
     assert Image.open(lr / "sr" / "sr" / "a.png").size == (24, 20)  # the other input was upscaled
+
+def test_two_inputs_with_one_output_name_write_it_once(tmp_path):
+    # a.png and a.jpg both become a.png under --ext png: the first in input order
+    # keeps the name, the other is reported and its would-be output never written
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    _img(lr / "a.jpg", size=(12, 10))
+    _img(lr / "a.png", size=(14, 10))
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(lr), "-o", str(tmp_path / "sr"), "--ext", "png",
+                              "--caption", "x", "-s", "2"])
+    assert res.exit_code == 1, res.output
+    assert "a.png: its output a.png is also the output of" in res.output and "a.jpg" in res.output
+    assert Image.open(tmp_path / "sr" / "a.png").size == (24, 20)  # a.jpg's, not overwritten by a.png's
+
+
+def test_an_alpha_image_whose_png_output_is_taken_is_reported(tmp_path):
+    # an RGBA WebP is written as PNG by default: its name then clashes with a.png's
+    # output, or with an input (x.webp -> x_s.png beside an input x_s.png)
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    _img(lr / "a.png", size=(12, 10))
+    _rgba(lr / "a.webp", size=(14, 10))
+    _rgba(lr / "x.webp", size=(14, 10))
+    _img(lr / "x_s.png", size=(16, 10))
+    before = (lr / "x_s.png").read_bytes()
+    report = tmp_path / "r.json"
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(lr), "-o", str(lr), "--suffix", "_s",
+                              "--caption", "x", "-s", "2", "--json", str(report)])
+    assert res.exit_code == 1, res.output
+    failed = {Path(f["input"]).name: f["reason"] for f in json.loads(report.read_text())["failed"]}
+    assert failed.keys() == {"a.webp", "x.webp"}, failed
+    assert "also the output of" in failed["a.webp"] and "a.png" in failed["a.webp"]
+    assert "overwrite an input" in failed["x.webp"]
+    assert (lr / "x_s.png").read_bytes() == before
+    assert Image.open(lr / "a_s.png").size == (24, 20)  # a.png's
+    assert Image.open(lr / "x_s_s.png").size == (32, 20)
+
+
+def test_skip_existing_finds_the_png_output_of_an_alpha_image(tmp_path):
+    lr, out = tmp_path / "lr", tmp_path / "sr"
+    lr.mkdir()
+    _rgba(lr / "a.webp")
+    args = ["upscale", "--preset", "tiny", str(lr), "-o", str(out), "--caption", "x", "-s", "2", "--skip-existing"]
+    assert runner.invoke(app, args).exit_code == 0
+    written = (out / "a.png").stat().st_mtime_ns
+    report = tmp_path / "r.json"
+    res = runner.invoke(app, args + ["--json", str(report)])
+    assert res.exit_code == 0, res.output
+    assert [Path(s["input"]).name for s in json.loads(report.read_text())["skipped"]] == ["a.webp"]
+    assert (out / "a.png").stat().st_mtime_ns == written
+
 
 def test_scale_must_match_checkpoint(tiny_cfg, tiny_clip, folder, tmp_path):
     from clipsr_cli.checkpoint import save_generator
