@@ -106,6 +106,10 @@ def upscale(
         raise UsageError(str(e)) from None
     if ext is not None and ext.lower() not in ("png", "jpg", "jpeg", "webp"):
         raise UsageError(f"--ext {ext}: choose png, jpg or webp")
+    if (tile is not None and tile < 0) or tile_pad < 0 or (batch_size is not None and batch_size < 1):
+        raise UsageError("--tile and --tile-pad must be >= 0, --batch-size >= 1")
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"-o {output}: a file, not a folder; give a folder for the results")
     root, images = collect_inputs(input, recursive)
     if shard_spec is not None:
         images = shard(images, root, *parse_shard(shard_spec))
@@ -128,8 +132,6 @@ def upscale(
         gen = Generator(cfg, load_clip(cfg, weights_dir=weights_dir), check_scale(scale or 4))
         console.print(f"[yellow]note:[/yellow] no --weights: preset {cfg.name!r} with untrained "
                       "generator weights; the output shows the pipeline, not CLIP-SR quality")
-    if (tile is not None and tile < 0) or tile_pad < 0 or (batch_size is not None and batch_size < 1):
-        raise UsageError("--tile and --tile-pad must be >= 0, --batch-size >= 1")
     upscaler = Upscaler(gen, dev, warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False),
                         dtype=dtype, tile=tile, tile_pad=tile_pad)
     lanes = Lanes(*default_lanes(dev))

@@ -65,8 +65,11 @@ def collect_inputs(spec: str, recursive: bool = False) -> tuple[Path, list[Path]
     if path.is_file():
         return path.parent, [path]
     if path.is_dir():
-        pattern = "**/*" if recursive else "*"
-        files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        files = _images_under(path, recursive)
+        if not files:
+            below = not recursive and bool(_images_under(path, True))
+            raise UsageError(f"{spec}: no images ({', '.join(sorted(e[1:] for e in IMAGE_EXTS))}) in this folder"
+                             + ("; its subfolders hold some: add -r" if below else ""))
         return path, files
     matches = sorted(Path(p) for p in glob.glob(spec, recursive=recursive) if Path(p).is_file())
     if not matches:
@@ -77,6 +80,11 @@ def collect_inputs(spec: str, recursive: bool = False) -> tuple[Path, list[Path]
             break
         fixed.append(part)
     return Path(*fixed) if fixed else Path("."), matches
+
+
+def _images_under(folder: Path, recursive: bool) -> list[Path]:
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
 def parse_shard(spec: str) -> tuple[int, int]:

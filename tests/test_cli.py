@@ -148,6 +148,25 @@ def test_skip_existing_finds_the_png_output_of_an_alpha_image(tmp_path):
     assert (out / "a.png").stat().st_mtime_ns == written
 
 
+def test_a_folder_without_images_is_a_usage_error_that_points_at_subfolders(tmp_path):
+    (tmp_path / "lr" / "sub").mkdir(parents=True)
+    (tmp_path / "lr" / "notes.txt").write_text("x")
+    args = ["upscale", "--preset", "tiny", str(tmp_path / "lr"), "-o", str(tmp_path / "sr"), "--caption", "x"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "no images" in res.output and "add -r" not in res.output, res.output
+    _img(tmp_path / "lr" / "sub" / "a.png")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "its subfolders hold some: add -r" in res.output, res.output
+    assert runner.invoke(app, args + ["-r", "-s", "2"]).exit_code == 0
+
+
+def test_an_output_path_that_is_a_file_is_refused_before_any_work(folder, tmp_path):
+    (tmp_path / "sr").write_text("not a folder")
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(tmp_path / "sr"), "--caption", "x"])
+    assert res.exit_code == 2 and "a file, not a folder" in res.output, res.output
+    assert (tmp_path / "sr").read_text() == "not a folder"
+
+
 def test_scale_must_match_checkpoint(tiny_cfg, tiny_clip, folder, tmp_path):
     from clipsr_cli.checkpoint import save_generator
     from clipsr_cli.network import Generator
