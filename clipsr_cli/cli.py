@@ -139,11 +139,25 @@ def upscale(
         console.print(f"{len(images)} image(s), x{gen.scale}, preset {gen.cfg.name!r}, device {dev}, "
                       f"{str(dtype).removeprefix('torch.')}, tiles of {upscaler.tile or 'any'} LR px, "
                       f"batch {batch_size or 'auto'}, {lanes.n} lane(s)")
+    finished = 0  # inputs done with, for the message on Ctrl-C
+
+    def advance() -> None:
+        nonlocal finished
+        finished += 1
+        bar.advance(task)
+
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), ImagesPerSecond(),
                   TimeRemainingColumn(), console=console, disable=quiet, transient=True) as bar:
         task = bar.add_task("upscaling", total=len(images))
-        report = run(upscaler, root, images, output, caps, suffix, ext and ext.lower(), skip_existing,
-                     progress=lambda: bar.advance(task), batch_size=batch_size, lanes=lanes)
+        try:
+            report = run(upscaler, root, images, output, caps, suffix, ext and ext.lower(), skip_existing,
+                         progress=advance, batch_size=batch_size, lanes=lanes)
+        except KeyboardInterrupt:
+            # batches already running finish (their files are whole); queued ones are dropped
+            console.print(f"[yellow]interrupted[/yellow] after {finished} of {len(images)} input(s); every "
+                          "output written is complete: run the same command with --skip-existing to go on",
+                          highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
     for image, reason in report.failed:
         console.print(f"[red]failed:[/red] {image}: {reason}", highlight=False, soft_wrap=True)
     if not quiet:

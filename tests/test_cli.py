@@ -269,6 +269,37 @@ def test_killed_run_resumes_with_skip_existing_and_leaves_no_corrupt_file(tmp_pa
     assert {p.name for p in out.iterdir() if p.name.startswith(".")} <= stale  # the resumed run leaves none
 
 
+def test_ctrl_c_stops_the_run_says_how_to_resume_and_leaves_whole_files(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    for i in range(48):
+        _img(lr / f"im{i:02d}.png", size=(64, 48))
+    out = tmp_path / "sr"
+    cmd = [sys.executable, "-m", "clipsr_cli", "upscale", "--preset", "tiny", str(lr), "-o", str(out), "--caption", "x",
+           "-s", "8", "--batch-size", "1", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None and not list(out.glob("*.png")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert "interrupted after" in err and "--skip-existing" in err, err
+    written = sorted(out.glob("*.png"))
+    assert 0 < len(written) < 48
+    for p in written:
+        assert Image.open(p).size == (512, 384)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries: running writes finished
+    res = subprocess.run(cmd + ["--skip-existing"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert len(list(out.glob("*.png"))) == 48
+
+
 def test_precision_choice(tiny_cfg, tiny_clip):
     import torch
 
