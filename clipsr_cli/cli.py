@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
 from pathlib import Path
 from typing import Optional
@@ -40,6 +41,13 @@ def user_errors(fn):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _write_text(path: Path, text: str) -> None:
+    """A report file, written atomically as the images are (a reader never sees half of it)."""
+    from clipsr_cli.files import atomic_write
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline=""))
 
 
 def _version(value: bool):
@@ -169,7 +177,7 @@ def upscale(
         console.print(table)
         console.print(f"results in {output}/")
     if json_report:
-        json_report.write_text(json.dumps({
+        _write_text(json_report, json.dumps({
             "done": [{"input": str(i), "output": str(o)} for i, o in report.done],
             "skipped": [{"input": str(i), "reason": r} for i, r in report.skipped],
             "failed": [{"input": str(i), "reason": r} for i, r in report.failed],
@@ -286,18 +294,18 @@ def score(
         table.add_row(m.name, f"{mean:.4f}", f"{std:.4f}", str(len(values)), m.direction)
     out.print(table)
     if json_out:
-        json_out.write_text(json.dumps({"crop_border": border, "y_channel": Y_DEFINITION, "images": rows,
+        _write_text(json_out, json.dumps({"crop_border": border, "y_channel": Y_DEFINITION, "images": rows,
                                         "set_metrics": folder_values,
                                         "failed": [{"image": str(s), "reason": r} for s, r in failed],
                                         "no_reference": [str(p) for p in pairing.extra],
                                         "no_result": [str(p) for p in pairing.missing]}, indent=2))
     if csv_out:
-        with open(csv_out, "w", newline="") as f:
-            per_image = [m.name for m in chosen if not m.set_level]
-            writer = csv.DictWriter(f, fieldnames=["image", "reference", *per_image],
-                                    extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+        table_text = io.StringIO(newline="")
+        per_image = [m.name for m in chosen if not m.set_level]
+        writer = csv.DictWriter(table_text, fieldnames=["image", "reference", *per_image], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        _write_text(csv_out, table_text.getvalue())
     if report is not None:
         from clipsr_cli.report import write_report
 
