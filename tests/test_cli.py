@@ -237,33 +237,42 @@ def test_shard_option_in_cli(folder, tmp_path):
     assert sorted(outs) == ["a.png", "alpha.png", "b.jpg", "gray.png"]
 
 
-def test_killed_run_resumes_with_skip_existing_and_leaves_no_corrupt_file(tmp_path):
-    import os
-    import signal
+def _upscale_in_a_process_until_its_first_output(tmp_path, n: int, size: tuple[int, int], *extra: str):
+    """(command, output folder, process): `clipsr upscale` of n images at x8 in a
+    child process, returned once its first output exists (or it ended)."""
     import subprocess
     import sys
     import time
 
     lr = tmp_path / "lr"
     lr.mkdir()
-    for i in range(8):
-        _img(lr / f"im{i}.png", size=(96, 80))
+    for i in range(n):
+        _img(lr / f"im{i:02d}.png", size=size)
     out = tmp_path / "sr"
-    cmd = [sys.executable, "-m", "clipsr_cli", "upscale", "--preset", "tiny", str(lr), "-o", str(out), "--caption", "x", "-s", "8", "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "clipsr_cli", "upscale", "--preset", "tiny", str(lr), "-o", str(out), "--caption", "x",
+           "-s", "8", "-q", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None and not list(out.glob("*.png")):
         time.sleep(0.02)
+    return cmd, out, proc
+
+
+def test_killed_run_resumes_with_skip_existing_and_leaves_no_corrupt_file(tmp_path):
+    import signal
+    import subprocess
+
+    cmd, out, proc = _upscale_in_a_process_until_its_first_output(tmp_path, 8, (96, 80))
     if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+        proc.send_signal(signal.SIGKILL)
+    proc.communicate()
     for p in out.glob("*.png"):  # whatever exists is a whole image
         Image.open(p).load()
     # a SIGKILL mid-write can leave a hidden temporary; it is never taken for an output
     stale = {p.name for p in out.iterdir() if p.name.startswith(".")} if out.exists() else set()
     res = subprocess.run(cmd + ["--skip-existing"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert sorted(p.name for p in out.glob("*.png")) == [f"im{i}.png" for i in range(8)]
+    assert sorted(p.name for p in out.glob("*.png")) == [f"im{i:02d}.png" for i in range(8)]
     for p in out.glob("*.png"):
         assert Image.open(p).size == (768, 640)
     assert {p.name for p in out.iterdir() if p.name.startswith(".")} <= stale  # the resumed run leaves none
@@ -272,20 +281,8 @@ def test_killed_run_resumes_with_skip_existing_and_leaves_no_corrupt_file(tmp_pa
 def test_ctrl_c_stops_the_run_says_how_to_resume_and_leaves_whole_files(tmp_path):
     import signal
     import subprocess
-    import sys
-    import time
 
-    lr = tmp_path / "lr"
-    lr.mkdir()
-    for i in range(48):
-        _img(lr / f"im{i:02d}.png", size=(64, 48))
-    out = tmp_path / "sr"
-    cmd = [sys.executable, "-m", "clipsr_cli", "upscale", "--preset", "tiny", str(lr), "-o", str(out), "--caption", "x",
-           "-s", "8", "--batch-size", "1", "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None and not list(out.glob("*.png")):
-        time.sleep(0.02)
+    cmd, out, proc = _upscale_in_a_process_until_its_first_output(tmp_path, 48, (64, 48), "--batch-size", "1")
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, err
