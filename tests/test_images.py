@@ -155,7 +155,10 @@ def test_every_mode_is_read_and_written_back(tmp_path, name, mode, expect):
     src = tmp_path / name
     _save_pil(src, mode)
     d = load_image(src)
-    assert d.rgb.shape == (3, 10, 12) and d.rgb.dtype == torch.float32 and 0 <= d.rgb.min() <= d.rgb.max() <= 1
+    assert d.rgb.shape == (3, 10, 12) and d.rgb.dtype == torch.float32 and d.rgb.is_contiguous()
+    with Image.open(src) as im:  # Pillow's own RGB, scaled to [0, 1] in float32
+        want = np.asarray(im.convert("RGBA" if im.mode == "P" else im.mode).convert("RGB"), np.float32) / 255
+    assert torch.equal(d.rgb, torch.from_numpy(want).permute(2, 0, 1))
     out = tmp_path / "out" / f"x{src.suffix if src.suffix in ('.jpg', '.webp') else '.png'}"
     save_image(out, d.rgb, d.alpha, d.gray, d.bits)
     im = Image.open(out)
