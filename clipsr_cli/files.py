@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
+import time
 import uuid
+from collections import defaultdict
 from pathlib import Path
+from typing import Iterable
+
+# no single file takes this long to write: a temporary this old was left by a killed writer
+STALE_AFTER_S = 600
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{16}\.tmp")
 
 
 def atomic_write(path: Path, write) -> None:
@@ -17,10 +25,34 @@ def atomic_write(path: Path, write) -> None:
     lanes of `upscale`.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:16]}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:16]}.tmp")  # see _TEMPORARY
     try:
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(paths: Iterable[Path], older_than: float = STALE_AFTER_S) -> list[Path]:
+    """Remove the temporaries that killed writers left beside these paths
+    (`atomic_write`'s, older than `older_than` seconds; a writer still running
+    has a younger one).  Returns what was removed."""
+    names: dict[Path, set[str]] = defaultdict(set)
+    for path in paths:
+        names[Path(path).parent].add(Path(path).name)
+    cutoff, removed = time.time() - older_than, []
+    for folder, wanted in names.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _TEMPORARY.fullmatch(entry.name)
+            try:
+                if match and match["name"] in wanted and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+            except OSError:  # gone meanwhile, or not ours to remove
+                continue
+    return removed

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from clipsr_cli.captions import Captions
 from clipsr_cli.devices import pick_memory_format
 from clipsr_cli.errors import UserError
+from clipsr_cli.files import remove_stale_temporaries
 from clipsr_cli.graphs import GraphedForward
 from clipsr_cli.images import IMAGE_EXTS, ImageError, is_plain_8bit, load_image, output_array, write_image
 from clipsr_cli.lanes import Lanes, default_lanes
@@ -321,6 +322,10 @@ class _OutputClaims:
                         + ("" if self._ext else " or give --ext"))
         return None
 
+    def paths(self) -> list[Path]:
+        """Every output path claimed, written or skipped."""
+        return list(self._owner)
+
 
 def _identity(path: Path) -> tuple[int, int] | None:
     """(device, inode), or None for a file gone since it was listed (its decoding reports it)."""
@@ -481,6 +486,7 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
         lanes.cancel()
         raise
     lanes.close()
+    remove_stale_temporaries(claims.paths())  # what a killed run left beside these outputs
     return report
 
 

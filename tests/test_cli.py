@@ -259,8 +259,12 @@ def _upscale_in_a_process_until_its_first_output(tmp_path, n: int, size: tuple[i
 
 
 def test_killed_run_resumes_with_skip_existing_and_leaves_no_corrupt_file(tmp_path):
+    import os
     import signal
     import subprocess
+    import time
+
+    from clipsr_cli.files import STALE_AFTER_S
 
     cmd, out, proc = _upscale_in_a_process_until_its_first_output(tmp_path, 8, (96, 80))
     if proc.poll() is None:
@@ -268,14 +272,20 @@ def test_killed_run_resumes_with_skip_existing_and_leaves_no_corrupt_file(tmp_pa
     proc.communicate()
     for p in out.glob("*.png"):  # whatever exists is a whole image
         Image.open(p).load()
-    # a SIGKILL mid-write can leave a hidden temporary; it is never taken for an output
-    stale = {p.name for p in out.iterdir() if p.name.startswith(".")} if out.exists() else set()
+    # a SIGKILL mid-write can leave a hidden temporary: never taken for an output, and
+    # removed by a later run once it is old enough that no live writer can own it
+    out.mkdir(exist_ok=True)
+    (out / ".im03.png.0123456789abcdef.tmp").write_bytes(b"half an image")  # as if it were one
+    long_ago = time.time() - STALE_AFTER_S - 1
+    for p in out.iterdir():
+        if p.name.startswith("."):
+            os.utime(p, (long_ago, long_ago))
     res = subprocess.run(cmd + ["--skip-existing"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in out.glob("*.png")) == [f"im{i:02d}.png" for i in range(8)]
     for p in out.glob("*.png"):
         assert Image.open(p).size == (768, 640)
-    assert {p.name for p in out.iterdir() if p.name.startswith(".")} <= stale  # the resumed run leaves none
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
 def test_ctrl_c_stops_the_run_says_how_to_resume_and_leaves_whole_files(tmp_path):

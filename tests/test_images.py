@@ -251,6 +251,25 @@ def test_atomic_write_leaves_the_old_file_and_no_temporary_on_failure(tmp_path):
     assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
 
 
+def test_stale_temporaries_of_the_given_outputs_alone_are_removed(tmp_path):
+    import os
+    import time
+
+    from clipsr_cli.files import STALE_AFTER_S, remove_stale_temporaries
+
+    old = time.time() - STALE_AFTER_S - 60
+    stale = tmp_path / ".a.png.0123456789abcdef.tmp"  # a killed writer's, long ago
+    young = tmp_path / ".a.png.fedcba9876543210.tmp"  # a writer still at work
+    other = tmp_path / ".b.png.0123456789abcdef.tmp"  # not an output of this run
+    mine = tmp_path / ".a.png.notes.tmp"  # not atomic_write's naming
+    for path in (stale, young, other, mine):
+        path.write_bytes(b"x")
+    for path in (stale, other, mine):
+        os.utime(path, (old, old))
+    assert remove_stale_temporaries([tmp_path / "a.png", tmp_path / "gone" / "c.png"]) == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (young, other, mine))
+
+
 def test_outputs_get_the_usual_file_mode(tmp_path):
     import os
     import stat
