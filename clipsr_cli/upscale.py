@@ -316,10 +316,11 @@ class _OutputClaims:
         for target in targets:
             if target in self._inputs:
                 return "output would overwrite an input; choose another -o or a --suffix"
-            other = self._owner.setdefault(target, image)
+            other = self._owner.get(target, image)
             if other != image:  # the first image in input order keeps the name
                 return (f"its output {target.name} is also the output of {other}; rename one of the two"
                         + ("" if self._ext else " or give --ext"))
+        self._owner.update(dict.fromkeys(targets, image))
         return None
 
     def paths(self) -> list[Path]:
