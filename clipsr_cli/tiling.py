@@ -53,17 +53,39 @@ def tiled(fn: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, scale: i
     return canvas.div_(weight)  # in place: the canvas is the largest tensor of a big image
 
 
+MEMINFO = "/proc/meminfo"  # Linux's account of free memory
+UNKNOWN_FREE_MEMORY = 4 << 30  # where the system does not say: a guess that errs small (OOM retries cover it)
+
+
 def available_memory(device: torch.device) -> int:
     """Bytes free for activations on `device`."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
+    if device.type == "mps":  # unified memory: what Metal recommends, less what it holds already
+        try:
+            return max(0, int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()))
+        except (AttributeError, RuntimeError):  # an older torch
+            pass
+    return host_available_memory()
+
+
+def host_available_memory() -> int:
+    """Bytes of host memory free: MemAvailable on Linux; elsewhere the free
+    pages where the system counts them, else half the physical memory (macOS
+    has no count of free pages in sysconf, Windows no sysconf at all)."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(MEMINFO) as f:
             info = dict(line.split(":", 1) for line in f)
         return int(info["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+        pass
+    for pages, share in (("SC_AVPHYS_PAGES", 1.0), ("SC_PHYS_PAGES", 0.5)):
+        try:
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf(pages) * share)
+        except (AttributeError, ValueError, OSError):
+            continue
+    return UNKNOWN_FREE_MEMORY
 
 
 CPU_MAX_TILE = 256  # larger tiles are no faster on a CPU, only bigger (BENCHMARKS.md)

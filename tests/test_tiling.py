@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from clipsr_cli import tiling
 from clipsr_cli.captions import Captions
 from clipsr_cli.lanes import Lanes
 from clipsr_cli.network import Generator
@@ -149,8 +150,6 @@ def test_same_size_images_are_batched_and_give_the_same_outputs(tiny_cfg, tiny_c
 
 
 def test_automatic_tile_follows_free_memory_and_stays_small_on_the_cpu(monkeypatch):
-    from clipsr_cli import tiling
-
     monkeypatch.setattr(tiling, "available_memory", lambda device: 64 << 30)
     assert tiling.auto_tile(1000.0, torch.device("cpu")) == tiling.CPU_MAX_TILE
     assert tiling.auto_tile(1000.0, torch.device("cuda")) == 1024  # not queried: memory is patched
@@ -159,8 +158,6 @@ def test_automatic_tile_follows_free_memory_and_stays_small_on_the_cpu(monkeypat
 
 
 def test_automatic_batch_fills_free_memory_up_to_a_cap_per_device(monkeypatch):
-    from clipsr_cli import tiling
-
     monkeypatch.setattr(tiling, "available_memory", lambda device: 100 << 20)
     assert tiling.auto_batch(1000.0, 64 * 64, 4, torch.device("cpu")) == 5  # 20 MiB per lane // 4.1 MB
     assert tiling.auto_batch(1000.0, 16 * 16, 4, torch.device("cpu")) == tiling.CPU_AUTO_BATCH_MAX
@@ -170,3 +167,35 @@ def test_automatic_batch_fills_free_memory_up_to_a_cap_per_device(monkeypatch):
     monkeypatch.setattr(tiling, "available_memory", lambda device: 80 << 30)
     # 512x512 LR at x4: 50 MB of float output per image, 10 in 512 MiB of host memory
     assert tiling.auto_batch(10.0, 512 * 512, 4, torch.device("cuda")) == 10
+
+
+def test_free_host_memory_is_known_or_guessed_small_on_every_system(monkeypatch, tmp_path):
+    import os
+
+    linux = tiling.host_available_memory()
+    assert 0 < linux and linux == tiling.available_memory(torch.device("cpu"))
+    monkeypatch.setattr(tiling, "MEMINFO", str(tmp_path / "no-meminfo"))  # not Linux
+    real_sysconf = os.sysconf
+
+    def macos_sysconf(name):  # macOS counts physical pages, not free ones
+        if name == "SC_AVPHYS_PAGES":
+            raise ValueError("unrecognized configuration name")
+        return real_sysconf(name)
+
+    monkeypatch.setattr(os, "sysconf", macos_sysconf)
+    assert tiling.host_available_memory() == real_sysconf("SC_PAGE_SIZE") * real_sysconf("SC_PHYS_PAGES") // 2
+    monkeypatch.delattr(os, "sysconf")  # Windows
+    assert tiling.host_available_memory() == tiling.UNKNOWN_FREE_MEMORY
+
+
+def test_free_mps_memory_is_what_metal_recommends_less_what_it_holds(monkeypatch):
+    mps = torch.device("mps")
+    monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: 12 << 30)
+    monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 5 << 30)
+    assert tiling.available_memory(mps) == 7 << 30
+
+    def older_torch():
+        raise AttributeError("no such function")
+
+    monkeypatch.setattr(torch.mps, "recommended_max_memory", older_torch)
+    assert tiling.available_memory(mps) == tiling.host_available_memory()
