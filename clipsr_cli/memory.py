@@ -17,10 +17,14 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
     batch, which is what a batch tool wants.  One arena for all threads: the
     per-thread arenas of worker threads (upscale's lanes) hold at most 64 MiB
     per block and map anything larger afresh on every allocation.  Call it
-    before starting threads.  Returns False where the C library has no mallopt
-    (macOS, musl ignores it)."""
+    before starting threads.  Returns False off Linux (macOS's C library has no
+    mallopt, and on Windows there is no process-wide C library to ask) and where
+    the C library has none (musl accepts the call and ignores it)."""
     import ctypes
+    import sys
 
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):

@@ -171,6 +171,14 @@ def test_keep_freed_memory_is_accepted_by_glibc():
     assert keep_freed_memory() is True
 
 
+@pytest.mark.parametrize("platform", ["darwin", "win32"])
+def test_keep_freed_memory_is_a_no_op_off_linux(monkeypatch, platform):
+    # ctypes.CDLL(None) raises TypeError on Windows: every command would fail at start
+    monkeypatch.setattr(sys, "platform", platform)
+    monkeypatch.setattr(ctypes, "CDLL", lambda *args: pytest.fail("asked the C library"))
+    assert keep_freed_memory() is False
+
+
 ARENA_CHECK = """
 import ctypes, resource, sys, threading
 sys.path.insert(0, {root!r})
