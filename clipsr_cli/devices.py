@@ -42,3 +42,12 @@ def pick_memory_format(device: torch.device) -> torch.memory_format:
     pixel shuffle are fastest in it (BENCHMARKS.md); the default layout elsewhere,
     where it has not been measured."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Give the device's cached free blocks back (after an out-of-memory error,
+    so a retry with smaller work finds them)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from clipsr_cli.captions import Captions
-from clipsr_cli.devices import pick_memory_format
+from clipsr_cli.devices import pick_memory_format, release_cached_memory
 from clipsr_cli.errors import UserError
 from clipsr_cli.files import remove_stale_temporaries
 from clipsr_cli.graphs import GraphedForward
@@ -233,8 +233,7 @@ class Upscaler:
             except (RuntimeError, torch.OutOfMemoryError) as e:
                 if not is_out_of_memory(e):
                     raise
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                release_cached_memory(self.device)
                 if len(lr) > 1:  # fewer images at a time before smaller tiles
                     half = len(lr) // 2
                     self.batch_cap = min(self.batch_cap, half)  # and for the batches to come

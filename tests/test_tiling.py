@@ -1,6 +1,7 @@
 """Tiled inference (blending, tolerance, no seams, bounded tiles, OOM retry) and batching."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -199,3 +200,14 @@ def test_free_mps_memory_is_what_metal_recommends_less_what_it_holds(monkeypatch
 
     monkeypatch.setattr(torch.mps, "recommended_max_memory", older_torch)
     assert tiling.available_memory(mps) == tiling.host_available_memory()
+
+
+@pytest.mark.parametrize("kind", ["cuda", "mps", "cpu"])
+def test_an_out_of_memory_retry_releases_the_devices_cached_blocks(monkeypatch, kind):
+    from clipsr_cli.devices import release_cached_memory
+
+    released = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: released.append("cuda"))
+    monkeypatch.setattr(torch.mps, "empty_cache", lambda: released.append("mps"))
+    release_cached_memory(torch.device(kind))
+    assert released == ([] if kind == "cpu" else [kind])
