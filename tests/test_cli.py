@@ -307,6 +307,16 @@ def test_ctrl_c_stops_the_run_says_how_to_resume_and_leaves_whole_files(tmp_path
     assert len(list(out.glob("*.png"))) == 48
 
 
+def test_a_cuda_index_beyond_the_machines_devices_is_a_usage_error(monkeypatch, folder, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(tmp_path / "sr"), "--caption", "x",
+                              "--device", "cuda:2"])
+    assert res.exit_code == 2 and "has 2 CUDA device(s), cuda:0 to cuda:1" in res.output, res.output
+
+
 def test_precision_choice(tiny_cfg, tiny_clip):
     import torch
 
