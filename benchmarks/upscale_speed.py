@@ -122,12 +122,6 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
         for _ in range(3 if dev.type == "cuda" else 1):  # warm-up: caption cached, CUDA graph captured
             upscaler.upscale_batch(*chunks[0])
 
-        def forward_in_lanes() -> None:
-            lanes = Lanes(*lane_spec)
-            for chunk in chunks:
-                lanes.submit(partial(upscaler.upscale_batch, *chunk), lambda result, error: None)
-            lanes.close()
-
         forward, lanes_forward, end_to_end, host_share = [], [], [], []
         for attempt in range(repeats):  # alternated, best of each: this machine is noisy
             start = time.perf_counter()
@@ -136,7 +130,7 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
             forward.append(n / (time.perf_counter() - start))
             if upscaler.forward_in_lanes:  # on an accelerator upscale's forward runs as above
                 start = time.perf_counter()
-                forward_in_lanes()
+                run_forward_in_lanes(upscaler, chunks, lane_spec)
                 lanes_forward.append(n / (time.perf_counter() - start))
             with cpu_split(upscaler) as split:
                 start = time.perf_counter()
@@ -164,6 +158,17 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
         result["bicubic_ips"] = len(paths[:256]) / (time.perf_counter() - start)
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return result | device_peak()
+
+
+def run_forward_in_lanes(upscaler, chunks: list[tuple], lane_spec: tuple[int, int | None]) -> None:
+    """The forward passes alone (upscale_batch's arguments, a chunk a batch) in
+    lanes as upscale runs them on the CPU: no decoding, no writing."""
+    from clipsr_cli.lanes import Lanes
+
+    lanes = Lanes(*lane_spec)
+    for chunk in chunks:
+        lanes.submit(partial(upscaler.upscale_batch, *chunk), lambda result, error: None)
+    lanes.close()
 
 
 class CpuSplit:
@@ -296,11 +301,8 @@ def ablate(preset: str, scale: int, n: int, batch: int, repeats: int) -> dict:
 
         upscale_run(tmp / "warm-up")
         for attempt in range(repeats):
-            lanes = Lanes(*default_lanes(dev))
             start = time.perf_counter()
-            for chunk in chunks:
-                lanes.submit(partial(upscaler.upscale_batch, *chunk), lambda result, error: None)
-            lanes.close()
+            run_forward_in_lanes(upscaler, chunks, default_lanes(dev))
             forward = n / (time.perf_counter() - start)
             for name, left_out in ABLATIONS.items():
                 with contextlib.ExitStack() as patches:
