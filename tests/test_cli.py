@@ -97,6 +97,7 @@ def test_an_output_that_would_replace_an_input_is_refused_and_the_input_kept(tmp
     assert (lr / "sr" / "a.png").read_bytes() == before
     assert Image.open(lr / "sr" / "sr" / "a.png").size == (24, 20)  # the other input was upscaled
 
+
 def test_two_inputs_with_one_output_name_write_it_once(tmp_path):
     # a.png and a.jpg both become a.png under --ext png: the first in input order
     # keeps the name, the other is reported and its would-be output never written
