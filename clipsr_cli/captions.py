@@ -23,7 +23,14 @@ def read_caption_file(path: Path) -> dict[str, list[str]]:
         raise CaptionError(f"{path}: unknown caption format {fmt!r}; known: {', '.join(sorted(sources))}")
     if not path.is_file():
         raise CaptionError(f"{path}: caption file not found")
-    return sources[fmt].factory(path)
+    try:
+        return sources[fmt].factory(path)
+    except UnicodeDecodeError as e:
+        raise CaptionError(f"{path}: {not_utf8(e)}") from None
+
+
+def not_utf8(e: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
 
 
 class Captions:
@@ -39,7 +46,8 @@ class Captions:
         self.default = default
 
     def get(self, image: Path) -> list[str] | None:
-        """Captions of `image`, or None when missing under the 'error' policy."""
+        """Captions of `image`, or None when missing under the 'error' policy.
+        Raises CaptionError for a sidecar that cannot be read as text."""
         if self.text is not None:
             return [self.text]
         rel = image.relative_to(self.root).as_posix() if image.is_relative_to(self.root) else image.name
@@ -48,7 +56,11 @@ class Captions:
                 return self.table[key]
         sidecar = image.with_suffix(".txt")
         if sidecar.is_file():
-            lines = [ln.strip() for ln in sidecar.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            try:  # utf-8-sig: Windows editors start UTF-8 files with a byte-order mark
+                text = sidecar.read_text(encoding="utf-8-sig")
+            except UnicodeDecodeError as e:
+                raise CaptionError(f"{sidecar}: {not_utf8(e)}") from None
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
             if lines:
                 return lines
         if self.policy is MissingPolicy.error:

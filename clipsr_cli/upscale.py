@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from clipsr_cli.captions import Captions
+from clipsr_cli.captions import CaptionError, Captions
 from clipsr_cli.devices import pick_memory_format, release_cached_memory
 from clipsr_cli.errors import UserError
 from clipsr_cli.files import remove_stale_temporaries
@@ -339,7 +339,11 @@ def _identity(path: Path) -> tuple[int, int] | None:
 def _plan(image: Path, root: Path, out_dir: Path, captions: Captions, claims: _OutputClaims, suffix: str,
           ext: str | None, skip_existing: bool, report: Report) -> _Job | None:
     """The job for one image, or None after recording why it is not done."""
-    caps = captions.get(image)
+    try:
+        caps = captions.get(image)
+    except CaptionError as e:
+        report.failed.append((image, str(e)))
+        return None
     if caps is None:
         report.failed.append((image, "no caption (give --captions, a .txt sidecar, or --missing-caption)"))
         report.missing_captions += 1

@@ -43,7 +43,7 @@ def _add(out: dict[str, list[str]], key: str, value, source: Path) -> None:
 
 def read_json(path: Path) -> dict[str, list[str]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
         raise CaptionError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
@@ -56,7 +56,7 @@ def read_json(path: Path) -> dict[str, list[str]]:
 
 def read_jsonl(path: Path) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -71,7 +71,7 @@ def read_jsonl(path: Path) -> dict[str, list[str]]:
 
 def read_csv(path: Path) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         fields = set(reader.fieldnames or [])
         img_col = next((c for c in ("image", "file", "path") if c in fields), None)

@@ -203,6 +203,34 @@ def test_caption_formats_agree(tmp_path):
     assert tables[0] == tables[1] == tables[2] == {"x/a.png": ["one", "two"], "b.png": ["three"]}
 
 
+def test_caption_files_with_a_byte_order_mark_are_read_and_other_encodings_named(folder, tmp_path):
+    # Excel's "CSV UTF-8" and Notepad start UTF-8 files with a byte-order mark
+    bom = "\ufeff"
+    (tmp_path / "c.csv").write_text(bom + "image,caption\r\na.png,\"a bird, red\"\r\n", encoding="utf-8")
+    (tmp_path / "c.json").write_text(bom + json.dumps({"a.png": "a bird"}), encoding="utf-8")
+    (tmp_path / "c.jsonl").write_text(bom + json.dumps({"image": "a.png", "caption": "a bird"}) + "\n", encoding="utf-8")
+    for name in ("c.csv", "c.json", "c.jsonl"):
+        res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder / "a.png"), "-o", str(tmp_path / f"sr-{name}"),
+                                  "--captions", str(tmp_path / name), "-s", "2", "-q"])
+        assert res.exit_code == 0, (name, res.output)
+    (tmp_path / "latin.csv").write_bytes("image,caption\na.png,caf\u00e9\n".encode("latin-1"))
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder / "a.png"), "-o", str(tmp_path / "sr"),
+                              "--captions", str(tmp_path / "latin.csv")])
+    assert res.exit_code == 2 and "latin.csv: not UTF-8 text" in res.output and "save it as UTF-8" in res.output
+
+
+def test_a_sidecar_that_is_not_utf8_fails_its_image_alone(folder, tmp_path):
+    (folder / "a.txt").write_bytes("caf\u00e9".encode("latin-1"))
+    (folder / "b.txt").write_text("\ufeffa bird", encoding="utf-8")
+    report = tmp_path / "r.json"
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(tmp_path / "sr"), "-s", "2",
+                              "--json", str(report)])
+    assert res.exit_code == 1, res.output
+    failed = {Path(f["input"]).name: f["reason"] for f in json.loads(report.read_text())["failed"]}
+    assert "a.txt: not UTF-8 text" in failed["a.png"]
+    assert (tmp_path / "sr" / "b.jpg").exists()  # its sidecar, with a byte-order mark, was read
+
+
 def test_shared_caption_file_shape_is_accepted(shared_dir):
     from clipsr_cli.captions import read_caption_file
 
