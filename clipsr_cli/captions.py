@@ -52,7 +52,7 @@ class Captions:
             return [self.text]
         rel = image.relative_to(self.root).as_posix() if image.is_relative_to(self.root) else image.name
         for key in (rel, image.name, Path(rel).stem):
-            if key in self.table:
+            if self.table.get(key):  # an empty list is no caption: the policy decides
                 return self.table[key]
         sidecar = image.with_suffix(".txt")
         if sidecar.is_file():

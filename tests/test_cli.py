@@ -231,6 +231,19 @@ def test_a_sidecar_that_is_not_utf8_fails_its_image_alone(folder, tmp_path):
     assert (tmp_path / "sr" / "b.jpg").exists()  # its sidecar, with a byte-order mark, was read
 
 
+def test_an_empty_caption_list_counts_as_a_missing_caption(folder, tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"a.png": [], "b.jpg": ""}))
+    report = tmp_path / "r.json"
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder / "a.png"), "-o", str(tmp_path / "sr"),
+                              "--captions", str(tmp_path / "c.json"), "-s", "2", "--json", str(report)])
+    assert res.exit_code == 1, res.output  # it was neither written nor reported
+    data = json.loads(report.read_text())
+    assert data["missing_captions"] == 1 and "no caption" in data["failed"][0]["reason"]
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder / "b.jpg"), "-o", str(tmp_path / "sr"),
+                              "--captions", str(tmp_path / "c.json"), "-s", "2", "-q"])
+    assert res.exit_code == 0 and (tmp_path / "sr" / "b.jpg").exists()  # an empty string is a caption: no text
+
+
 def test_shared_caption_file_shape_is_accepted(shared_dir):
     from clipsr_cli.captions import read_caption_file
 
