@@ -118,6 +118,8 @@ def upscale(
         raise UsageError("--tile and --tile-pad must be >= 0, --batch-size >= 1")
     if output.exists() and not output.is_dir():
         raise UsageError(f"-o {output}: a file, not a folder; give a folder for the results")
+    if any(sep in suffix for sep in ("/", "\\", ":")):  # a part of a file name, never a path
+        raise UsageError(f"--suffix {suffix!r}: no '/', '\\' or ':' in a suffix; use -o for another folder")
     root, images = collect_inputs(input, recursive)
     if shard_spec is not None:
         images = shard(images, root, *parse_shard(shard_spec))

@@ -168,6 +168,14 @@ def test_an_output_path_that_is_a_file_is_refused_before_any_work(folder, tmp_pa
     assert (tmp_path / "sr").read_text() == "not a folder"
 
 
+@pytest.mark.parametrize("suffix", ["/../../evil", "_x4\\..", "C:x"])
+def test_a_suffix_holding_a_path_is_a_usage_error(folder, tmp_path, suffix):
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(tmp_path / "sr"), "--caption", "x",
+                              "--suffix", suffix])
+    assert res.exit_code == 2 and "no '/'" in res.output, res.output
+    assert not (tmp_path / "sr").exists()
+
+
 def test_scale_must_match_checkpoint(tiny_cfg, tiny_clip, folder, tmp_path):
     from clipsr_cli.checkpoint import save_generator
     from clipsr_cli.network import Generator
