@@ -106,8 +106,10 @@ def upscale(
     from clipsr_cli.network import Generator
     from clipsr_cli.upscale import UsageError, Upscaler, collect_inputs, default_model, parse_shard, run, shard
 
+    if missing_caption not in MissingPolicy.__members__:
+        raise UsageError(f"--missing-caption {missing_caption}: choose {' | '.join(MissingPolicy.__members__)}")
+    policy = MissingPolicy(missing_caption)
     try:
-        policy = MissingPolicy(missing_caption)
         dev = pick_device(device)
         dtype = pick_precision(precision, dev)
     except ValueError as e:

@@ -176,6 +176,12 @@ def test_a_suffix_holding_a_path_is_a_usage_error(folder, tmp_path, suffix):
     assert not (tmp_path / "sr").exists()
 
 
+def test_an_unknown_missing_caption_policy_names_the_choices(folder, tmp_path):
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(tmp_path / "sr"),
+                              "--missing-caption", "skip"])
+    assert res.exit_code == 2 and "--missing-caption skip: choose error | empty | default" in res.output, res.output
+
+
 def test_scale_must_match_checkpoint(tiny_cfg, tiny_clip, folder, tmp_path):
     from clipsr_cli.checkpoint import save_generator
     from clipsr_cli.network import Generator
