@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import glob
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from functools import partial
@@ -300,31 +301,40 @@ class _InputFiles:
         return target in self._ids
 
 
+# file systems that compare names without case by default (APFS, NTFS): A.png is a.png
+CASE_INSENSITIVE_NAMES = sys.platform in ("darwin", "win32")
+
+
 class _OutputClaims:
     """Which input each output path belongs to, so that no output is written
     for two inputs (`a.png` and `a.jpg` under `--ext png`; an RGBA `a.webp`,
-    written as PNG, beside `a.png`) and none over an input."""
+    written as PNG, beside `a.png`; `A.PNG` and `a.png` where names ignore
+    case) and none over an input."""
 
     def __init__(self, images: list[Path], ext: str | None):
         self._inputs = _InputFiles(images)
-        self._owner: dict[Path, Path] = {}
+        self._owner: dict[str, tuple[Path, Path]] = {}  # name key -> (output, input)
         self._ext = ext
+
+    @staticmethod
+    def _key(target: Path) -> str:
+        return str(target).casefold() if CASE_INSENSITIVE_NAMES else str(target)
 
     def claim(self, image: Path, targets: list[Path]) -> str | None:
         """Why `image` cannot have these outputs, or None once they are its own."""
         for target in targets:
             if target in self._inputs:
                 return "output would overwrite an input; choose another -o or a --suffix"
-            other = self._owner.get(target, image)
+            _, other = self._owner.get(self._key(target), (target, image))
             if other != image:  # the first image in input order keeps the name
                 return (f"its output {target.name} is also the output of {other}; rename one of the two"
                         + ("" if self._ext else " or give --ext"))
-        self._owner.update(dict.fromkeys(targets, image))
+        self._owner.update({self._key(t): (t, image) for t in targets})
         return None
 
     def paths(self) -> list[Path]:
         """Every output path claimed, written or skipped."""
-        return list(self._owner)
+        return [target for target, _ in self._owner.values()]
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

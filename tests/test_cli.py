@@ -112,6 +112,22 @@ def test_two_inputs_with_one_output_name_write_it_once(tmp_path):
     assert Image.open(tmp_path / "sr" / "a.png").size == (24, 20)  # a.jpg's, not overwritten by a.png's
 
 
+def test_where_names_ignore_case_outputs_differing_in_case_are_one(monkeypatch, tmp_path):
+    from clipsr_cli import upscale
+
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    _img(lr / "A.PNG", size=(12, 10))  # its output keeps the stem: A.png
+    _img(lr / "a.jpg", size=(14, 10))
+    args = ["upscale", "--preset", "tiny", str(lr), "-o", str(tmp_path / "sr"), "--ext", "png", "--caption", "x",
+            "-s", "2", "-q"]
+    assert runner.invoke(app, args).exit_code == 0  # Linux: A.png and a.png are two files
+    assert sorted(p.name for p in (tmp_path / "sr").iterdir()) == ["A.png", "a.png"]
+    monkeypatch.setattr(upscale, "CASE_INSENSITIVE_NAMES", True)  # macOS, Windows
+    res = runner.invoke(app, args[:5] + [str(tmp_path / "sr2")] + args[6:])
+    assert res.exit_code == 1 and "its output a.png is also the output of" in res.output, res.output
+
+
 def test_an_alpha_image_whose_png_output_is_taken_is_reported(tmp_path):
     # an RGBA WebP is written as PNG by default: its name then clashes with a.png's
     # output, or with an input (x.webp -> x_s.png beside an input x_s.png)
