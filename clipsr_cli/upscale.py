@@ -368,14 +368,23 @@ def _plan(image: Path, root: Path, out_dir: Path, captions: Captions, claims: _O
         return [out_dir / output_name(rel, suffix, ext, alpha, i if several else None) for i in range(len(caps))]
 
     planned = targets(False)  # alpha is known only after decoding
-    reason = claims.claim(image, planned)  # skipped images keep their outputs too
-    if reason:
-        report.failed.append((image, reason))
-        return None
-    if skip_existing and all(t.exists() for t in planned):
-        report.skipped.append((image, "output exists"))
+    refusal = _refusal(image, planned, claims, skip_existing)
+    if refusal:
+        outcome, reason = refusal
+        (report.failed if outcome == "failed" else report.skipped).append((image, reason))
         return None
     return _Job(image, caps, planned, targets)
+
+
+def _refusal(image: Path, targets: list[Path], claims: _OutputClaims, skip_existing: bool) -> tuple[str, str] | None:
+    """("failed" | "skipped", reason) when `image` is not to write `targets`,
+    else None; the targets of a skipped image stay claimed (they exist)."""
+    reason = claims.claim(image, targets)
+    if reason:
+        return "failed", reason
+    if skip_existing and all(t.exists() for t in targets):
+        return "skipped", "output exists"
+    return None
 
 
 @dataclass
@@ -428,13 +437,14 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
     def take_alpha_outputs(job: _Job, targets: list[Path]) -> bool:
         """Whether the job goes on with the outputs its alpha channel gave it
         (checked as planned outputs are), else reported as failed or skipped."""
-        reason = claims.claim(job.image, targets)
-        if reason:
-            fail(job, reason)
-        elif skip_existing and all(t.exists() for t in targets):
-            report.skipped.append((job.image, "output exists"))
-        else:
+        refusal = _refusal(job.image, targets, claims, skip_existing)
+        if refusal is None:
             return True
+        outcome, reason = refusal
+        if outcome == "failed":
+            fail(job, reason)
+        else:
+            report.skipped.append((job.image, reason))
         finish(job, len(job.captions))
         return False
 
