@@ -40,8 +40,8 @@ def load_image(path: Path) -> Decoded:
                                      "(possible decompression bomb); downscale it first")
                 if is_png16_color(im):
                     return _png16_to_tensor(*png16_bytes(path))
-                im.load()
-                im = ImageOps.exif_transpose(im)
+                ImageOps.exif_transpose(im, in_place=True)  # loads it (a copy when not in place)
+                return _to_tensor(im)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -49,7 +49,6 @@ def load_image(path: Path) -> Decoded:
     except (OSError, SyntaxError, ValueError) as e:
         reason = "empty file" if path.stat().st_size == 0 else str(e)
         raise ImageError(f"{path}: not a readable image ({reason}); re-export or remove it") from None
-    return _to_tensor(im)
 
 
 def _png16_to_tensor(high: Image.Image, low: Image.Image) -> Decoded:
@@ -77,11 +76,13 @@ def _to_tensor(im: Image.Image) -> Decoded:
 
 def _unit_float(im: Image.Image) -> torch.Tensor:
     """An 8-bit image (L or RGB) as (C, H, W) float32 in [0, 1].  Bytes -> uint8
-    HWC -> float CHW in one strided pass: 1.2 ms for a 1024x800 photo, against
-    2.6 through a float HWC array and a second copy (a writable buffer: torch
-    warns about wrapping numpy's read-only view of the bytes)."""
-    hwc = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(im.height, im.width, -1)
-    return hwc.permute(2, 0, 1).to(torch.float32, memory_format=torch.contiguous_format).div_(255)
+    HWC view -> float CHW in one strided numpy pass, single-threaded: it runs
+    beside the forward passes.  1024x800 RGB: 2.3 core-ms, against 3.4 for
+    the same pass in torch and 5+ through a float HWC array and a second copy."""
+    hwc = np.frombuffer(im.tobytes(), np.uint8).reshape(im.height, im.width, -1)
+    chw = np.empty((hwc.shape[2], im.height, im.width), np.float32)
+    np.divide(hwc.transpose(2, 0, 1), np.float32(255), out=chw)
+    return torch.from_numpy(chw)
 
 
 def _to_array(rgb: torch.Tensor, alpha: torch.Tensor | None, gray: bool, bits: int) -> np.ndarray:
