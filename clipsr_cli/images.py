@@ -16,6 +16,10 @@ from clipsr_cli.png import is_png16_color, png16_bytes, write_png
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding them
+# written into every output (PNG tEXt "Software", EXIF Software in JPEG / WebP): a
+# run finding its own earlier outputs among its inputs tells them from a user's images
+SOFTWARE = "clipsr"
+_EXIF_SOFTWARE = 0x0131
 
 
 class ImageError(ValueError):
@@ -124,13 +128,28 @@ def is_plain_8bit(path: Path, alpha=None, gray=False, bits=8) -> bool:
 
 
 def write_image(path: Path, arr: np.ndarray) -> None:
-    """Write atomically: PNG by clipsr's encoder (any mode, 8 or 16 bits), JPEG and WebP by Pillow."""
+    """Write atomically, marked as clipsr's: PNG by clipsr's encoder (any mode,
+    8 or 16 bits), JPEG and WebP by Pillow."""
     fmt = _format(path)
     if fmt == "PNG":
-        atomic_write(path, lambda tmp: write_png(tmp, arr))
+        atomic_write(path, lambda tmp: write_png(tmp, arr, text={"Software": SOFTWARE}))
         return
     im = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
-    atomic_write(path, lambda tmp: im.save(tmp, format=fmt, quality=95))
+    exif = Image.Exif()
+    exif[_EXIF_SOFTWARE] = SOFTWARE
+    atomic_write(path, lambda tmp: im.save(tmp, format=fmt, quality=95, exif=exif))
+
+
+def written_by_clipsr(path: Path) -> bool:
+    """Whether the image at `path` carries `write_image`'s mark (False for
+    anything unreadable).  Reads the header only."""
+    try:
+        with Image.open(path) as im:
+            if im.format == "PNG":  # its getexif() would decode the whole image
+                return im.info.get("Software") == SOFTWARE
+            return im.getexif().get(_EXIF_SOFTWARE) == SOFTWARE
+    except (OSError, SyntaxError, ValueError):
+        return False
 
 
 def save_image(path: Path, rgb: torch.Tensor, alpha=None, gray=False, bits=8) -> None:

@@ -58,11 +58,12 @@ def up_filter(rows: np.ndarray, prior: np.ndarray) -> np.ndarray:
     return out
 
 
-def encode_png(arr: np.ndarray, level: int = 1):
+def encode_png(arr: np.ndarray, level: int = 1, text: dict[str, str] | None = None):
     """Yield the pieces of a PNG holding arr, in order, each a tuple of byte
     strings (the signature, then each chunk's): arr (H, W) or (H, W, C), C in
-    1-4, uint8 or uint16.  Large images come in several IDAT chunks, so a
-    writer holds one block's compressed data at a time."""
+    1-4, uint8 or uint16; `text` as tEXt chunks (Latin-1 keyword -> text).
+    Large images come in several IDAT chunks, so a writer holds one block's
+    compressed data at a time."""
     if arr.ndim == 2:
         arr = arr[..., None]
     h, w, c = arr.shape
@@ -72,6 +73,8 @@ def encode_png(arr: np.ndarray, level: int = 1):
     rows = np.ascontiguousarray(arr.astype(">u2") if depth == 16 else arr).view(np.uint8).reshape(h, -1)
     yield (SIGNATURE,)
     yield _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, COLOR_TYPES[c], 0, 0, 0))
+    for keyword, value in (text or {}).items():
+        yield _chunk(b"tEXt", keyword.encode("latin-1") + b"\0" + value.encode("latin-1"))
     if rows.nbytes <= ONE_SHOT_BYTES:  # one call: fastest, and releases the GIL throughout
         yield _chunk(b"IDAT", _deflate.compress(up_filter(rows, np.zeros_like(rows[0])), level))
     else:  # a stream of blocks: memory bounded for very large outputs
@@ -87,12 +90,12 @@ def encode_png(arr: np.ndarray, level: int = 1):
     yield _chunk(b"IEND", b"")
 
 
-def write_png(path: str | Path, arr: np.ndarray) -> None:
+def write_png(path: str | Path, arr: np.ndarray, text: dict[str, str] | None = None) -> None:
     # os-level calls: Python's buffered file adds a third to the time of
     # creating and writing a 100 kB file on this machine
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        for piece in encode_png(arr):
+        for piece in encode_png(arr, text=text):
             _write_all(fd, piece)
     finally:
         os.close(fd)

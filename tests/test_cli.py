@@ -98,6 +98,42 @@ def test_an_output_that_would_replace_an_input_is_refused_and_the_input_kept(tmp
     assert Image.open(lr / "sr" / "sr" / "a.png").size == (24, 20)  # the other input was upscaled
 
 
+def test_running_again_with_the_output_inside_the_input_does_not_upscale_the_outputs(tmp_path):
+    # -o lr/sr with -r: the second run lists lr/sr/a.png among its inputs; it is
+    # a.png's own earlier output, so it is overwritten, not upscaled to lr/sr/sr
+    lr = tmp_path / "lr"
+    (lr / "sub").mkdir(parents=True)
+    _img(lr / "a.png")
+    _img(lr / "sub" / "b.jpg")
+    args = ["upscale", "--preset", "tiny", str(lr), "-r", "-o", str(lr / "sr"), "--caption", "x", "-s", "2"]
+    assert runner.invoke(app, args + ["-q"]).exit_code == 0
+    report = tmp_path / "r.json"
+    res = runner.invoke(app, args + ["--json", str(report)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(report.read_text())
+    assert sorted(Path(d["output"]).name for d in data["done"]) == ["a.png", "b.jpg"]
+    assert {Path(s["input"]).name: s["reason"] for s in data["skipped"]} == {
+        "a.png": f"an earlier output of {lr / 'a.png'}, not upscaled again",
+        "b.jpg": f"an earlier output of {lr / 'sub' / 'b.jpg'}, not upscaled again"}
+    assert not (lr / "sr" / "sr").exists()
+    assert Image.open(lr / "sr" / "a.png").size == (24, 20)
+
+
+def test_running_again_in_place_with_a_suffix_skips_its_own_outputs(tmp_path):
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    _img(lr / "a.png")
+    args = ["upscale", "--preset", "tiny", str(lr), "-o", str(lr), "--suffix", "_x2", "--caption", "x", "-s", "2",
+            "--skip-existing", "-q"]
+    assert runner.invoke(app, args).exit_code == 0
+    written = (lr / "a_x2.png").stat().st_mtime_ns
+    _img(lr / "b.png")  # added since
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output  # a.png: output exists; a_x2.png: a.png's output
+    assert sorted(p.name for p in lr.iterdir()) == ["a.png", "a_x2.png", "b.png", "b_x2.png"]
+    assert (lr / "a_x2.png").stat().st_mtime_ns == written
+
+
 def test_two_inputs_with_one_output_name_write_it_once(tmp_path):
     # a.png and a.jpg both become a.png under --ext png: the first in input order
     # keeps the name, the other is reported and its would-be output never written

@@ -295,3 +295,16 @@ def test_quantising_on_the_device_gives_the_hosts_bytes(tmp_path):
     a, png, jpg = torch.ones(1, 40, 40), tmp_path / "a.png", tmp_path / "a.jpg"
     assert is_plain_8bit(png) and is_plain_8bit(jpg, bits=16) and is_plain_8bit(jpg, alpha=a)
     assert not is_plain_8bit(png, alpha=a) and not is_plain_8bit(png, bits=16) and not is_plain_8bit(jpg, gray=True)
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg", "webp"])
+def test_outputs_are_marked_as_clipsr_s_and_other_images_are_not(tmp_path, ext):
+    from clipsr_cli.images import write_image, written_by_clipsr
+
+    arr = (np.random.rand(10, 12, 3) * 255).astype(np.uint8)
+    write_image(tmp_path / f"ours.{ext}", arr)
+    Image.fromarray(arr).save(tmp_path / f"theirs.{ext}")
+    assert written_by_clipsr(tmp_path / f"ours.{ext}")
+    assert not written_by_clipsr(tmp_path / f"theirs.{ext}")
+    assert load_image(tmp_path / f"ours.{ext}").rgb.shape == (3, 10, 12)
+    assert not written_by_clipsr(tmp_path / "missing.png")
