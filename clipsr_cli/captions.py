@@ -45,13 +45,29 @@ class Captions:
         self.policy = policy
         self.default = default
 
+    def _keys(self, image: Path) -> tuple[str, str, str]:
+        """The caption file keys that name `image`, in order of precedence."""
+        rel = image.relative_to(self.root).as_posix() if image.is_relative_to(self.root) else image.name
+        return rel, image.name, Path(rel).stem
+
+    def check_file_names(self, images: list[Path], file: Path) -> None:
+        """Raise CaptionError when the caption file (read from `file`) names none
+        of the images: its keys are relative to another folder, or it belongs to
+        other images; every image would fail or get the fallback caption."""
+        if self.text is not None or not images or any(k in self.table for i in images for k in self._keys(i)):
+            return
+        if not self.table:
+            raise CaptionError(f"{file}: holds no captions")
+        raise CaptionError(f"{file}: none of its {len(self.table)} entries names an input image; keys are paths "
+                           f"relative to {self.root} (such as {self._keys(images[0])[0]!r}) or file names, "
+                           f"and it has {next(iter(self.table))!r}")
+
     def get(self, image: Path) -> list[str] | None:
         """Captions of `image`, or None when missing under the 'error' policy.
         Raises CaptionError for a sidecar that cannot be read as text."""
         if self.text is not None:
             return [self.text]
-        rel = image.relative_to(self.root).as_posix() if image.is_relative_to(self.root) else image.name
-        for key in (rel, image.name, Path(rel).stem):
+        for key in self._keys(image):
             if self.table.get(key):  # an empty list is no caption: the policy decides
                 return self.table[key]
         sidecar = image.with_suffix(".txt")

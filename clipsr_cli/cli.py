@@ -128,6 +128,8 @@ def upscale(
     if output.resolve() == root.resolve() and not suffix:
         raise UsageError(f"output folder {output} is the input folder; give another -o or a --suffix")
     caps = Captions(root, captions, caption, policy, default_caption)
+    if captions is not None:
+        caps.check_file_names(images, captions)
 
     if weights is None and preset is None:
         weights, note = default_model(scale or 4, weights_dir)

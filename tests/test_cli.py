@@ -76,6 +76,21 @@ def test_caption_key_outside_the_input_is_rejected(folder, tmp_path):
     assert res.exit_code == 2 and "outside the input folder" in res.output
 
 
+def test_a_caption_file_naming_no_input_is_a_usage_error(folder, tmp_path):
+    # keys relative to another folder: every image would fail for want of a caption
+    caps = tmp_path / "caps.json"
+    caps.write_text(json.dumps({"images/a.png": "x", "images/b.jpg": "y"}))
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(tmp_path / "sr"), "--captions", str(caps),
+                              "--missing-caption", "empty"])
+    assert res.exit_code == 2, res.output
+    assert "none of its 2 entries names an input image" in res.output and "'images/a.png'" in res.output
+    assert not (tmp_path / "sr").exists()
+    caps.write_text(json.dumps({"images/a.png": "x", "b.jpg": "y"}))  # one match: the others fail one by one
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(tmp_path / "sr"), "--captions", str(caps),
+                              "-s", "2"])
+    assert res.exit_code == 1 and (tmp_path / "sr" / "b.jpg").exists(), res.output
+
+
 def test_output_folder_equal_to_input_is_refused_without_suffix(folder):
     res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(folder), "--caption", "x"])
     assert res.exit_code == 2 and "is the input folder" in res.output
