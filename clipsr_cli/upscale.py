@@ -10,12 +10,14 @@ import contextlib
 import dataclasses
 import glob
 import os
+import re
 import sys
 import threading
+from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -284,37 +286,25 @@ class _Job:
 
 
 class _InputFiles:
-    """Which of the run's inputs a path is, by file identity.  Only a path that
-    exists can be an input, so a fresh output folder costs one stat per
+    """Whether a path is one of the run's inputs, by file identity.  Only a path
+    that exists can be an input, so a fresh output folder costs one stat per
     output; the inputs' identities are read once, the first time one exists
     (resolving every path instead took 0.1-0.25 ms per image: BENCHMARKS.md)."""
 
     def __init__(self, images: list[Path]):
         self._images = images
-        self._owners: dict[tuple[int, int], Path] | None = None
-
-    def owner(self, path: Path) -> Path | None:
-        """The input that `path` is (the first listed, for hard links), or None."""
-        target = _identity(path)
-        if target is None:
-            return None
-        if self._owners is None:
-            self._owners = {}
-            for image in self._images:
-                identity = _identity(image)
-                if identity is not None:
-                    self._owners.setdefault(identity, image)
-        return self._owners.get(target)
+        self._ids: set[tuple[int, int]] | None = None
 
     def __contains__(self, path: Path) -> bool:
-        return self.owner(path) is not None
+        target = _identity(path)
+        if target is None:
+            return False
+        if self._ids is None:
+            self._ids = set(filter(None, map(_identity, self._images)))
+        return target in self._ids
 
-    def discard(self, images: Iterable[Path]) -> None:
-        """No longer count these as inputs."""
-        dropped = set(images)
-        self._images = [p for p in self._images if p not in dropped]
-        self._owners = None
 
+_CAPTION_TAG = re.compile(r"_c\d+$")  # an output per caption: <stem><suffix>_c<i>
 
 # file systems that compare names without case by default (APFS, NTFS): A.png is a.png
 CASE_INSENSITIVE_NAMES = sys.platform in ("darwin", "win32")
@@ -326,8 +316,8 @@ class _OutputClaims:
     written as PNG, beside `a.png`; `A.PNG` and `a.png` where names ignore
     case) and none over an input."""
 
-    def __init__(self, inputs: _InputFiles, ext: str | None):
-        self._inputs = inputs
+    def __init__(self, images: list[Path], ext: str | None):
+        self._inputs = _InputFiles(images)
         self._owner: dict[str, tuple[Path, Path]] = {}  # name key -> (output, input)
         self._ext = ext
 
@@ -361,68 +351,69 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _plan(images: list[Path], root: Path, out_dir: Path, captions: Captions, suffix: str, ext: str | None,
-          skip_existing: bool, report: Report) -> tuple[list[_Job], _OutputClaims]:
-    """The jobs, in input order, and the outputs they claim; every image
-    without a job is in the report, failed or skipped.
-
-    An input that is another input's output and was written by clipsr (an
-    earlier run of the same command, with `-o` inside the input folder and
-    `-r`, or the input folder itself and `--suffix`) is not upscaled again,
-    and is overwritten, or kept with `--skip-existing`, as any existing
-    output is.  Any other input in an output's place is kept: that output
-    is refused."""
-    looked_up = [(image, _captions_of(image, captions)) for image in images]
-    inputs = _InputFiles(images)
-    earlier: dict[Path, Path] = {}  # input -> the input it is an output of
-    for image, caps in looked_up:
-        if isinstance(caps, list):
-            for target in {*_targets(image, root, out_dir, caps, suffix, ext, False),
-                           *_targets(image, root, out_dir, caps, suffix, ext, True)}:
-                owner = inputs.owner(target)
-                if owner is not None and owner != image and owner not in earlier and written_by_clipsr(owner):
-                    earlier[owner] = image
-    if earlier:
-        inputs.discard(earlier)
-    claims = _OutputClaims(inputs, ext)
-    jobs = []
-    for image, caps in looked_up:
-        if image in earlier:
-            report.skipped.append((image, f"an earlier output of {earlier[image]}, not upscaled again"))
-        elif isinstance(caps, str):
-            report.failed.append((image, caps))
-        elif caps is None:
-            report.failed.append((image, "no caption (give --captions, a .txt sidecar, or --missing-caption)"))
-            report.missing_captions += 1
-        else:
-            targets = partial(_targets, image, root, out_dir, caps, suffix, ext)
-            planned = targets(False)  # alpha is known only after decoding
-            refusal = _refusal(image, planned, claims, skip_existing)
-            if refusal:
-                outcome, reason = refusal
-                (report.failed if outcome == "failed" else report.skipped).append((image, reason))
-            else:
-                jobs.append(_Job(image, caps, planned, targets))
-    return jobs, claims
-
-
-def _captions_of(image: Path, captions: Captions) -> list[str] | str | None:
-    """The image's captions, None when it has none, or why they cannot be read."""
+def _plan(image: Path, root: Path, out_dir: Path, captions: Captions, claims: _OutputClaims, suffix: str,
+          ext: str | None, skip_existing: bool, report: Report) -> _Job | None:
+    """The job for one image, or None after recording why it is not done."""
     try:
-        return captions.get(image)
+        caps = captions.get(image)
     except CaptionError as e:
-        return str(e)
-
-
-def _targets(image: Path, root: Path, out_dir: Path, caps: list[str], suffix: str, ext: str | None,
-             alpha: bool) -> list[Path]:
-    """The output paths of an image, one per caption, given whether it has alpha."""
+        report.failed.append((image, str(e)))
+        return None
+    if caps is None:
+        report.failed.append((image, "no caption (give --captions, a .txt sidecar, or --missing-caption)"))
+        report.missing_captions += 1
+        return None
     try:
         rel = image.relative_to(root)
     except ValueError:
         rel = Path(image.name)
-    several = len(caps) > 1
-    return [out_dir / output_name(rel, suffix, ext, alpha, i if several else None) for i in range(len(caps))]
+
+    def targets(alpha: bool) -> list[Path]:
+        several = len(caps) > 1
+        return [out_dir / output_name(rel, suffix, ext, alpha, i if several else None) for i in range(len(caps))]
+
+    planned = targets(False)  # alpha is known only after decoding
+    refusal = _refusal(image, planned, claims, skip_existing)
+    if refusal:
+        outcome, reason = refusal
+        (report.failed if outcome == "failed" else report.skipped).append((image, reason))
+        return None
+    return _Job(image, caps, planned, targets)
+
+
+def _earlier_outputs(images: list[Path], root: Path, out_dir: Path, suffix: str) -> dict[Path, Path]:
+    """The inputs that an earlier run wrote as another input's outputs, each
+    with that input: under the output folder, named `<stem><suffix>[_c<i>]`
+    for an image `<stem>` in the mirrored input folder, and marked by clipsr
+    (`-o` inside the input folder with `-r`, or the input folder itself with
+    `--suffix`: the same command run again).  They are outputs of this run,
+    overwritten or kept with `--skip-existing`; any other input in an
+    output's place is kept, that output refused.  None when the output
+    folder is outside the input folder: no stat or read then."""
+    try:
+        sub = out_dir.resolve().relative_to(root.resolve())
+    except (OSError, ValueError):
+        return {}
+    stems: dict[Path, dict[str, list[Path]]] = {}  # folder -> image stem -> its images there
+    earlier = {}
+    for image in images:
+        try:
+            rel = image.relative_to(root / sub)
+        except ValueError:
+            continue
+        folder = root / rel.parent
+        if folder not in stems:
+            stems[folder] = defaultdict(list)
+            with contextlib.suppress(OSError):
+                for name in sorted(os.listdir(folder)):
+                    if Path(name).suffix.lower() in IMAGE_EXTS:
+                        stems[folder][Path(name).stem].append(folder / name)
+        names = {_CAPTION_TAG.sub("", rel.stem), rel.stem}
+        bases = [name[: len(name) - len(suffix)] for name in sorted(names) if name.endswith(suffix)]
+        sources = [source for base in bases for source in stems[folder].get(base, []) if source != image]
+        if sources and written_by_clipsr(image):
+            earlier[image] = sources[0]
+    return earlier
 
 
 def _refusal(image: Path, targets: list[Path], claims: _OutputClaims, skip_existing: bool) -> tuple[str, str] | None:
@@ -459,10 +450,20 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
     in this thread, where the CPU's cores compute; one per two lanes on an
     accelerator)."""
     report = Report()
-    jobs, claims = _plan(images, root, out_dir, captions, suffix, ext, skip_existing, report)
-    for _ in range(len(images) - len(jobs)):
-        progress()
+    earlier = _earlier_outputs(images, root, out_dir, suffix)
+    claims = _OutputClaims([image for image in images if image not in earlier], ext)
     scale = upscaler.gen.scale
+    jobs = []
+    for image in images:
+        if image in earlier:  # the same command run again: it is an output, not an input
+            report.skipped.append((image, f"an earlier output of {earlier[image]}, not upscaled again"))
+            progress()
+            continue
+        job = _plan(image, root, out_dir, captions, claims, suffix, ext, skip_existing, report)
+        if job is None:
+            progress()
+        else:
+            jobs.append(job)
     remaining = {id(j): len(j.captions) for j in jobs}  # outputs still to write, per job
     failed: set[int] = set()
     pending: list[_Item] = []

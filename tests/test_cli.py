@@ -132,21 +132,29 @@ def test_running_again_with_the_output_inside_the_input_does_not_upscale_the_out
         "b.jpg": f"an earlier output of {lr / 'sub' / 'b.jpg'}, not upscaled again"}
     assert not (lr / "sr" / "sr").exists()
     assert Image.open(lr / "sr" / "a.png").size == (24, 20)
+    for k in range(2):  # a shard knows them too, though their inputs may be in the other shard
+        assert runner.invoke(app, args + ["--shard", f"{k}/2", "-q"]).exit_code == 0
+    assert not (lr / "sr" / "sr").exists()
 
 
 def test_running_again_in_place_with_a_suffix_skips_its_own_outputs(tmp_path):
     lr = tmp_path / "lr"
     lr.mkdir()
     _img(lr / "a.png")
-    args = ["upscale", "--preset", "tiny", str(lr), "-o", str(lr), "--suffix", "_x2", "--caption", "x", "-s", "2",
-            "--skip-existing", "-q"]
+    _img(lr / "a_x2.jpg")  # the user's own image in the way of nothing: upscaled
+    caps = tmp_path / "caps.json"
+    caps.write_text(json.dumps({"a.png": ["x", "y"], "b.png": "z", "a_x2.jpg": "w"}))
+    args = ["upscale", "--preset", "tiny", str(lr), "-o", str(lr), "--suffix", "_x2", "--captions", str(caps),
+            "-s", "2", "--skip-existing", "-q"]
     assert runner.invoke(app, args).exit_code == 0
-    written = (lr / "a_x2.png").stat().st_mtime_ns
+    first = ["a.png", "a_x2.jpg", "a_x2_c0.png", "a_x2_c1.png", "a_x2_x2.jpg"]
+    assert sorted(p.name for p in lr.iterdir()) == first
+    written = {name: (lr / name).stat().st_mtime_ns for name in first}
     _img(lr / "b.png")  # added since
     res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output  # a.png: output exists; a_x2.png: a.png's output
-    assert sorted(p.name for p in lr.iterdir()) == ["a.png", "a_x2.png", "b.png", "b_x2.png"]
-    assert (lr / "a_x2.png").stat().st_mtime_ns == written
+    assert res.exit_code == 0, res.output  # a.png: outputs exist; a_x2_c0.png, a_x2_c1.png: a.png's outputs
+    assert sorted(p.name for p in lr.iterdir()) == sorted(first + ["b.png", "b_x2.png"])
+    assert all((lr / name).stat().st_mtime_ns == t for name, t in written.items())
 
 
 def test_two_inputs_with_one_output_name_write_it_once(tmp_path):
