@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 
 from clipsr_cli import __version__
+from clipsr_cli.config_option import config_option
 from clipsr_cli.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -95,6 +96,7 @@ def upscale(
         help="Same-size images upscaled together (default: as many as fit in memory, up to 8 on a CPU, 64 on a GPU)."),
     json_report: Optional[Path] = typer.Option(None, "--json", help="Write a machine-readable report."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors."),
+    config: Optional[Path] = config_option(),
 ):
     """Upscale images, each steered by its caption."""
     from clipsr_cli.captions import Captions, MissingPolicy
@@ -210,6 +212,7 @@ def score(
     report: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML page into this folder."),
     clip_preset: str = typer.Option("paper", "--clip-preset", help="Preset whose CLIP computes clip_score."),
     list_metrics: bool = typer.Option(False, "--list", help="List the metrics and exit."),
+    config: Optional[Path] = config_option(),
 ):
     """Score SR results: PSNR/SSIM against references (BasicSR's conventions), NIQE without."""
     import csv

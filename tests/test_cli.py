@@ -91,6 +91,26 @@ def test_a_caption_file_naming_no_input_is_a_usage_error(folder, tmp_path):
     assert res.exit_code == 1 and (tmp_path / "sr" / "b.jpg").exists(), res.output
 
 
+def test_upscale_options_from_a_config_file_and_the_command_line_wins(tmp_path):
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    _img(lr / "a.png")
+    config = tmp_path / "upscale.toml"
+    config.write_text(f'preset = "tiny"\ncaption = "x"\nscale = 2\nsuffix = "_file"\nquiet = true\n'
+                      f'output = "{(tmp_path / "sr").as_posix()}"\n')
+    res = runner.invoke(app, ["upscale", str(lr), "--config", str(config)])
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "sr" / "a_file.png").size == (24, 20)
+    res = runner.invoke(app, ["upscale", str(lr), "--config", str(config), "--suffix", "_cli", "-s", "4"])
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "sr" / "a_cli.png").size == (48, 40)
+    config.write_text('preset = "tiny"\ntiles = 64\n')
+    res = runner.invoke(app, ["upscale", str(lr), "-o", str(tmp_path / "x"), "--config", str(config)])
+    assert res.exit_code == 2 and "unknown key(s) tiles" in res.output and "tile_pad" in res.output
+    res = runner.invoke(app, ["upscale", str(lr), "-o", str(tmp_path / "x"), "--config", str(tmp_path / "no.toml")])
+    assert res.exit_code == 2 and "no such file" in res.output
+
+
 def test_output_folder_equal_to_input_is_refused_without_suffix(folder):
     res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(folder), "--caption", "x"])
     assert res.exit_code == 2 and "is the input folder" in res.output

@@ -104,6 +104,10 @@ def test_score_cli_reports_and_fails_on_size_mismatch(tmp_path):
     assert data["images"][0]["psnr"] == pytest.approx(_ref_psnr(sr, hr, 4), abs=1e-4)
     res = CliRunner().invoke(app, ["score", str(sr_dir), "--ref", str(hr_dir), "--crop-to-common"])
     assert res.exit_code == 0 and "2 image(s) scored" in res.output
+    config = tmp_path / "score.toml"  # the same run with its options in a file
+    config.write_text(f'ref = "{hr_dir.as_posix()}"\ncrop_to_common = true\n')
+    res = CliRunner().invoke(app, ["score", str(sr_dir), "--config", str(config)])
+    assert res.exit_code == 0 and "2 image(s) scored" in res.output, res.output
 
 
 def test_niqe_matches_basicsr_documented_value(shared_dir, monkeypatch):
