@@ -262,7 +262,10 @@ def score(
         console.print(f"[yellow]no reference:[/yellow] {p}", highlight=False)
     for p in pairing.missing:
         console.print(f"[yellow]no SR result:[/yellow] {p}", highlight=False)
+    unavailable_metrics: dict[str, str] = {}  # name -> why: listed in the table and the JSON too
+
     def unavailable(m, e):
+        unavailable_metrics[m.name] = str(e)
         console.print(f"[yellow]skipped {m.name}:[/yellow] {e}", highlight=False, soft_wrap=True)
 
     set_level = SetLevelScores(chosen, unavailable)
@@ -301,10 +304,12 @@ def score(
             mean = float(np.mean(values)) if values else float("nan")
             std = float(np.std(values)) if len(values) > 1 else 0.0
         table.add_row(m.name, f"{mean:.4f}", f"{std:.4f}", str(len(values)), m.direction)
+    for name in unavailable_metrics:
+        table.add_row(name, "unavailable", "-", "0", lookup("metric", name).factory.direction)
     out.print(table)
     if json_out:
         _write_text(json_out, json.dumps({"crop_border": border, "y_channel": Y_DEFINITION, "images": rows,
-                                        "set_metrics": folder_values,
+                                        "set_metrics": folder_values, "unavailable_metrics": unavailable_metrics,
                                         "failed": [{"image": str(s), "reason": r} for s, r in failed],
                                         "no_reference": [str(p) for p in pairing.extra],
                                         "no_result": [str(p) for p in pairing.missing]}, indent=2))

@@ -310,9 +310,13 @@ def test_lpips_offline_is_skipped_with_reason(tmp_path):
     ref.mkdir()
     Image.new("RGB", (40, 40)).save(sr / "a.png")
     Image.new("RGB", (40, 40), "white").save(ref / "a.png")
-    res = CliRunner().invoke(app, ["score", str(sr), "--ref", str(ref), "--metrics", "psnr,lpips", "-s", "1"])
+    report = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["score", str(sr), "--ref", str(ref), "--metrics", "psnr,lpips", "-s", "1",
+                                   "--json", str(report)])
     assert "skipped lpips" in res.output and "alexnet-owt-7be5be79.pth" in res.output
-    assert "psnr" in res.output
+    assert "psnr" in res.output and "unavailable" in res.output  # its row in the table says so
+    data = json.loads(report.read_text())
+    assert "alexnet-owt-7be5be79.pth" in data["unavailable_metrics"]["lpips"] and "psnr" in data["images"][0]
 
 
 def test_frechet_distance_matches_the_eigenvalues_of_the_product():
