@@ -89,17 +89,19 @@ def _unit_float(im: Image.Image) -> torch.Tensor:
     return torch.from_numpy(chw)
 
 
-def _to_array(rgb: torch.Tensor, alpha: torch.Tensor | None, gray: bool, bits: int) -> np.ndarray:
+def _to_array(rgb: torch.Tensor, alpha: torch.Tensor | None, gray: bool, bits: int,
+              consume: bool = False) -> np.ndarray:
     """(H, W, C) uint8 or uint16: L, LA, RGB or RGBA.  In numpy, whose three
-    passes here take a third of torch's time for the same work, with one float
-    temporary: the output of a large image is hundreds of MB."""
+    passes here take a third of torch's time for the same work, with at most
+    one float temporary (none when `consume` lets rgb's memory be used): the
+    output of a large image is hundreds of MB."""
     x = rgb.float().permute(1, 2, 0).numpy()  # a view; contiguous for channels-last outputs
     planes = [x @ np.array([[0.299], [0.587], [0.114]], np.float32)] if gray else [x]
     if alpha is not None:
         planes.append(alpha.float().permute(1, 2, 0).numpy())
     top = 65535 if bits == 16 else 255
     out = np.concatenate(planes, axis=2) if len(planes) > 1 else planes[0]
-    out = np.multiply(out, top, out=out if out is not x else None)  # never in place on the caller's tensor
+    out = np.multiply(out, top, out=out if out is not x or consume else None)
     np.clip(out, 0, top, out=out)
     return np.rint(out, out=out).astype(np.uint16 if bits == 16 else np.uint8)
 
@@ -108,11 +110,12 @@ def _format(path: Path) -> str:
     return {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
 
 
-def output_array(path: Path, rgb: torch.Tensor, alpha=None, gray=False, bits=8) -> np.ndarray:
+def output_array(path: Path, rgb: torch.Tensor, alpha=None, gray=False, bits=8, consume=False) -> np.ndarray:
     """What `write_image(path, ...)` writes: quantised for the format of `path`
-    (16 bits and alpha only where it holds them)."""
+    (16 bits and alpha only where it holds them).  `consume`: rgb is not used
+    again and may be overwritten (no float copy: 805 MB for an 8192x8192 output)."""
     keep_alpha, bits = _kept(path, alpha, bits)
-    return _to_array(rgb.cpu(), alpha.cpu() if keep_alpha else None, gray, bits)
+    return _to_array(rgb.cpu(), alpha.cpu() if keep_alpha else None, gray, bits, consume)
 
 
 def _kept(path: Path, alpha, bits: int) -> tuple[bool, int]:

@@ -585,7 +585,8 @@ def _write_outputs(batch: list[_Item], srs: torch.Tensor | Exception) -> list[Ex
     errors: list[Exception | None] = []
     for it, sr in zip(batch, srs):
         try:
-            arr = sr.numpy() if sr.dtype == torch.uint8 else output_array(it.target, sr, it.alpha, it.gray, it.bits)
+            arr = sr.numpy() if sr.dtype == torch.uint8 else \
+                output_array(it.target, sr, it.alpha, it.gray, it.bits, consume=True)  # this batch's own outputs
             write_image(it.target, arr)
             errors.append(None)
         except (OSError, ImageError) as e:

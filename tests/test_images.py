@@ -308,3 +308,15 @@ def test_outputs_are_marked_as_clipsr_s_and_other_images_are_not(tmp_path, ext):
     assert not written_by_clipsr(tmp_path / f"theirs.{ext}")
     assert load_image(tmp_path / f"ours.{ext}").rgb.shape == (3, 10, 12)
     assert not written_by_clipsr(tmp_path / "missing.png")
+
+
+def test_output_array_leaves_the_tensor_alone_unless_told_to_consume_it(tmp_path):
+    from clipsr_cli.images import output_array
+
+    x = torch.rand(1, 3, 20, 30).contiguous(memory_format=torch.channels_last)[0]  # as the CPU's network gives it
+    before = x.clone()
+    kept = output_array(tmp_path / "a.png", x)
+    assert torch.equal(x, before)
+    consumed = output_array(tmp_path / "a.png", x, consume=True)
+    assert np.array_equal(kept, consumed) and kept.dtype == consumed.dtype == np.uint8
+    assert not torch.equal(x, before)  # quantised in the tensor's own memory
