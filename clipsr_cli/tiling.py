@@ -102,6 +102,29 @@ def host_available_memory() -> int:
     return UNKNOWN_FREE_MEMORY
 
 
+HOST_CHECK_FROM_BYTES = 1 << 30  # smaller outputs are not checked: no read of free memory per image
+
+
+def output_host_bytes(out_pixels: int, alpha: bool, bits: int) -> int:
+    """A bound on the host memory one output holds from the network to its
+    file: the float canvas (3 channels, and the upscaled alpha beside it),
+    the float copy that joins alpha on, the integer image and the encoder's
+    filtered copy of it."""
+    channels = 4 if alpha else 3
+    floats = 3 + (1 + channels if alpha else 0)
+    return out_pixels * (4 * floats + 2 * channels * bits // 8)
+
+
+def host_memory_shortfall(out_pixels: int, alpha: bool, bits: int) -> tuple[int, int] | None:
+    """(bytes needed, bytes free) when an output cannot fit in the host's free
+    memory (it would be killed for memory, ending the run), else None."""
+    need = output_host_bytes(out_pixels, alpha, bits)
+    if need < HOST_CHECK_FROM_BYTES:
+        return None
+    free = host_available_memory()
+    return (need, free) if need > free else None
+
+
 CPU_MAX_TILE = 256  # larger tiles are no faster on a CPU, only bigger (BENCHMARKS.md)
 
 

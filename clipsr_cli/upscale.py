@@ -31,7 +31,7 @@ from clipsr_cli.images import (IMAGE_EXTS, ImageError, is_plain_8bit, load_image
                                written_by_clipsr)
 from clipsr_cli.lanes import Lanes, default_lanes
 from clipsr_cli.prefetch import prefetch
-from clipsr_cli.tiling import auto_batch, auto_tile, is_out_of_memory, tiled
+from clipsr_cli.tiling import auto_batch, auto_tile, host_memory_shortfall, is_out_of_memory, tiled
 
 CLIP_MAX_TOKENS = 75  # 77 minus the start and end markers
 
@@ -479,6 +479,10 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
             failed.add(id(job))
             report.failed.append((job.image, reason))
 
+    def fail_before_queued(job: _Job, reason: str) -> None:
+        fail(job, reason)
+        finish(job, len(job.captions))
+
     def take_alpha_outputs(job: _Job, targets: list[Path]) -> bool:
         """Whether the job goes on with the outputs its alpha channel gave it
         (checked as planned outputs are), else reported as failed or skipped."""
@@ -535,8 +539,14 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
             if isinstance(decoded, Exception):
                 reason = str(decoded).removeprefix(f"{job.image}: ") if isinstance(decoded, ImageError) else \
                     f"{type(decoded).__name__}: {decoded}"
-                fail(job, reason)
-                finish(job, len(job.captions))
+                fail_before_queued(job, reason)
+                continue
+            h, w = (scale * n for n in decoded.rgb.shape[-2:])
+            shortfall = host_memory_shortfall(h * w, decoded.alpha is not None, decoded.bits)
+            if shortfall:  # refused, not killed for memory with the rest of the run
+                need, free = (f"{n / 2**30:.1f} GiB" for n in shortfall)
+                fail_before_queued(job, f"its {w}x{h} output needs about {need} of memory and {free} is free; "
+                                   "upscale it in parts or at a smaller --scale")
                 continue
             alpha_up, targets = None, job.outputs
             if decoded.alpha is not None:

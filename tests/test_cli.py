@@ -177,6 +177,23 @@ def test_running_again_in_place_with_a_suffix_skips_its_own_outputs(tmp_path):
     assert all((lr / name).stat().st_mtime_ns == t for name, t in written.items())
 
 
+def test_an_output_too_large_for_free_memory_is_refused_and_the_run_goes_on(monkeypatch, tmp_path):
+    from clipsr_cli import tiling
+
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    _img(lr / "big.png", size=(40, 40))
+    _img(lr / "small.png", size=(12, 10))
+    need = {name: tiling.output_host_bytes(px * 4, False, 8) for name, px in (("big", 1600), ("small", 120))}
+    monkeypatch.setattr(tiling, "HOST_CHECK_FROM_BYTES", 0)
+    monkeypatch.setattr(tiling, "host_available_memory", lambda: (need["big"] + need["small"]) // 2)
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(lr), "-o", str(tmp_path / "sr"), "--caption", "x",
+                              "-s", "2"])
+    assert res.exit_code == 1, res.output
+    assert "big.png: its 80x80 output needs about" in res.output and "smaller --scale" in res.output
+    assert sorted(p.name for p in (tmp_path / "sr").iterdir()) == ["small.png"]
+
+
 def test_two_inputs_with_one_output_name_write_it_once(tmp_path):
     # a.png and a.jpg both become a.png under --ext png: the first in input order
     # keeps the name, the other is reported and its would-be output never written
