@@ -41,8 +41,8 @@ def tiled(fn: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, scale: i
     column ramp.  The tiles form a grid, so the masks' sum at a pixel is the
     sum of the row ramps there times the sum of the column ramps: each ramp
     is divided by its side's sum up front, and the canvas holds the blended
-    image as it fills, with no weight map or final division (a quarter of
-    the canvas's memory at 3 channels)."""
+    image as it fills, with no weight map (a third of an RGB canvas's size)
+    and no final division."""
     b, _, h, w = lr.shape
     rows, cols = _blend_ramps(h, tile, pad, scale), _blend_ramps(w, tile, pad, scale)
     canvas = None
@@ -106,10 +106,10 @@ HOST_CHECK_FROM_BYTES = 1 << 30  # smaller outputs are not checked: no read of f
 
 
 def output_host_bytes(out_pixels: int, alpha: bool, bits: int) -> int:
-    """A bound on the host memory one output holds from the network to its
-    file: the float canvas (3 channels, and the upscaled alpha beside it),
-    the float copy that joins alpha on, the integer image and the encoder's
-    filtered copy of it."""
+    """Host memory one output holds from the network to its file (the
+    network's activations aside: the tile bounds them): the float canvas (3
+    channels, and the upscaled alpha beside it), the float copy that joins
+    alpha on, the integer image and the encoder's filtered copy of it."""
     channels = 4 if alpha else 3
     floats = 3 + (1 + channels if alpha else 0)
     return out_pixels * (4 * floats + 2 * channels * bits // 8)
