@@ -146,8 +146,9 @@ def upscale(
     else:
         cfg = load_preset(preset)
         gen = Generator(cfg, load_clip(cfg, weights_dir=weights_dir), check_scale(scale or 4))
-        console.print(f"[yellow]note:[/yellow] no --weights: preset {cfg.name!r} with untrained "
-                      "generator weights; the output shows the pipeline, not CLIP-SR quality")
+        if not quiet:
+            console.print(f"[yellow]note:[/yellow] no --weights: preset {cfg.name!r} with untrained "
+                          "generator weights; the output shows the pipeline, not CLIP-SR quality")
     upscaler = Upscaler(gen, dev, warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False),
                         dtype=dtype, tile=tile, tile_pad=tile_pad)
     lanes = Lanes(*default_lanes(dev))

@@ -101,6 +101,7 @@ def test_upscale_options_from_a_config_file_and_the_command_line_wins(tmp_path):
     res = runner.invoke(app, ["upscale", str(lr), "--config", str(config)])
     assert res.exit_code == 0, res.output
     assert Image.open(tmp_path / "sr" / "a_file.png").size == (24, 20)
+    assert res.output == ""  # quiet = true: not even the note on untrained weights
     res = runner.invoke(app, ["upscale", str(lr), "--config", str(config), "--suffix", "_cli", "-s", "4"])
     assert res.exit_code == 0, res.output
     assert Image.open(tmp_path / "sr" / "a_cli.png").size == (48, 40)
