@@ -34,7 +34,7 @@ def _spans(size: int, tile: int, pad: int) -> list[tuple[int, int]]:
 
 
 def tiled(fn: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, scale: int, tile: int,
-          pad: int) -> torch.Tensor:
+          pad: int, finish: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """fn over tiles of lr (B, C, H, W, CPU) -> (B, C', sH, sW) on the CPU.
 
     Overlaps are blended by ramps, each tile's mask being a row ramp times a
@@ -42,17 +42,36 @@ def tiled(fn: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, scale: i
     sum of the row ramps there times the sum of the column ramps: each ramp
     is divided by its side's sum up front, and the canvas holds the blended
     image as it fills, with no weight map (a third of an RGB canvas's size)
-    and no final division."""
+    and no final division.
+
+    `finish`: instead of a float canvas of the whole image, only the band of
+    rows that tiles still reach is kept in float; each band of rows no later
+    tile reaches goes through finish (B, C', rows, sW) -> (B, rows, sW, C'')
+    (quantising it: a quarter of the float's bytes) into the returned
+    (B, sH, sW, C'') tensor."""
     b, _, h, w = lr.shape
     rows, cols = _blend_ramps(h, tile, pad, scale), _blend_ramps(w, tile, pad, scale)
-    canvas = None
-    for (y0, y1), wy in rows:
+    canvas = out = None
+    top = 0  # first canvas row held: 0 for a whole canvas, else the first row not yet finished
+    for i, ((y0, y1), wy) in enumerate(rows):
         for (x0, x1), wx in cols:
-            out = fn(lr[..., y0:y1, x0:x1]).float().cpu()
+            part = fn(lr[..., y0:y1, x0:x1]).float().cpu()
             if canvas is None:
-                canvas = torch.zeros(b, out.shape[1], h * scale, w * scale)
-            canvas[..., y0 * scale : y1 * scale, x0 * scale : x1 * scale] += out * (wy[:, None] * wx[None, :])
-    return canvas
+                held = h * scale if finish is None else max(s1 - s0 for (s0, s1), _ in rows) * scale
+                canvas = torch.zeros(b, part.shape[1], held, w * scale)
+            canvas[..., y0 * scale - top : y1 * scale - top, x0 * scale : x1 * scale] += \
+                part * (wy[:, None] * wx[None, :])
+        if finish is not None:  # rows above the next span's start are final
+            done = (rows[i + 1][0][0] if i + 1 < len(rows) else h) * scale
+            band = finish(canvas[:, :, : done - top])
+            if out is None:
+                out = torch.empty(b, h * scale, w * scale, band.shape[-1], dtype=band.dtype)
+            out[:, top:done] = band
+            kept = y1 * scale - done  # rows the next span adds to: moved to the top
+            canvas[:, :, :kept] = canvas[:, :, done - top : y1 * scale - top].clone()
+            canvas[:, :, kept:] = 0
+            top = done
+    return canvas if finish is None else out
 
 
 def _blend_ramps(size: int, tile: int, pad: int, scale: int) -> list[tuple[tuple[int, int], torch.Tensor]]:
@@ -105,20 +124,24 @@ def host_available_memory() -> int:
 HOST_CHECK_FROM_BYTES = 1 << 30  # smaller outputs are not checked: no read of free memory per image
 
 
-def output_host_bytes(out_pixels: int, alpha: bool, bits: int) -> int:
+def output_host_bytes(height: int, width: int, alpha: bool, bits: int, band_rows: int | None = None) -> int:
     """Host memory one output holds from the network to its file (the
     network's activations aside: the tile bounds them): the float canvas (3
     channels, and the upscaled alpha beside it), the float copy that joins
-    alpha on, the integer image and the encoder's filtered copy of it."""
+    alpha on, the integer image and the encoder's filtered copy of it.
+    `band_rows`: the output is quantised band by band as its tiles finish
+    (`tiled`'s finish), holding this many rows in float."""
     channels = 4 if alpha else 3
+    integers = 2 * channels * bits // 8
+    if band_rows is not None:
+        return height * width * integers + band_rows * width * 4 * channels
     floats = 3 + (1 + channels if alpha else 0)
-    return out_pixels * (4 * floats + 2 * channels * bits // 8)
+    return height * width * (4 * floats + integers)
 
 
-def host_memory_shortfall(out_pixels: int, alpha: bool, bits: int) -> tuple[int, int] | None:
-    """(bytes needed, bytes free) when an output cannot fit in the host's free
-    memory (it would be killed for memory, ending the run), else None."""
-    need = output_host_bytes(out_pixels, alpha, bits)
+def host_memory_shortfall(need: int) -> tuple[int, int] | None:
+    """(need, bytes free) when `need` bytes cannot fit in the host's free
+    memory (the process would be killed for memory, ending the run), else None."""
     if need < HOST_CHECK_FROM_BYTES:
         return None
     free = host_available_memory()

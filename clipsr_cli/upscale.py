@@ -31,7 +31,8 @@ from clipsr_cli.images import (IMAGE_EXTS, ImageError, is_plain_8bit, load_image
                                written_by_clipsr)
 from clipsr_cli.lanes import Lanes, default_lanes
 from clipsr_cli.prefetch import prefetch
-from clipsr_cli.tiling import auto_batch, auto_tile, host_memory_shortfall, is_out_of_memory, tiled
+from clipsr_cli.tiling import (auto_batch, auto_tile, host_memory_shortfall, is_out_of_memory, output_host_bytes,
+                               tiled)
 
 CLIP_MAX_TOKENS = 75  # 77 minus the start and end markers
 
@@ -197,6 +198,14 @@ class Upscaler:
                                              self.device)
         return self._batches[size]
 
+    def output_host_bytes(self, decoded, plain: bool) -> int:
+        """Host memory the output of a decoded image takes (`tiling.output_host_bytes`);
+        plain: written as the network's 8-bit RGB alone, so quantised as its tiles finish."""
+        lr = decoded.rgb
+        h, w = (self.gen.scale * n for n in lr.shape[-2:])
+        band = min(h, (self.tile + 2 * self.tile_pad) * self.gen.scale) if plain and self.is_tiled(lr) else None
+        return output_host_bytes(h, w, decoded.alpha is not None, decoded.bits, band)
+
     def is_tiled(self, lr: torch.Tensor) -> bool:
         return bool(self.tile) and max(lr.shape[-2:]) > self.tile
 
@@ -211,9 +220,10 @@ class Upscaler:
             return x.to(self.device, memory_format=self.layout)
 
         if self.is_tiled(lr):  # eager: a graph's memory pool per tile shape would outlive the tile
-            out = tiled(lambda part: self._eager(on_device(part), cond), lr, self.gen.scale, self.tile,
-                        self.tile_pad).clamp_(0, 1)
-            return quantise(out) if as_uint8 else out
+            run = partial(tiled, lambda part: self._eager(on_device(part), cond), lr, self.gen.scale, self.tile,
+                          self.tile_pad)
+            # quantised band by band: the image is never whole in float
+            return run(finish=lambda band: quantise(band.clamp_(0, 1))) if as_uint8 else run().clamp_(0, 1)
         out = self._net(on_device(lr), cond).clamp_(0, 1)
         # copied off at once (a graph's output is overwritten by its next replay); quantised
         # on the device, a quarter of the bytes cross to the host
@@ -522,7 +532,7 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
             # an accelerator is driven from this thread alone (a new thread's first
             # launches set up its own library handles: the forward in 2-8 lanes ran
             # 1.7-4.3x slower on an H100, BENCHMARKS.md); the lanes quantise, encode, write
-            srs = _outcome(_upscale, upscaler, batch, all(is_plain_8bit(it.target, it.alpha, it.gray, it.bits) for it in batch))
+            srs = _outcome(_upscale, upscaler, batch, _plain(batch))
             lanes.submit(partial(_write_outputs, batch, srs), on_done)
 
     try:
@@ -542,7 +552,8 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
                 fail_before_queued(job, reason)
                 continue
             h, w = (scale * n for n in decoded.rgb.shape[-2:])
-            shortfall = host_memory_shortfall(h * w, decoded.alpha is not None, decoded.bits)
+            plain = all(is_plain_8bit(t, decoded.alpha, decoded.gray, decoded.bits) for t in job.outputs)
+            shortfall = host_memory_shortfall(upscaler.output_host_bytes(decoded, plain))
             if shortfall:  # refused, not killed for memory with the rest of the run
                 need, free = (f"{n / 2**30:.1f} GiB" for n in shortfall)
                 fail_before_queued(job, f"its {w}x{h} output needs about {need} of memory and {free} is free; "
@@ -571,8 +582,16 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
 
 def _upscale_and_write(upscaler: Upscaler, batch: list[_Item]) -> list[Exception | None]:
     """One batch through the network, its outputs quantised and written (in a
-    lane): the error of each output, or None.  A failed forward pass raises."""
-    return _write_outputs(batch, _upscale(upscaler, batch))
+    lane): the error of each output, or None.  A failed forward pass raises.
+    A tiled image is quantised as its tiles finish where its output is plain
+    8-bit RGB (a quarter of the host memory); other batches in numpy, faster
+    on the CPU than torch's quantise."""
+    return _write_outputs(batch, _upscale(upscaler, batch, upscaler.is_tiled(batch[0].rgb) and _plain(batch)))
+
+
+def _plain(batch: list[_Item]) -> bool:
+    """Whether every output of the batch is its network output's 8-bit RGB alone."""
+    return all(is_plain_8bit(it.target, it.alpha, it.gray, it.bits) for it in batch)
 
 
 def _upscale(upscaler: Upscaler, batch: list[_Item], as_uint8: bool = False) -> torch.Tensor:

@@ -185,7 +185,8 @@ def test_an_output_too_large_for_free_memory_is_refused_and_the_run_goes_on(monk
     lr.mkdir()
     _img(lr / "big.png", size=(40, 40))
     _img(lr / "small.png", size=(12, 10))
-    need = {name: tiling.output_host_bytes(px * 4, False, 8) for name, px in (("big", 1600), ("small", 120))}
+    need = {name: tiling.output_host_bytes(h * 2, w * 2, False, 8) for name, (h, w) in
+            (("big", (40, 40)), ("small", (10, 12)))}
     monkeypatch.setattr(tiling, "HOST_CHECK_FROM_BYTES", 0)
     monkeypatch.setattr(tiling, "host_available_memory", lambda: (need["big"] + need["small"]) // 2)
     res = runner.invoke(app, ["upscale", "--preset", "tiny", str(lr), "-o", str(tmp_path / "sr"), "--caption", "x",

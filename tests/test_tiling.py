@@ -21,6 +21,25 @@ def test_blending_is_exact_for_a_local_operation():
         assert torch.allclose(tiled(up, lr, 4, tile, pad), up(lr), atol=1e-6), (tile, pad)
 
 
+def test_finishing_bands_gives_the_canvas_bytes_and_holds_only_the_rows_tiles_reach():
+    from clipsr_cli.upscale import quantise
+
+    lr = torch.rand(2, 3, 37, 53)
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+    fn = lambda t: F.interpolate(conv(t), scale_factor=4, mode="nearest") * 1.2  # noqa: E731 (overflows [0, 1])
+    for tile, pad in ((8, 0), (10, 3), (4, 8), (100, 4)):
+        bands = []
+
+        def finish(band):
+            bands.append(band.shape[2])
+            return quantise(band.clamp(0, 1))
+
+        with torch.no_grad():
+            whole = quantise(tiled(fn, lr, 4, tile, pad).clamp(0, 1))
+            assert torch.equal(tiled(fn, lr, 4, tile, pad, finish=finish), whole), (tile, pad)
+        assert sum(bands) == 37 * 4 and max(bands) <= (tile + 2 * pad) * 4, (tile, pad, bands)
+
+
 def _smooth(h, w, seed=0):
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (max(2, h // 6), max(2, w // 6), 3), dtype=np.uint8)
@@ -148,6 +167,12 @@ def test_same_size_images_are_batched_and_give_the_same_outputs(tiny_cfg, tiny_c
                     batch_size=8)
     assert len(tiled_run.done) == 4
     assert batches == [1] * 7  # 24x16 images tile (2 tiles each) and go alone; 20x20 fits one tile
+    # a tiled PNG, quantised band by band, holds the bytes of its float canvas quantised
+    from clipsr_cli.images import load_image
+    from clipsr_cli.upscale import quantise
+
+    canvas = Upscaler(gen, torch.device("cpu"), tile=20, tile_pad=2).upscale(load_image(images[0]).rgb, "a photo", None)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "t" / "0.png")), quantise(canvas[None].clone())[0].numpy())
 
 
 def test_automatic_tile_follows_free_memory_and_stays_small_on_the_cpu(monkeypatch):
@@ -211,3 +236,15 @@ def test_an_out_of_memory_retry_releases_the_devices_cached_blocks(monkeypatch, 
     monkeypatch.setattr(torch.mps, "empty_cache", lambda: released.append("mps"))
     release_cached_memory(torch.device(kind))
     assert released == ([] if kind == "cpu" else [kind])
+
+
+def test_a_tiled_plain_output_is_counted_as_quantised_bands(tiny_cfg, tiny_clip):
+    from clipsr_cli.images import Decoded
+
+    upscaler = Upscaler(Generator(tiny_cfg, tiny_clip, 8), torch.device("cpu"), tile=64, tile_pad=8)
+    big = Decoded(torch.zeros(3, 512, 512), None, False, 8)
+    plain, other = upscaler.output_host_bytes(big, True), upscaler.output_host_bytes(big, False)
+    assert plain == 4096 * 4096 * 6 + (64 + 16) * 8 * 4096 * 12  # uint8 image + encoder copy + one float band
+    assert other == 4096 * 4096 * 18 and plain < other / 2
+    small = Decoded(torch.zeros(3, 32, 32), None, False, 8)  # not tiled: a float output either way
+    assert upscaler.output_host_bytes(small, True) == upscaler.output_host_bytes(small, False)
