@@ -128,7 +128,8 @@ def output_host_bytes(height: int, width: int, alpha: bool, bits: int, band_rows
     """Host memory one output holds from the network to its file (the
     network's activations aside: the tile bounds them): the float canvas (3
     channels, and the upscaled alpha beside it), the float copy that joins
-    alpha on, the integer image and the encoder's filtered copy of it.
+    alpha on, the integer image and at most a copy of it in the encoder
+    (Pillow's for JPEG and WebP; PNG's filtered rows, in blocks when large).
     `band_rows`: the output is quantised band by band as its tiles finish
     (`tiled`'s finish), holding this many rows in float."""
     channels = 4 if alpha else 3
