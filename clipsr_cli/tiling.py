@@ -34,7 +34,7 @@ def _spans(size: int, tile: int, pad: int) -> list[tuple[int, int]]:
 
 
 def tiled(fn: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, scale: int, tile: int,
-          pad: int, finish: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+          pad: int, finish: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> torch.Tensor:
     """fn over tiles of lr (B, C, H, W, CPU) -> (B, C', sH, sW) on the CPU.
 
     Overlaps are blended by ramps, each tile's mask being a row ramp times a
@@ -46,9 +46,10 @@ def tiled(fn: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, scale: i
 
     `finish`: instead of a float canvas of the whole image, only the band of
     rows that tiles still reach is kept in float; each band of rows no later
-    tile reaches goes through finish (B, C', rows, sW) -> (B, rows, sW, C'')
-    (quantising it: a quarter of the float's bytes) into the returned
-    (B, sH, sW, C'') tensor."""
+    tile reaches goes through finish(band, first row) (B, C', rows, sW) ->
+    (B, rows, sW, C'') (quantising it: a quarter of the float's bytes or
+    less) into the returned (B, sH, sW, C'') tensor.  The band is finish's to
+    overwrite."""
     b, _, h, w = lr.shape
     rows, cols = _blend_ramps(h, tile, pad, scale), _blend_ramps(w, tile, pad, scale)
     canvas = out = None
@@ -63,7 +64,7 @@ def tiled(fn: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, scale: i
                 part * (wy[:, None] * wx[None, :])
         if finish is not None:  # rows above the next span's start are final
             done = (rows[i + 1][0][0] if i + 1 < len(rows) else h) * scale
-            band = finish(canvas[:, :, : done - top])
+            band = finish(canvas[:, :, : done - top], top)
             if out is None:
                 out = torch.empty(b, h * scale, w * scale, band.shape[-1], dtype=band.dtype)
             out[:, top:done] = band
@@ -130,14 +131,14 @@ def output_host_bytes(height: int, width: int, alpha: bool, bits: int, band_rows
     channels, and the upscaled alpha beside it), the float copy that joins
     alpha on, the integer image and at most a copy of it in the encoder
     (Pillow's for JPEG and WebP; PNG's filtered rows, in blocks when large).
-    `band_rows`: the output is quantised band by band as its tiles finish
-    (`tiled`'s finish), holding this many rows in float."""
+    `band_rows`: the output is made band by band as its tiles finish
+    (`tiled`'s finish), the canvas and the joining copy holding this many rows."""
     channels = 4 if alpha else 3
     integers = 2 * channels * bits // 8
+    joined = channels if alpha else 0
     if band_rows is not None:
-        return height * width * integers + band_rows * width * 4 * channels
-    floats = 3 + (1 + channels if alpha else 0)
-    return height * width * (4 * floats + integers)
+        return height * width * (integers + 4 * (channels - 3)) + band_rows * width * 4 * (3 + joined)
+    return height * width * (integers + 4 * (channels + joined))
 
 
 def host_memory_shortfall(need: int) -> tuple[int, int] | None:

@@ -198,12 +198,12 @@ class Upscaler:
                                              self.device)
         return self._batches[size]
 
-    def output_host_bytes(self, decoded, plain: bool) -> int:
-        """Host memory the output of a decoded image takes (`tiling.output_host_bytes`);
-        plain: written as the network's 8-bit RGB alone, so quantised as its tiles finish."""
+    def output_host_bytes(self, decoded) -> int:
+        """Host memory the output of a decoded image takes (`tiling.output_host_bytes`):
+        a tiled one is made band by band as its tiles finish."""
         lr = decoded.rgb
         h, w = (self.gen.scale * n for n in lr.shape[-2:])
-        band = min(h, (self.tile + 2 * self.tile_pad) * self.gen.scale) if plain and self.is_tiled(lr) else None
+        band = min(h, (self.tile + 2 * self.tile_pad) * self.gen.scale) if self.is_tiled(lr) else None
         return output_host_bytes(h, w, decoded.alpha is not None, decoded.bits, band)
 
     def is_tiled(self, lr: torch.Tensor) -> bool:
@@ -215,35 +215,39 @@ class Upscaler:
                             cache_enabled=False):
             return self.gen(x, cond)
 
-    def _forward(self, lr: torch.Tensor, cond, as_uint8: bool) -> torch.Tensor:
+    def _forward(self, lr: torch.Tensor, cond, as_uint8: bool, finish=None) -> torch.Tensor:
         def on_device(x: torch.Tensor) -> torch.Tensor:
             return x.to(self.device, memory_format=self.layout)
 
         if self.is_tiled(lr):  # eager: a graph's memory pool per tile shape would outlive the tile
-            run = partial(tiled, lambda part: self._eager(on_device(part), cond), lr, self.gen.scale, self.tile,
-                          self.tile_pad)
-            # quantised band by band: the image is never whole in float
-            return run(finish=lambda band: quantise(band.clamp_(0, 1))) if as_uint8 else run().clamp_(0, 1)
+            if finish is None and as_uint8:  # quantised band by band: never whole in float
+                finish = lambda band, top: quantise(band.clamp_(0, 1))  # noqa: E731
+            out = tiled(lambda part: self._eager(on_device(part), cond), lr, self.gen.scale, self.tile,
+                        self.tile_pad, finish)
+            return out if finish is not None else out.clamp_(0, 1)
         out = self._net(on_device(lr), cond).clamp_(0, 1)
         # copied off at once (a graph's output is overwritten by its next replay); quantised
         # on the device, a quarter of the bytes cross to the host
         return quantise(out).cpu() if as_uint8 else out.float().cpu()
 
     @torch.inference_mode()
-    def upscale_batch(self, rgbs: list[torch.Tensor], captions: list[str], as_uint8: bool = False) -> torch.Tensor:
+    def upscale_batch(self, rgbs: list[torch.Tensor], captions: list[str], as_uint8: bool = False,
+                      finish: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> torch.Tensor:
         """Same-size images (CPU), one caption each -> (B, 3, sH, sW) float on the CPU,
         or with `as_uint8` (B, sH, sW, 3) uint8 quantised as `images.output_array` does.
+        `finish`: for a tiled image, what each band of its rows becomes as its
+        tiles finish (`tiled`'s), in place of the float canvas or `as_uint8`.
         On out-of-memory the batch is split in halves, and single images are tiled
         with halving tiles; the smaller batch or tile is kept for later images.
         Safe to call from several threads."""
         lr = torch.stack(rgbs)
         with self._device_lock:  # text encoding included: it runs on the device too
-            return self._retrying(lr, self.conditions(captions), as_uint8)
+            return self._retrying(lr, self.conditions(captions), as_uint8, finish)
 
-    def _retrying(self, lr: torch.Tensor, cond, as_uint8: bool) -> torch.Tensor:
+    def _retrying(self, lr: torch.Tensor, cond, as_uint8: bool, finish=None) -> torch.Tensor:
         while True:
             try:
-                return self._forward(lr, cond, as_uint8)
+                return self._forward(lr, cond, as_uint8, finish)
             except (RuntimeError, torch.OutOfMemoryError) as e:
                 if not is_out_of_memory(e):
                     raise
@@ -253,8 +257,8 @@ class Upscaler:
                     self.batch_cap = min(self.batch_cap, half)  # and for the batches to come
                     self.warn(f"out of memory: retrying {half} image(s) at a time")
                     parts = split_conditions(cond)
-                    return torch.cat([self._retrying(lr[:half], cat_conditions(parts[:half]), as_uint8),
-                                      self._retrying(lr[half:], cat_conditions(parts[half:]), as_uint8)])
+                    return torch.cat([self._retrying(lr[:half], cat_conditions(parts[:half]), as_uint8, finish),
+                                      self._retrying(lr[half:], cat_conditions(parts[half:]), as_uint8, finish)])
                 current = self.tile or max(lr.shape[-2:])
                 if current <= 16:
                     raise RuntimeError(f"out of memory even with {current}px tiles") from None
@@ -552,8 +556,7 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
                 fail_before_queued(job, reason)
                 continue
             h, w = (scale * n for n in decoded.rgb.shape[-2:])
-            plain = all(is_plain_8bit(t, decoded.alpha, decoded.gray, decoded.bits) for t in job.outputs)
-            shortfall = host_memory_shortfall(upscaler.output_host_bytes(decoded, plain))
+            shortfall = host_memory_shortfall(upscaler.output_host_bytes(decoded))
             if shortfall:  # refused, not killed for memory with the rest of the run
                 need, free = (f"{n / 2**30:.1f} GiB" for n in shortfall)
                 fail_before_queued(job, f"its {w}x{h} output needs about {need} of memory and {free} is free; "
@@ -583,10 +586,20 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
 def _upscale_and_write(upscaler: Upscaler, batch: list[_Item]) -> list[Exception | None]:
     """One batch through the network, its outputs quantised and written (in a
     lane): the error of each output, or None.  A failed forward pass raises.
-    A tiled image is quantised as its tiles finish where its output is plain
-    8-bit RGB (a quarter of the host memory); other batches in numpy, faster
-    on the CPU than torch's quantise."""
-    return _write_outputs(batch, _upscale(upscaler, batch, upscaler.is_tiled(batch[0].rgb) and _plain(batch)))
+    A tiled image (alone in its batch) becomes its file's integer image band
+    by band as its tiles finish: it is never whole in float."""
+    if upscaler.is_tiled(batch[0].rgb):
+        (it,) = batch
+        return _write_outputs(batch, upscaler.upscale_batch([it.rgb], [it.caption], finish=partial(_output_rows, it)))
+    return _write_outputs(batch, _upscale(upscaler, batch))
+
+
+def _output_rows(it: _Item, band: torch.Tensor, top: int) -> torch.Tensor:
+    """Rows top.. of an image's output, (1, 3, rows, sW) float, as the rows
+    of the integer image `write_image` takes: (1, rows, sW, C), quantised by
+    `images.output_array` with the alpha rows joined on."""
+    alpha = None if it.alpha is None else it.alpha[:, top : top + band.shape[2]]
+    return torch.from_numpy(output_array(it.target, band[0].clamp_(0, 1), alpha, it.gray, it.bits, consume=True))[None]
 
 
 def _plain(batch: list[_Item]) -> bool:
@@ -614,7 +627,7 @@ def _write_outputs(batch: list[_Item], srs: torch.Tensor | Exception) -> list[Ex
     errors: list[Exception | None] = []
     for it, sr in zip(batch, srs):
         try:
-            arr = sr.numpy() if sr.dtype == torch.uint8 else \
+            arr = sr.numpy() if sr.dtype in (torch.uint8, torch.uint16) else \
                 output_array(it.target, sr, it.alpha, it.gray, it.bits, consume=True)  # this batch's own outputs
             write_image(it.target, arr)
             errors.append(None)

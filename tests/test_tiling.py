@@ -30,14 +30,16 @@ def test_finishing_bands_gives_the_canvas_bytes_and_holds_only_the_rows_tiles_re
     for tile, pad in ((8, 0), (10, 3), (4, 8), (100, 4)):
         bands = []
 
-        def finish(band):
-            bands.append(band.shape[2])
+        def finish(band, top):
+            bands.append((top, band.shape[2]))
             return quantise(band.clamp(0, 1))
 
         with torch.no_grad():
             whole = quantise(tiled(fn, lr, 4, tile, pad).clamp(0, 1))
             assert torch.equal(tiled(fn, lr, 4, tile, pad, finish=finish), whole), (tile, pad)
-        assert sum(bands) == 37 * 4 and max(bands) <= (tile + 2 * pad) * 4, (tile, pad, bands)
+        tops, heights = zip(*bands)
+        assert list(tops) == [sum(heights[:i]) for i in range(len(bands))] and sum(heights) == 37 * 4
+        assert max(heights) <= (tile + 2 * pad) * 4, (tile, pad, bands)
 
 
 def _smooth(h, w, seed=0):
@@ -238,13 +240,42 @@ def test_an_out_of_memory_retry_releases_the_devices_cached_blocks(monkeypatch, 
     assert released == ([] if kind == "cpu" else [kind])
 
 
-def test_a_tiled_plain_output_is_counted_as_quantised_bands(tiny_cfg, tiny_clip):
+def test_a_tiled_output_is_counted_as_bands(tiny_cfg, tiny_clip):
     from clipsr_cli.images import Decoded
 
     upscaler = Upscaler(Generator(tiny_cfg, tiny_clip, 8), torch.device("cpu"), tile=64, tile_pad=8)
-    big = Decoded(torch.zeros(3, 512, 512), None, False, 8)
-    plain, other = upscaler.output_host_bytes(big, True), upscaler.output_host_bytes(big, False)
-    assert plain == 4096 * 4096 * 6 + (64 + 16) * 8 * 4096 * 12  # uint8 image + encoder copy + one float band
-    assert other == 4096 * 4096 * 18 and plain < other / 2
-    small = Decoded(torch.zeros(3, 32, 32), None, False, 8)  # not tiled: a float output either way
-    assert upscaler.output_host_bytes(small, True) == upscaler.output_host_bytes(small, False)
+    band = (64 + 16) * 8 * 4096  # output pixels of the rows tiles still reach
+    rgb = Decoded(torch.zeros(3, 512, 512), None, False, 8)
+    assert upscaler.output_host_bytes(rgb) == 4096 * 4096 * 6 + band * 12  # uint8 image, encoder copy, float rows
+    rgba16 = Decoded(torch.zeros(3, 512, 512), torch.zeros(1, 512, 512), False, 16)
+    assert upscaler.output_host_bytes(rgba16) == 4096 * 4096 * (16 + 4) + band * 4 * 7  # + the float alpha
+    assert upscaler.output_host_bytes(rgb) < tiling.output_host_bytes(4096, 4096, False, 8) / 2  # whole canvas
+    small = Decoded(torch.zeros(3, 32, 32), None, False, 8)  # not tiled: a float output
+    assert upscaler.output_host_bytes(small) == tiling.output_host_bytes(256, 256, False, 8)
+
+
+def test_tiled_outputs_of_every_kind_are_the_whole_canvas_quantised(tiny_cfg, tiny_clip, tmp_path):
+    from clipsr_cli.images import load_image, output_array
+    from clipsr_cli.png import write_png
+
+    gen = Generator(tiny_cfg, tiny_clip, 2)
+    folder = tmp_path / "lr"
+    folder.mkdir()
+    rgb = (_smooth(30, 44).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    rgba = np.dstack([rgb, np.linspace(0, 255, 44, dtype=np.uint8)[None].repeat(30, 0)])
+    Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
+    Image.fromarray(rgb).convert("L").save(folder / "gray.png")
+    write_png(folder / "deep.png", rgb.astype(np.uint16) * 257)
+    images = sorted(folder.glob("*.png"))
+    report = run(Upscaler(gen, torch.device("cpu"), tile=16, tile_pad=4), folder, images, tmp_path / "sr",
+                 Captions(folder, text="a photo"))
+    assert len(report.done) == 3, report.failed
+    whole = Upscaler(gen, torch.device("cpu"), tile=16, tile_pad=4)
+    for path in images:
+        d = load_image(path)
+        alpha = None if d.alpha is None else F.interpolate(d.alpha[None], scale_factor=2, mode="bicubic")[0].clamp(0, 1)
+        canvas = whole.upscale(d.rgb, "a photo", None).clone()
+        expected = output_array(tmp_path / "sr" / path.name, canvas, alpha, d.gray, d.bits)
+        written = np.asarray(Image.open(tmp_path / "sr" / path.name)) if path.name != "deep.png" else \
+            (load_image(tmp_path / "sr" / path.name).rgb.permute(1, 2, 0).numpy() * 65535).round()
+        assert np.array_equal(written.reshape(expected.shape), expected), path.name
