@@ -586,11 +586,11 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
 def _upscale_and_write(upscaler: Upscaler, batch: list[_Item]) -> list[Exception | None]:
     """One batch through the network, its outputs quantised and written (in a
     lane): the error of each output, or None.  A failed forward pass raises.
-    A tiled image (alone in its batch) becomes its file's integer image band
-    by band as its tiles finish: it is never whole in float."""
-    if upscaler.is_tiled(batch[0].rgb):
-        (it,) = batch
-        return _write_outputs(batch, upscaler.upscale_batch([it.rgb], [it.caption], finish=partial(_output_rows, it)))
+    A tiled image becomes its file's integer image band by band as its tiles
+    finish: it is never whole in float."""
+    if upscaler.is_tiled(batch[0].rgb):  # alone in its batch, unless the tile shrank since it was queued
+        return _write_outputs(batch, [upscaler.upscale_batch([it.rgb], [it.caption], finish=partial(_output_rows, it))[0]
+                                      for it in batch])
     return _write_outputs(batch, _upscale(upscaler, batch))
 
 
@@ -619,7 +619,7 @@ def _outcome(fn: Callable, *args):
         return e
 
 
-def _write_outputs(batch: list[_Item], srs: torch.Tensor | Exception) -> list[Exception | None]:
+def _write_outputs(batch: list[_Item], srs: torch.Tensor | list[torch.Tensor] | Exception) -> list[Exception | None]:
     """The batch's outputs quantised and written: the error of each, or None.
     `srs` is the forward pass's result, or its error (raised here)."""
     if isinstance(srs, Exception):

@@ -279,3 +279,17 @@ def test_tiled_outputs_of_every_kind_are_the_whole_canvas_quantised(tiny_cfg, ti
         written = np.asarray(Image.open(tmp_path / "sr" / path.name)) if path.name != "deep.png" else \
             (load_image(tmp_path / "sr" / path.name).rgb.permute(1, 2, 0).numpy() * 65535).round()
         assert np.array_equal(written.reshape(expected.shape), expected), path.name
+
+
+def test_a_batch_that_needs_tiles_by_the_time_it_runs_goes_image_by_image(tiny_cfg, tiny_clip, tmp_path):
+    from clipsr_cli.images import output_array
+    from clipsr_cli.upscale import _Item, _upscale_and_write
+
+    upscaler = Upscaler(Generator(tiny_cfg, tiny_clip, 2), torch.device("cpu"), tile=0)
+    rgbs = [_smooth(12, 16, seed=i) for i in range(3)]
+    batch = [_Item(None, rgb, "a photo", tmp_path / f"{i}.png", None, False, 8) for i, rgb in enumerate(rgbs)]
+    upscaler.tile = 8  # shrank (out of memory in another lane) since the batch was queued whole
+    assert _upscale_and_write(upscaler, batch) == [None] * 3
+    for i, rgb in enumerate(rgbs):
+        expected = output_array(tmp_path / "x.png", upscaler.upscale(rgb, "a photo", None).clone())
+        assert np.array_equal(np.asarray(Image.open(tmp_path / f"{i}.png")), expected)
