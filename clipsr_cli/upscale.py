@@ -201,10 +201,22 @@ class Upscaler:
     def output_host_bytes(self, decoded) -> int:
         """Host memory the output of a decoded image takes (`tiling.output_host_bytes`):
         a tiled one is made band by band as its tiles finish."""
-        lr = decoded.rgb
-        h, w = (self.gen.scale * n for n in lr.shape[-2:])
-        band = min(h, (self.tile + 2 * self.tile_pad) * self.gen.scale) if self.is_tiled(lr) else None
+        h, w = self._output_size(decoded.rgb)
+        band = min(h, (self.tile + 2 * self.tile_pad) * self.gen.scale) if self.is_tiled(decoded.rgb) else None
         return output_host_bytes(h, w, decoded.alpha is not None, decoded.bits, band)
+
+    def memory_refusal(self, decoded) -> str | None:
+        """Why the output of a decoded image cannot be made in the host's free
+        memory (refused, rather than the run killed for memory), or None."""
+        shortfall = host_memory_shortfall(self.output_host_bytes(decoded))
+        if shortfall is None:
+            return None
+        (h, w), (need, free) = self._output_size(decoded.rgb), (f"{n / 2**30:.1f} GiB" for n in shortfall)
+        return f"its {w}x{h} output needs about {need} of memory and {free} is free; " \
+               "upscale it in parts or at a smaller --scale"
+
+    def _output_size(self, lr: torch.Tensor) -> tuple[int, int]:
+        return self.gen.scale * lr.shape[-2], self.gen.scale * lr.shape[-1]
 
     def is_tiled(self, lr: torch.Tensor) -> bool:
         return bool(self.tile) and max(lr.shape[-2:]) > self.tile
@@ -555,12 +567,9 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
                     f"{type(decoded).__name__}: {decoded}"
                 fail_before_queued(job, reason)
                 continue
-            h, w = (scale * n for n in decoded.rgb.shape[-2:])
-            shortfall = host_memory_shortfall(upscaler.output_host_bytes(decoded))
-            if shortfall:  # refused, not killed for memory with the rest of the run
-                need, free = (f"{n / 2**30:.1f} GiB" for n in shortfall)
-                fail_before_queued(job, f"its {w}x{h} output needs about {need} of memory and {free} is free; "
-                                   "upscale it in parts or at a smaller --scale")
+            refusal = upscaler.memory_refusal(decoded)
+            if refusal:
+                fail_before_queued(job, refusal)
                 continue
             alpha_up, targets = None, job.outputs
             if decoded.alpha is not None:
