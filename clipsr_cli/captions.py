@@ -63,8 +63,19 @@ class Captions:
                            f"and it has {next(iter(self.table))!r}")
 
     def get(self, image: Path) -> list[str] | None:
-        """Captions of `image`, or None when missing under the 'error' policy.
-        Raises CaptionError for a sidecar that cannot be read as text."""
+        """Captions of `image`, else the policy's (None under 'error')."""
+        own = self.own(image)
+        return own if own is not None else self.fallback()
+
+    def fallback(self) -> list[str] | None:
+        """What an image without a caption gets under the policy: None under 'error'."""
+        if self.policy is MissingPolicy.error:
+            return None
+        return [self.default if self.policy is MissingPolicy.default else ""]
+
+    def own(self, image: Path) -> list[str] | None:
+        """The captions given for `image` (`--caption`, the file, its sidecar),
+        or None.  Raises CaptionError for a sidecar that cannot be read as text."""
         if self.text is not None:
             return [self.text]
         for key in self._keys(image):
@@ -79,6 +90,4 @@ class Captions:
             lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
             if lines:
                 return lines
-        if self.policy is MissingPolicy.error:
-            return None
-        return [self.default if self.policy is MissingPolicy.default else ""]
+        return None

@@ -65,6 +65,29 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     keep_freed_memory()  # process-wide, once: big activation maps are reused, not re-faulted
 
 
+def _upscale_summary(report, policy, default_caption: str) -> Table:
+    """Counts, each with why: skipped and failed inputs by kind (failures are
+    also listed one per line above it; every input in --json)."""
+    from clipsr_cli.upscale import tally
+
+    def why(outcomes) -> str:
+        return ", ".join(f"{kind} ({n})" for kind, n in tally(outcomes))
+
+    missing = {"error": "failed (--missing-caption error)", "empty": "upscaled with an empty caption",
+               "default": f"upscaled with {default_caption!r}"}[policy.value] if report.missing_captions else ""
+    inputs_done = len({image for image, _ in report.done})
+    table = Table(title="upscale summary")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    table.add_column("details")
+    table.add_row("outputs written", str(len(report.done)),
+                  f"from {inputs_done} input(s)" if inputs_done != len(report.done) else "")
+    table.add_row("inputs skipped", str(len(report.skipped)), why(report.skipped))
+    table.add_row("inputs failed", str(len(report.failed)), why(report.failed))
+    table.add_row("missing captions", str(report.missing_captions), missing)
+    return table
+
+
 @app.command()
 @user_errors
 def upscale(
@@ -175,21 +198,16 @@ def upscale(
                           "output written is complete: run the same command with --skip-existing to go on",
                           highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
-    for image, reason in report.failed:
-        console.print(f"[red]failed:[/red] {image}: {reason}", highlight=False, soft_wrap=True)
+    for failure in report.failed:
+        console.print(f"[red]failed:[/red] {failure.image}: {failure.reason}", highlight=False, soft_wrap=True)
     if not quiet:
-        table = Table(title="upscale summary")
-        for col in ("outputs written", "inputs skipped", "inputs failed", "missing captions"):
-            table.add_column(col, justify="right")
-        table.add_row(str(len(report.done)), str(len(report.skipped)), str(len(report.failed)),
-                      str(report.missing_captions))
-        console.print(table)
+        console.print(_upscale_summary(report, policy, default_caption))
         console.print(f"results in {output}/")
     if json_report:
         _write_text(json_report, json.dumps({
             "done": [{"input": str(i), "output": str(o)} for i, o in report.done],
-            "skipped": [{"input": str(i), "reason": r} for i, r in report.skipped],
-            "failed": [{"input": str(i), "reason": r} for i, r in report.failed],
+            "skipped": [{"input": str(o.image), "reason": o.reason, "kind": o.kind} for o in report.skipped],
+            "failed": [{"input": str(o.image), "reason": o.reason, "kind": o.kind} for o in report.failed],
             "missing_captions": report.missing_captions,
         }, indent=2))
     if report.failed:

@@ -23,7 +23,9 @@ _EXIF_SOFTWARE = 0x0131
 
 
 class ImageError(ValueError):
-    pass
+    def __init__(self, message: str, kind: str = "not a readable image"):
+        super().__init__(message)
+        self.kind = kind  # what a run's summary counts it as
 
 
 @dataclass
@@ -41,7 +43,7 @@ def load_image(path: Path) -> Decoded:
             with Image.open(path) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise ImageError(f"{path}: {im.width}x{im.height} exceeds the {MAX_PIXELS} pixel limit "
-                                     "(possible decompression bomb); downscale it first")
+                                     "(possible decompression bomb); downscale it first", "over the pixel limit")
                 if is_png16_color(im):
                     return _png16_to_tensor(*png16_bytes(path))
                 ImageOps.exif_transpose(im, in_place=True)  # loads it (a copy when not in place)
@@ -49,7 +51,7 @@ def load_image(path: Path) -> Decoded:
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{path}: refused as a decompression bomb ({e})") from None
+        raise ImageError(f"{path}: refused as a decompression bomb ({e})", "decompression bomb") from None
     except (OSError, SyntaxError, ValueError) as e:
         reason = "empty file" if path.stat().st_size == 0 else str(e)
         raise ImageError(f"{path}: not a readable image ({reason}); re-export or remove it") from None

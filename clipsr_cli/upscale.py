@@ -13,11 +13,11 @@ import os
 import re
 import sys
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,12 +57,30 @@ def default_model(scale: int, weights_dir=None) -> tuple[Path, str]:
     return path, f"no --weights: using the bundled default model {name} ({get_entry(name).description})"
 
 
+class Outcome(NamedTuple):
+    """An input not upscaled, and why."""
+    image: Path
+    reason: str  # the whole sentence: its line in the log and in --json
+    kind: str  # a short phrase the summary counts by
+
+
 @dataclass
 class Report:
     done: list[tuple[Path, Path]] = field(default_factory=list)
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-    missing_captions: int = 0
+    skipped: list[Outcome] = field(default_factory=list)
+    failed: list[Outcome] = field(default_factory=list)
+    missing_captions: int = 0  # inputs with no caption of their own, whatever the policy gave them
+
+    def skip(self, image: Path, kind: str, reason: str = "") -> None:
+        self.skipped.append(Outcome(image, reason or kind, kind))
+
+    def fail(self, image: Path, kind: str, reason: str = "") -> None:
+        self.failed.append(Outcome(image, reason or kind, kind))
+
+
+def tally(outcomes: list[Outcome]) -> list[tuple[str, int]]:
+    """(kind, count), the most frequent first."""
+    return Counter(o.kind for o in outcomes).most_common()
 
 
 def collect_inputs(spec: str, recursive: bool = False) -> tuple[Path, list[Path]]:
@@ -351,15 +369,17 @@ class _OutputClaims:
     def _key(target: Path) -> str:
         return str(target).casefold() if CASE_INSENSITIVE_NAMES else str(target)
 
-    def claim(self, image: Path, targets: list[Path]) -> str | None:
-        """Why `image` cannot have these outputs, or None once they are its own."""
+    def claim(self, image: Path, targets: list[Path]) -> tuple[str, str] | None:
+        """(kind, reason) why `image` cannot have these outputs, or None once they are its own."""
         for target in targets:
             if target in self._inputs:
-                return "output would overwrite an input; choose another -o or a --suffix"
+                return "output would overwrite an input", \
+                    "output would overwrite an input; choose another -o or a --suffix"
             _, other = self._owner.get(self._key(target), (target, image))
             if other != image:  # the first image in input order keeps the name
-                return (f"its output {target.name} is also the output of {other}; rename one of the two"
-                        + ("" if self._ext else " or give --ext"))
+                return "output name taken by another input", \
+                    (f"its output {target.name} is also the output of {other}; rename one of the two"
+                     + ("" if self._ext else " or give --ext"))
         self._owner.update({self._key(t): (t, image) for t in targets})
         return None
 
@@ -381,14 +401,16 @@ def _plan(image: Path, root: Path, out_dir: Path, captions: Captions, claims: _O
           ext: str | None, skip_existing: bool, report: Report) -> _Job | None:
     """The job for one image, or None after recording why it is not done."""
     try:
-        caps = captions.get(image)
+        caps = captions.own(image)
     except CaptionError as e:
-        report.failed.append((image, str(e)))
+        report.fail(image, "unreadable caption", str(e))
         return None
     if caps is None:
-        report.failed.append((image, "no caption (give --captions, a .txt sidecar, or --missing-caption)"))
         report.missing_captions += 1
-        return None
+        caps = captions.fallback()
+        if caps is None:
+            report.fail(image, "no caption", "no caption (give --captions, a .txt sidecar, or --missing-caption)")
+            return None
     try:
         rel = image.relative_to(root)
     except ValueError:
@@ -401,8 +423,8 @@ def _plan(image: Path, root: Path, out_dir: Path, captions: Captions, claims: _O
     planned = targets(False)  # alpha is known only after decoding
     refusal = _refusal(image, planned, claims, skip_existing)
     if refusal:
-        outcome, reason = refusal
-        (report.failed if outcome == "failed" else report.skipped).append((image, reason))
+        outcome, kind, reason = refusal
+        (report.fail if outcome == "failed" else report.skip)(image, kind, reason)
         return None
     return _Job(image, caps, planned, targets)
 
@@ -442,14 +464,15 @@ def _earlier_outputs(images: list[Path], root: Path, out_dir: Path, suffix: str)
     return earlier
 
 
-def _refusal(image: Path, targets: list[Path], claims: _OutputClaims, skip_existing: bool) -> tuple[str, str] | None:
-    """("failed" | "skipped", reason) when `image` is not to write `targets`,
-    else None; the targets of a skipped image stay claimed (they exist)."""
-    reason = claims.claim(image, targets)
-    if reason:
-        return "failed", reason
+def _refusal(image: Path, targets: list[Path], claims: _OutputClaims,
+             skip_existing: bool) -> tuple[str, str, str] | None:
+    """("failed" | "skipped", kind, reason) when `image` is not to write
+    `targets`, else None; the targets of a skipped image stay claimed (they exist)."""
+    conflict = claims.claim(image, targets)
+    if conflict:
+        return "failed", *conflict
     if skip_existing and all(t.exists() for t in targets):
-        return "skipped", "output exists"
+        return "skipped", "output exists", "output exists"
     return None
 
 
@@ -482,7 +505,8 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
     jobs = []
     for image in images:
         if image in earlier:  # the same command run again: it is an output, not an input
-            report.skipped.append((image, f"an earlier output of {earlier[image]}, not upscaled again"))
+            report.skip(image, "an earlier output of this command",
+                        f"an earlier output of {earlier[image]}, not upscaled again")
             progress()
             continue
         job = _plan(image, root, out_dir, captions, claims, suffix, ext, skip_existing, report)
@@ -500,13 +524,13 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
         if remaining[id(job)] == 0:
             progress()
 
-    def fail(job: _Job, reason: str) -> None:
+    def fail(job: _Job, kind: str, reason: str) -> None:
         if id(job) not in failed:
             failed.add(id(job))
-            report.failed.append((job.image, reason))
+            report.fail(job.image, kind, reason)
 
-    def fail_before_queued(job: _Job, reason: str) -> None:
-        fail(job, reason)
+    def fail_before_queued(job: _Job, kind: str, reason: str) -> None:
+        fail(job, kind, reason)
         finish(job, len(job.captions))
 
     def take_alpha_outputs(job: _Job, targets: list[Path]) -> bool:
@@ -515,11 +539,11 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
         refusal = _refusal(job.image, targets, claims, skip_existing)
         if refusal is None:
             return True
-        outcome, reason = refusal
+        outcome, kind, reason = refusal
         if outcome == "failed":
-            fail(job, reason)
+            fail(job, kind, reason)
         else:
-            report.skipped.append((job.image, reason))
+            report.skip(job.image, kind, reason)
         finish(job, len(job.captions))
         return False
 
@@ -530,7 +554,8 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
             if e is None:
                 report.done.append((it.job.image, it.target))
             else:
-                fail(it.job, f"{type(e).__name__}: {e}")
+                fail(it.job, getattr(e, "kind", None) or f"{type(e).__name__} while upscaling or writing",
+                     f"{type(e).__name__}: {e}")
             finish(it.job)
 
     def flush() -> None:
@@ -562,14 +587,15 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
         limit = 1
         for job, decoded in prefetch(lambda j: load_image(j.image), jobs, depth=lambda: max(4, 2 * limit),
                                      workers=decoders):
+            if isinstance(decoded, ImageError):
+                fail_before_queued(job, decoded.kind, str(decoded).removeprefix(f"{job.image}: "))
+                continue
             if isinstance(decoded, Exception):
-                reason = str(decoded).removeprefix(f"{job.image}: ") if isinstance(decoded, ImageError) else \
-                    f"{type(decoded).__name__}: {decoded}"
-                fail_before_queued(job, reason)
+                fail_before_queued(job, f"{type(decoded).__name__} while decoding", f"{type(decoded).__name__}: {decoded}")
                 continue
             refusal = upscaler.memory_refusal(decoded)
             if refusal:
-                fail_before_queued(job, refusal)
+                fail_before_queued(job, "output too large for the free memory", refusal)
                 continue
             alpha_up, targets = None, job.outputs
             if decoded.alpha is not None:

@@ -359,6 +359,39 @@ def test_a_sidecar_that_is_not_utf8_fails_its_image_alone(folder, tmp_path):
     assert (tmp_path / "sr" / "b.jpg").exists()  # its sidecar, with a byte-order mark, was read
 
 
+def _summary_rows(output: str) -> dict[str, tuple[str, str]]:
+    """The upscale summary table's rows: first cell -> (count, why)."""
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in output.splitlines() if line.startswith("│")]
+    return {r[0]: (r[1], r[2]) for r in rows if len(r) == 3}
+
+
+def test_the_summary_says_why_inputs_were_skipped_or_failed(folder, tmp_path):
+    caps = tmp_path / "c.json"  # b.jpg and alpha.png have no caption
+    caps.write_text(json.dumps({"a.png": "a bird", "gray.png": "a gray bird", "empty.png": "x", "notes.png": "x"}))
+    args = ["upscale", "--preset", "tiny", str(folder), "-o", str(tmp_path / "sr"), "--captions", str(caps), "-s", "2"]
+    res = runner.invoke(app, args + ["--missing-caption", "default", "--default-caption", "a small photo"])
+    assert res.exit_code == 1, res.output
+    rows = _summary_rows(res.output)
+    assert rows["outputs written"] == ("4", "")
+    assert rows["inputs skipped"] == ("0", "")
+    assert rows["inputs failed"] == ("2", "not a readable image (2)")
+    assert rows["missing captions"] == ("2", "upscaled with 'a small photo'")  # counted, though captioned
+
+    report = tmp_path / "r.json"
+    res = runner.invoke(app, args + ["--skip-existing", "--json", str(report)])
+    assert res.exit_code == 1, res.output
+    rows = _summary_rows(res.output)
+    assert rows["outputs written"] == ("0", "")
+    assert rows["inputs skipped"] == ("2", "output exists (2)")
+    assert rows["inputs failed"] == ("4", "no caption (2), not a readable image (2)")
+    assert rows["missing captions"] == ("2", "failed (--missing-caption error)")
+    data = json.loads(report.read_text())
+    assert {Path(f["input"]).name: f["kind"] for f in data["failed"]} == {
+        "alpha.png": "no caption", "b.jpg": "no caption", "empty.png": "not a readable image",
+        "notes.png": "not a readable image"}
+    assert data["missing_captions"] == 2
+
+
 def test_an_empty_caption_list_counts_as_a_missing_caption(folder, tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"a.png": [], "b.jpg": ""}))
     report = tmp_path / "r.json"

@@ -135,8 +135,8 @@ def test_an_accelerator_is_driven_from_the_callers_thread_and_lanes_write(tiny_c
     assert forward_threads == {threading.current_thread().name}
     assert quantised == [2, 2]  # 0-1 and 2-3; 6-7 holds a gray image, 8 has alpha
     assert write_threads and all(name.startswith("clipsr-lane") for name in write_threads)
-    assert [i.name for i, _ in report.failed] == ["4.png", "5.png"]  # the batch whose forward failed
-    assert "device error on this batch" in report.failed[0][1]
+    assert [o.image.name for o in report.failed] == ["4.png", "5.png"]  # the batch whose forward failed
+    assert "device error on this batch" in report.failed[0].reason
     assert [i.name for i, _ in report.done] == [i.name for i, _ in reference.done if i.name not in ("4.png", "5.png")]
     for i, out in report.done:
         a = np.asarray(Image.open(out), dtype=np.int16)
@@ -179,7 +179,7 @@ def test_a_failed_write_fails_that_image_only(tiny_cfg, tiny_clip, tmp_path):
     report = run(Upscaler(Generator(tiny_cfg, tiny_clip, 2), torch.device("cpu"), tile=0), folder,
                  sorted(folder.glob("*.png")), out, Captions(folder, text="x"), batch_size=3, lanes=Lanes(2, 1))
     assert [i.name for i, _ in report.done] == ["a.png", "c.png"]
-    assert [i.name for i, _ in report.failed] == ["b.png"]
+    assert [o.image.name for o in report.failed] == ["b.png"]
     assert not list(out.glob(".*.tmp"))  # no temporary left behind
 
 
@@ -246,5 +246,5 @@ def test_an_input_gone_since_listing_is_reported_while_existing_outputs_are_chec
     report = run(Upscaler(Generator(tiny_cfg, tiny_clip, 2), torch.device("cpu"), tile=0), folder, images, out,
                  Captions(folder, text="x"), lanes=Lanes(1))
     assert [i.name for i, _ in report.done] == ["a.png"]
-    assert [i.name for i, _ in report.failed] == ["b.png"]
+    assert [o.image.name for o in report.failed] == ["b.png"]
     assert Image.open(out / "a.png").size == (16, 16)  # an old output is replaced, it is no input
