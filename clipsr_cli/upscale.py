@@ -178,11 +178,14 @@ class Upscaler:
         return 4.0 * 4 * self.gen.cfg.generator.base_channels * self.gen.scale**2 * 1.5
 
     def check_caption(self, caption: str, image: Path) -> None:
-        """Warn, naming the image, when its caption is truncated (tokenised once per caption)."""
-        if caption not in self._tokens:
-            self._tokens[caption] = self.gen.text.n_tokens(caption)
+        """Warn, naming the image, when its caption is truncated: once per
+        caption (a long `--caption` would otherwise give a line per image)."""
+        if caption in self._tokens:
+            return
+        self._tokens[caption] = self.gen.text.n_tokens(caption)
         if self._tokens[caption] > CLIP_MAX_TOKENS:
-            self.warn(f"{image}: caption longer than CLIP's {CLIP_MAX_TOKENS} tokens was truncated")
+            self.warn(f"{image}: caption longer than CLIP's {CLIP_MAX_TOKENS} tokens was truncated "
+                      f"({self._tokens[caption]} tokens; said once per caption, for its first image)")
 
     def conditions(self, captions: list[str]):
         """The batched text condition of `captions`.  Each unique caption is

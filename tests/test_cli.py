@@ -589,10 +589,11 @@ def test_long_caption_is_truncated_with_a_warning_naming_the_image(tiny_cfg, tin
     assert out.shape == (3, 16, 16)
     assert len(warnings) == 1 and "birds/one.png" in warnings[0] and "truncated" in warnings[0]
     encoded = len(up._text)
-    up.upscale(torch.rand(3, 8, 8), long, "birds/two.png")  # encoded once, said for each image
+    up.upscale(torch.rand(3, 8, 8), long, "birds/two.png")  # the same caption: encoded and said once
     up.upscale(torch.rand(3, 8, 8), "a short caption", "birds/three.png")
-    assert len(up._text) == encoded + 1
-    assert len(warnings) == 2 and "birds/two.png" in warnings[1]
+    assert len(up._text) == encoded + 1 and len(warnings) == 1
+    up.upscale(torch.rand(3, 8, 8), long + " on a branch", "birds/four.png")  # another long caption
+    assert len(warnings) == 2 and "birds/four.png" in warnings[1]
 
 
 def test_new_captions_of_a_batch_are_encoded_together_once(tiny_cfg, tiny_clip):
