@@ -3,8 +3,9 @@ caption sources), `.txt` sidecars, and the missing-caption policy."""
 
 from __future__ import annotations
 
+from collections import Counter
 from enum import Enum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from clipsr_cli.plugins import registry
 from stages.captions import CaptionError
@@ -33,6 +34,14 @@ def not_utf8(e: UnicodeDecodeError) -> str:
     return f"not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
 
 
+def unique_stems(keys) -> dict[str, str]:
+    """Caption-file keys by file stem, where no other key has that stem: a flat
+    folder of LR copies finds its captions in a file keyed by the dataset's
+    tree (`Set5/baby.png` for `lr/baby.png`)."""
+    stems = Counter(PurePosixPath(k).stem for k in keys)
+    return {PurePosixPath(k).stem: k for k in keys if stems[PurePosixPath(k).stem] == 1}
+
+
 class Captions:
     """Captions for images under an input root.  Order of precedence: `--caption`
     text, the caption file, a `.txt` sidecar next to the image, the policy."""
@@ -44,11 +53,15 @@ class Captions:
         self.text = text
         self.policy = policy
         self.default = default
+        self._by_stem = unique_stems(self.table)
 
-    def _keys(self, image: Path) -> tuple[str, str, str]:
-        """The caption file keys that name `image`, in order of precedence."""
+    def _keys(self, image: Path) -> list[str]:
+        """The caption file keys that name `image`, in order of precedence: its
+        path relative to the root, its file name, its stem, then the one key
+        in any folder with its stem."""
         rel = image.relative_to(self.root).as_posix() if image.is_relative_to(self.root) else image.name
-        return rel, image.name, Path(rel).stem
+        stem = Path(rel).stem
+        return [rel, image.name, stem] + ([self._by_stem[stem]] if stem in self._by_stem else [])
 
     def check_file_names(self, images: list[Path], file: Path) -> None:
         """Raise CaptionError when the caption file (read from `file`) names none
@@ -59,8 +72,8 @@ class Captions:
         if not self.table:
             raise CaptionError(f"{file}: holds no captions")
         raise CaptionError(f"{file}: none of its {len(self.table)} entries names an input image; keys are paths "
-                           f"relative to {self.root} (such as {self._keys(images[0])[0]!r}) or file names, "
-                           f"and it has {next(iter(self.table))!r}")
+                           f"relative to {self.root} (such as {self._keys(images[0])[0]!r}), file names, or "
+                           f"paths whose file name no other key has, and it has {next(iter(self.table))!r}")
 
     def get(self, image: Path) -> list[str] | None:
         """Captions of `image`, else the policy's (None under 'error')."""

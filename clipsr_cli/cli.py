@@ -297,11 +297,16 @@ def score(
             raise loaded
         a, b = loaded
         row = {"image": str(sr.relative_to(sr_dir)), "reference": str(hr) if hr else ""}
+        image_captions = caption_of(sr) if caption_of else None
+        if caption_of and image_captions is None:
+            console.print(f"[yellow]no caption:[/yellow] {sr}: "
+                          f"{', '.join(m.name for m in chosen if m.needs_captions)} left out for it", highlight=False,
+                          soft_wrap=True)
         try:
-            row.update(score_image(a, b, chosen, border, caption_of(sr) if caption_of else None, unavailable))
+            row.update(score_image(a, b, chosen, border, image_captions, unavailable))
             if b is not None:
                 set_level.add(a, b)
-        except ValueError as e:  # e.g. an image too small for NIQE's blocks, or no caption
+        except ValueError as e:  # e.g. an image too small for NIQE's blocks
             failed.append((sr, f"{sr}: {e}"))
             continue
         rows.append(row)

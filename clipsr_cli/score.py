@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from clipsr_cli.captions import unique_stems
 from clipsr_cli.images import IMAGE_EXTS, ImageError, load_image
 
 _CAPTION_TAG = re.compile(r"_c\d+$")  # upscale's one-output-per-caption names
@@ -74,8 +75,10 @@ def load_pair(sr: Path, ref: Path | None, crop_to_common: bool) -> tuple[torch.T
 
 def caption_lookup(table: dict[str, list[str]], sr_dir: Path, suffix: str):
     """Captions of an SR file: its caption-file key (extension free, upscale's
-    suffix stripped); an `_c<i>` output is scored against caption i."""
+    suffix stripped; or the one key in any folder with its file stem, as
+    upscale finds them); an `_c<i>` output is scored against caption i."""
     by_stem = {str(Path(k).with_suffix("")): v for k, v in table.items()}
+    by_stem |= {stem: table[k] for stem, k in unique_stems(table).items() if stem not in by_stem}
 
     def get(sr: Path) -> list[str] | None:
         key = sr.relative_to(sr_dir).with_suffix("").as_posix()
@@ -93,15 +96,16 @@ def caption_lookup(table: dict[str, list[str]], sr_dir: Path, suffix: str):
 
 def score_image(sr_img: torch.Tensor, hr_img: torch.Tensor | None, metrics: list, crop_border: int,
                 captions: list[str] | None, on_unavailable) -> dict[str, float]:
-    """Every metric of one image.  A metric whose weights cannot be had is
-    reported through on_unavailable(metric, error) and removed from `metrics`,
-    so the others go on; ValueError (e.g. too small for NIQE) propagates."""
+    """Every metric of one image; those that need captions are left out
+    when it has none.  A metric whose weights cannot be had is reported
+    through on_unavailable(metric, error) and removed from `metrics`, so the
+    others go on; ValueError (e.g. too small for NIQE) propagates."""
     from clipsr_cli.weights import WeightsError
 
     values = {}
     for m in [m for m in metrics if not m.set_level]:
         if m.needs_captions and captions is None:
-            raise ValueError(f"no caption for {m.name}")
+            continue
         try:
             if m.needs_captions:
                 values[m.name] = float(m.fn(sr_img[None], [captions])[0])

@@ -118,4 +118,7 @@ def fid_features(img: torch.Tensor) -> torch.Tensor:
 
 
 def fid(sr_features: list[torch.Tensor], hr_features: list[torch.Tensor]) -> float:
-    return frechet_distance(torch.cat(sr_features).double().numpy(), torch.cat(hr_features).double().numpy())
+    def rows(features: list[torch.Tensor]) -> np.ndarray:  # none when no image could be scored
+        return torch.cat(features).double().numpy() if features else np.empty((0, 0))
+
+    return frechet_distance(rows(sr_features), rows(hr_features))

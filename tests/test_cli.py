@@ -77,18 +77,31 @@ def test_caption_key_outside_the_input_is_rejected(folder, tmp_path):
 
 
 def test_a_caption_file_naming_no_input_is_a_usage_error(folder, tmp_path):
-    # keys relative to another folder: every image would fail for want of a caption
+    # keys of other images: every image would fail for want of a caption
     caps = tmp_path / "caps.json"
-    caps.write_text(json.dumps({"images/a.png": "x", "images/b.jpg": "y"}))
+    caps.write_text(json.dumps({"images/x.png": "x", "images/y.jpg": "y"}))
     res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(tmp_path / "sr"), "--captions", str(caps),
                               "--missing-caption", "empty"])
     assert res.exit_code == 2, res.output
-    assert "none of its 2 entries names an input image" in res.output and "'images/a.png'" in res.output
+    assert "none of its 2 entries names an input image" in res.output and "'images/x.png'" in res.output
     assert not (tmp_path / "sr").exists()
-    caps.write_text(json.dumps({"images/a.png": "x", "b.jpg": "y"}))  # one match: the others fail one by one
+    caps.write_text(json.dumps({"images/x.png": "x", "b.jpg": "y"}))  # one match: the others fail one by one
     res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(tmp_path / "sr"), "--captions", str(caps),
                               "-s", "2"])
     assert res.exit_code == 1 and (tmp_path / "sr" / "b.jpg").exists(), res.output
+
+
+def test_a_flat_folder_finds_its_captions_in_a_file_keyed_by_the_dataset_tree(folder, tmp_path):
+    # ../shared/data/sr-bench/captions.json has keys such as "Set5/baby.png"; LR copies sit in one folder
+    caps = tmp_path / "caps.json"
+    caps.write_text(json.dumps({"Set5/a.png": ["x", "y"], "Set5/gray.png": "g", "Set14/gray.png": "h"}))
+    report = tmp_path / "r.json"
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(tmp_path / "sr"), "--captions",
+                              str(caps), "-s", "2", "--json", str(report), "-q"])
+    assert res.exit_code == 1, res.output
+    assert sorted(p.name for p in (tmp_path / "sr").iterdir()) == ["a_c0.png", "a_c1.png"]
+    reasons = {Path(f["input"]).name: f["kind"] for f in json.loads(report.read_text())["failed"]}
+    assert reasons["gray.png"] == "no caption"  # two keys have its stem: neither is guessed
 
 
 def test_upscale_options_from_a_config_file_and_the_command_line_wins(tmp_path):

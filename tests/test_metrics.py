@@ -6,6 +6,7 @@ window, valid filtering.  The numpy side uses sliding windows, not convolutions.
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,6 +173,30 @@ def test_caption_lookup_follows_upscale_names(tmp_path):
     assert get(tmp_path / "a_x4.png") == ["one", "two"]
     assert get(tmp_path / "sub" / "b_x4.png") == ["three"]
     assert get(tmp_path / "zzz.png") is None
+    # a flat folder scored against a file keyed by the dataset's tree: the one key with that file stem
+    get = caption_lookup({"Set5/baby.png": ["b0", "b1"], "x/dup.png": ["x"], "y/dup.png": ["y"]}, tmp_path, "")
+    assert get(tmp_path / "baby_c1.png") == ["b1"] and get(tmp_path / "baby.png") == ["b0", "b1"]
+    assert get(tmp_path / "dup.png") is None  # two keys have that stem: neither is guessed
+
+
+def test_an_image_without_a_caption_keeps_its_other_scores(tmp_path):
+    sr, hr = tmp_path / "sr", tmp_path / "hr"
+    sr.mkdir(), hr.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        img = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+        Image.fromarray(img).save(hr / name)
+        Image.fromarray(np.clip(img.astype(int) + 3, 0, 255).astype(np.uint8)).save(sr / name)
+    caps = tmp_path / "c.json"
+    caps.write_text(json.dumps({"a.png": "a noisy square"}))
+    report = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["score", str(sr), "--ref", str(hr), "--metrics", "psnr,clip_score", "--captions",
+                                   str(caps), "--clip-preset", "tiny", "--json", str(report)])
+    assert res.exit_code == 0, res.output
+    assert "no caption:" in res.output and "b.png: clip_score left out for it" in res.output
+    rows = {Path(r["image"]).name: r for r in json.loads(report.read_text())["images"]}
+    assert set(rows) == {"a.png", "b.png"} and "psnr" in rows["b.png"] and "clip_score" not in rows["b.png"]
+    assert "clip_score" in rows["a.png"]
 
 
 def test_clip_score_offline_is_skipped_with_reason(tmp_path):
@@ -334,6 +359,10 @@ def test_frechet_distance_matches_the_eigenvalues_of_the_product():
         assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-7)
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
     assert frechet_distance(a, a + 2.0) == pytest.approx(d * 4.0, rel=1e-9)  # a pure shift: ||mu||^2
+    from stages.fid import fid
+
+    with pytest.raises(ValueError, match="at least 2 images"):  # no image could be scored: said, not a crash
+        fid([], [])
     with pytest.raises(ValueError, match="at least 2"):
         frechet_distance(a[:1], b)
 
