@@ -127,6 +127,7 @@ def upscale(
     from clipsr_cli.clip import load_clip
     from clipsr_cli.config import check_scale, load_preset
     from clipsr_cli.devices import pick_device, pick_precision
+    from clipsr_cli.distributed import launched, rank_device
     from clipsr_cli.lanes import Lanes, default_lanes
     from clipsr_cli.network import Generator
     from clipsr_cli.upscale import UsageError, Upscaler, collect_inputs, default_model, parse_shard, run, shard
@@ -134,8 +135,9 @@ def upscale(
     if missing_caption not in MissingPolicy.__members__:
         raise UsageError(f"--missing-caption {missing_caption}: choose {' | '.join(MissingPolicy.__members__)}")
     policy = MissingPolicy(missing_caption)
+    place = launched()  # under torchrun: this process's shard and GPU
     try:
-        dev = pick_device(device)
+        dev = rank_device(pick_device(device), place)
         dtype = pick_precision(precision, dev)
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -148,6 +150,8 @@ def upscale(
     if any(sep in suffix for sep in ("/", "\\", ":")):  # a part of a file name, never a path
         raise UsageError(f"--suffix {suffix!r}: no '/', '\\' or ':' in a suffix; use -o for another folder")
     root, images = collect_inputs(input, recursive)
+    if shard_spec is None and place.world > 1:
+        shard_spec = f"{place.rank}/{place.world}"
     if shard_spec is not None:
         images = shard(images, root, *parse_shard(shard_spec))
     if output.resolve() == root.resolve() and not suffix:
@@ -176,7 +180,8 @@ def upscale(
                         dtype=dtype, tile=tile, tile_pad=tile_pad)
     lanes = Lanes(*default_lanes(dev))
     if not quiet:
-        console.print(f"{len(images)} image(s), x{gen.scale}, preset {gen.cfg.name!r}, device {dev}, "
+        console.print(f"{len(images)} image(s){f' (shard {shard_spec})' if shard_spec else ''}, x{gen.scale}, "
+                      f"preset {gen.cfg.name!r}, device {dev}, "
                       f"{str(dtype).removeprefix('torch.')}, tiles of {upscaler.tile or 'any'} LR px, "
                       f"batch {batch_size or 'auto'}, {lanes.n} lane(s)")
     finished = 0  # inputs done with, for the message on Ctrl-C
@@ -423,7 +428,6 @@ def weights_fetch(
 
 def _train(config: Optional[Path], quiet: bool, **options):
     """Train CLIP-SR (GAN loop of the paper) on a dataset; every option is also a config key."""
-    import torch
 
     from clipsr_cli import distributed
     from clipsr_cli.devices import pick_device
@@ -434,8 +438,7 @@ def _train(config: Optional[Path], quiet: bool, **options):
     cfg = run_config(config, options)
     device = pick_device(cfg.device)
     dist = distributed.init_from_env(device.type)
-    if device.type == "cuda" and dist.world > 1:
-        device = torch.device(f"cuda:{dist.local_rank}")
+    device = distributed.rank_device(device, dist)
     exp = Experiment(Path(cfg.exp_dir), main=dist.main)
     if not cfg.resume and dist.main:
         exp.check_new()

@@ -27,14 +27,30 @@ class Dist:
         return self.rank == 0
 
 
+def launched() -> Dist:
+    """This process's place among those torchrun started (it sets WORLD_SIZE,
+    RANK and LOCAL_RANK; without them this is one process), read from the
+    environment: no process group (upscale's processes share only the folder)."""
+    env = os.environ
+    return Dist(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")))
+
+
+def rank_device(device: torch.device, d: Dist) -> torch.device:
+    """Each of torchrun's processes on its own GPU: cuda:LOCAL_RANK for a CUDA
+    device given without an index (an explicit cuda:N is kept)."""
+    if device.type == "cuda" and device.index is None and d.world > 1:
+        return torch.device("cuda", d.local_rank)
+    return device
+
+
 def init_from_env(device_type: str) -> Dist:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; without them this is one process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """The process group torchrun's processes train in; one process without torchrun."""
+    place = launched()
+    if place.world <= 1:
         return Dist()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), dist.get_world_size(), place.local_rank)
 
 
 def average_gradients(params: list[torch.nn.Parameter], d: Dist) -> None:

@@ -453,6 +453,32 @@ def test_shard_option_in_cli(folder, tmp_path):
     assert sorted(outs) == ["a.png", "alpha.png", "b.jpg", "gray.png"]
 
 
+def test_torchrun_ranks_take_their_shard_without_the_option(folder, tmp_path):
+    import torch
+
+    from clipsr_cli.distributed import Dist, rank_device
+
+    for bad in ("empty.png", "notes.png"):
+        (folder / bad).unlink()
+    outs = []
+    for rank in range(2):  # what torchrun --nproc-per-node 2 sets for each process
+        out = tmp_path / f"sr{rank}"
+        env = {"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank)}
+        res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(out), "--caption", "x",
+                                  "-s", "2"], env=env)
+        assert res.exit_code == 0 and f"(shard {rank}/2)" in res.output, res.output
+        outs.append(sorted(p.name for p in out.iterdir()) if out.exists() else [])
+    assert sorted(outs[0] + outs[1]) == ["a.png", "alpha.png", "b.jpg", "gray.png"] and all(outs)
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(tmp_path / "all"), "--caption", "x",
+                              "-s", "2", "--shard", "0/1", "-q"], env={"RANK": "1", "WORLD_SIZE": "2"})
+    assert res.exit_code == 0 and len(list((tmp_path / "all").iterdir())) == 4  # --shard given: it decides
+    # each process on its own GPU, unless the device names one
+    assert rank_device(torch.device("cuda"), Dist(3, 4, 1)) == torch.device("cuda", 1)
+    assert rank_device(torch.device("cuda", 0), Dist(3, 4, 1)) == torch.device("cuda", 0)
+    assert rank_device(torch.device("cuda"), Dist()) == torch.device("cuda")
+    assert rank_device(torch.device("cpu"), Dist(3, 4, 1)) == torch.device("cpu")
+
+
 def _upscale_in_a_process_until_its_first_output(tmp_path, n: int, size: tuple[int, int], *extra: str):
     """(command, output folder, process): `clipsr upscale` of n images at x8 in a
     child process, returned once its first output exists (or it ended)."""
