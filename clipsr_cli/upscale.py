@@ -107,8 +107,11 @@ def collect_inputs(spec: str, recursive: bool = False) -> tuple[Path, list[Path]
 
 
 def _images_under(folder: Path, recursive: bool) -> list[Path]:
+    """Image files in the folder (and below), hidden ones left out as a shell
+    glob leaves them: macOS's `._photo.jpg` metadata files, `.thumbnails/`."""
     pattern = "**/*" if recursive else "*"
-    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    return sorted(p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTS
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts) and p.is_file())
 
 
 def parse_shard(spec: str) -> tuple[int, int]:

@@ -288,6 +288,25 @@ def test_a_folder_without_images_is_a_usage_error_that_points_at_subfolders(tmp_
     assert runner.invoke(app, args + ["-r", "-s", "2"]).exit_code == 0
 
 
+def test_hidden_files_and_folders_are_not_inputs(tmp_path):
+    from clipsr_cli.upscale import collect_inputs
+
+    lr = tmp_path / "lr"
+    (lr / ".thumbnails").mkdir(parents=True)
+    (lr / "sub").mkdir()
+    _img(lr / "a.png")
+    _img(lr / "sub" / "b.png")
+    _img(lr / ".thumbnails" / "a.png")
+    (lr / "._a.png").write_bytes(b"\x00\x05\x16\x07 macOS metadata, not an image")
+    (lr / "sub" / "._b.png").write_bytes(b"\x00\x05\x16\x07")
+    assert collect_inputs(str(lr), recursive=True)[1] == [lr / "a.png", lr / "sub" / "b.png"]
+    assert collect_inputs(str(lr))[1] == [lr / "a.png"]
+    assert collect_inputs(str(lr / "._a.png"))[1] == [lr / "._a.png"]  # named: it is an input
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(lr), "-r", "-o", str(tmp_path / "sr"), "--caption", "x",
+                              "-s", "2", "-q"])
+    assert res.exit_code == 0, res.output
+
+
 def test_an_output_path_that_is_a_file_is_refused_before_any_work(folder, tmp_path):
     (tmp_path / "sr").write_text("not a folder")
     res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(tmp_path / "sr"), "--caption", "x"])
