@@ -249,6 +249,18 @@ def test_atomic_write_leaves_the_old_file_and_no_temporary_on_failure(tmp_path):
     assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
     atomic_write(target, lambda tmp: tmp.write_bytes(b"new"))
     assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+    # a missing folder is made, whatever a writer raises for it (safetensors has its own error type)
+    calls = []
+
+    def picky(tmp):
+        calls.append(tmp)
+        if not tmp.parent.is_dir():
+            raise RuntimeError("I/O error: No such file or directory")
+        tmp.write_bytes(b"deep")
+
+    atomic_write(tmp_path / "a" / "b" / "out.bin", picky)
+    assert (tmp_path / "a" / "b" / "out.bin").read_bytes() == b"deep" and len(calls) == 2
+    assert sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == ["out.bin"]
 
 
 def test_stale_temporaries_of_the_given_outputs_alone_are_removed(tmp_path):
