@@ -65,13 +65,16 @@ class GraphedForward:
                                                    for f in dataclasses.fields(cond)})
         graph = torch.cuda.CUDAGraph()
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # libraries set up their handles outside the capture
-                self.fn(static_x, static_cond)
-            torch.cuda.current_stream().wait_stream(side)
-            with torch.cuda.graph(graph):
-                out = self.fn(static_x, static_cond)
+            # streams belong to a device: x's (cuda:1 under torchrun's second
+            # process), not the thread's current one, which stays cuda:0
+            with torch.cuda.device(x.device):
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):  # libraries set up their handles outside the capture
+                    self.fn(static_x, static_cond)
+                torch.cuda.current_stream().wait_stream(side)
+                with torch.cuda.graph(graph):
+                    out = self.fn(static_x, static_cond)
         except torch.OutOfMemoryError:
             raise  # upscale's retry halves the batch or the tile
         except RuntimeError as e:

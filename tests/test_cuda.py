@@ -124,6 +124,19 @@ def test_graph_replays_give_what_the_eager_pass_gives(gen, dtype):
     assert graphed._net.shapes == 2  # captured at each shape's second batch, kept
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices (torchrun's second process)")
+def test_graphs_on_a_device_that_is_not_the_current_one(gen):
+    other = torch.device("cuda", torch.cuda.device_count() - 1)
+    assert torch.cuda.current_device() != other.index
+    graphed = Upscaler(copy.deepcopy(gen), other, tile=0)
+    eager = Upscaler(copy.deepcopy(gen), other, tile=0, cuda_graphs=False)
+    for i in range(3):
+        lrs = [smooth(16, 16, seed=i)]
+        out, ref = graphed.upscale_batch(lrs, ["a bird"]), eager.upscale_batch(lrs, ["a bird"])
+        assert out.device == other and (torch.equal(out, ref) or psnr(out, ref) > 60)
+    assert graphed._net.enabled and graphed._net.shapes == 1
+
+
 def test_graphs_keep_at_most_max_graphs_and_a_failed_capture_turns_them_off():
     calls = []
 
