@@ -128,6 +128,7 @@ def upscale(
     from clipsr_cli.config import check_scale, load_preset
     from clipsr_cli.devices import pick_device, pick_precision
     from clipsr_cli.distributed import launched, rank_device
+    from clipsr_cli.files import check_writable_folder
     from clipsr_cli.lanes import Lanes, default_lanes
     from clipsr_cli.network import Generator
     from clipsr_cli.upscale import UsageError, Upscaler, collect_inputs, default_model, parse_shard, run, shard
@@ -159,6 +160,10 @@ def upscale(
     caps = Captions(root, captions, caption, policy, default_caption)
     if captions is not None:
         caps.check_file_names(images, captions)
+    try:  # one error now rather than the same failure for every image after the model loads
+        check_writable_folder(output)
+    except OSError as e:
+        raise UsageError(f"-o {output}: cannot write there ({e.strerror or e}); choose another output folder") from None
 
     if weights is None and preset is None:
         weights, note = default_model(scale or 4, weights_dir)

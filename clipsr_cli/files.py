@@ -38,6 +38,15 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def check_writable_folder(folder: Path) -> None:
+    """Create `folder` (and its parents) and make and remove a file in it:
+    raises OSError when outputs could not be written there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".clipsr-probe.{os.urandom(8).hex()}.tmp"
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    os.unlink(probe)
+
+
 def remove_stale_temporaries(paths: Iterable[Path], older_than: float = STALE_AFTER_S) -> list[Path]:
     """Remove the temporaries that killed writers left beside these paths
     (`atomic_write`'s, older than `older_than` seconds; a writer still running

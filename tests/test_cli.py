@@ -307,6 +307,19 @@ def test_hidden_files_and_folders_are_not_inputs(tmp_path):
     assert res.exit_code == 0, res.output
 
 
+def test_an_output_folder_that_cannot_be_made_is_one_error_up_front(folder, tmp_path):
+    (tmp_path / "notes.txt").write_text("a file where a folder would go")
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(tmp_path / "notes.txt" / "sr"),
+                              "--caption", "x"])
+    assert res.exit_code == 2 and "cannot write there" in res.output and "failed:" not in res.output, res.output
+    (folder / "empty.png").unlink()
+    (folder / "notes.png").unlink()
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(tmp_path / "new" / "sr"),
+                              "--caption", "x", "-s", "2", "-q"])
+    assert res.exit_code == 0, res.output  # made, and the probe gone
+    assert sorted(p.name for p in (tmp_path / "new" / "sr").iterdir()) == ["a.png", "alpha.png", "b.jpg", "gray.png"]
+
+
 def test_an_output_path_that_is_a_file_is_refused_before_any_work(folder, tmp_path):
     (tmp_path / "sr").write_text("not a folder")
     res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(tmp_path / "sr"), "--caption", "x"])
