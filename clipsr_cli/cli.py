@@ -210,6 +210,8 @@ def upscale(
             raise typer.Exit(130) from None
     for failure in report.failed:
         console.print(f"[red]failed:[/red] {failure.image}: {failure.reason}", highlight=False, soft_wrap=True)
+    if report.stopped:
+        console.print(f"[red]stopped:[/red] {report.stopped}", highlight=False, soft_wrap=True)
     if not quiet:
         console.print(_upscale_summary(report, policy, default_caption))
         console.print(f"results in {output}/")
@@ -219,6 +221,7 @@ def upscale(
             "skipped": [{"input": str(o.image), "reason": o.reason, "kind": o.kind} for o in report.skipped],
             "failed": [{"input": str(o.image), "reason": o.reason, "kind": o.kind} for o in report.failed],
             "missing_captions": report.missing_captions,
+            "stopped": report.stopped or None,
         }, indent=2))
     if report.failed:
         raise typer.Exit(1)

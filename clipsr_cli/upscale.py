@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import glob
 import os
 import re
@@ -70,12 +71,21 @@ class Report:
     skipped: list[Outcome] = field(default_factory=list)
     failed: list[Outcome] = field(default_factory=list)
     missing_captions: int = 0  # inputs with no caption of their own, whatever the policy gave them
+    stopped: str = ""  # why the run stopped before its last input (a full disk), else empty
 
     def skip(self, image: Path, kind: str, reason: str = "") -> None:
         self.skipped.append(Outcome(image, reason or kind, kind))
 
     def fail(self, image: Path, kind: str, reason: str = "") -> None:
         self.failed.append(Outcome(image, reason or kind, kind))
+
+
+# write errors that every later output would meet too: the run stops at the first
+STOPPING_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+class _Stop(Exception):
+    pass
 
 
 def tally(outcomes: list[Outcome]) -> list[tuple[str, int]]:
@@ -562,6 +572,10 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
             else:
                 fail(it.job, getattr(e, "kind", None) or f"{type(e).__name__} while upscaling or writing",
                      f"{type(e).__name__}: {e}")
+                if isinstance(e, OSError) and e.errno in STOPPING_ERRNOS:
+                    report.stopped = (f"{e.strerror} writing {it.target}: make room (or fix the folder), then run "
+                                      "the same command with --skip-existing to go on")
+                    raise _Stop
             finish(it.job)
 
     def flush() -> None:
@@ -616,10 +630,13 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
                     flush()
                 pending.append(_Item(job, decoded.rgb, caption, target, alpha_up, decoded.gray, decoded.bits))
         flush()
+        lanes.close()
+    except _Stop:  # a full disk: every later output would fail the same way
+        lanes.cancel()
+        return report
     except BaseException:
         lanes.cancel()
         raise
-    lanes.close()
     remove_stale_temporaries(claims.paths())  # what a killed run left beside these outputs
     return report
 

@@ -183,6 +183,35 @@ def test_a_failed_write_fails_that_image_only(tiny_cfg, tiny_clip, tmp_path):
     assert not list(out.glob(".*.tmp"))  # no temporary left behind
 
 
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_full_disk_stops_the_run_at_its_first_failed_write(tiny_cfg, tiny_clip, tmp_path, monkeypatch, lanes):
+    import errno
+
+    from clipsr_cli import upscale
+
+    folder = tmp_path / "lr"
+    folder.mkdir()
+    for i in range(12):
+        Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(folder / f"{i:02d}.png")
+    real_write, written = upscale.write_image, []
+
+    def write_until_full(path, arr):
+        if len(written) >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, arr)
+        written.append(path.name)
+
+    monkeypatch.setattr(upscale, "write_image", write_until_full)
+    report = run(Upscaler(Generator(tiny_cfg, tiny_clip, 2), torch.device("cpu"), tile=0), folder,
+                 sorted(folder.glob("*.png")), tmp_path / "sr", Captions(folder, text="x"), batch_size=1,
+                 lanes=Lanes(lanes, 1))
+    assert "No space left on device writing" in report.stopped and "--skip-existing" in report.stopped
+    done = [i.name for i, _ in report.done]
+    assert set(done) <= set(written) and len(done) >= 2  # with 2 lanes two writes race for the last place
+    assert len(report.failed) == 1  # the first that met the full disk; the rest were not tried one by one
+    assert len(done) + len(report.failed) <= 5 < 12
+
+
 def test_cancel_drops_queued_work_and_reports_nothing_more():
     lanes, started, reported = Lanes(2), [], []
     release = threading.Event()
