@@ -27,8 +27,12 @@ def atomic_write(path: Path, write) -> None:
     try:
         try:
             write(tmp)
-        except Exception:  # (writers raise their own types) its folder is made by the first write into
-            if path.parent.is_dir():  # it, not checked by every one: 2 system calls less per upscale output
+        except Exception:
+            # The folder is made when a write into it fails, not checked before
+            # every write (2 system calls per upscale output).  A write that made
+            # its file met a real error; else retry once in the folder (no is_dir()
+            # test: another lane may have made it since this write failed).
+            if os.path.lexists(tmp):
                 raise
             path.parent.mkdir(parents=True, exist_ok=True)
             write(tmp)

@@ -262,6 +262,16 @@ def test_atomic_write_leaves_the_old_file_and_no_temporary_on_failure(tmp_path):
     assert (tmp_path / "a" / "b" / "out.bin").read_bytes() == b"deep" and len(calls) == 2
     assert sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == ["out.bin"]
 
+    # another lane makes the folder between this write's failure and its retry
+    def raced(tmp):
+        if not tmp.parent.is_dir():
+            tmp.parent.mkdir()
+            raise FileNotFoundError(tmp)
+        tmp.write_bytes(b"raced")
+
+    atomic_write(tmp_path / "c" / "out.bin", raced)
+    assert (tmp_path / "c" / "out.bin").read_bytes() == b"raced"
+
 
 def test_stale_temporaries_of_the_given_outputs_alone_are_removed(tmp_path):
     import os
