@@ -24,15 +24,15 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 
 
-def module_at(commit: str, folder: Path):
-    """clipsr_cli/images.py as it was at `commit`, as a module of its own."""
-    source = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:clipsr_cli/images.py"],
+def module_at(commit: str, folder: Path, name: str = "images"):
+    """clipsr_cli/<name>.py as it was at `commit`, as a module of its own."""
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:clipsr_cli/{name}.py"],
                             capture_output=True, text=True, check=True).stdout
-    path = folder / "images_then.py"
+    path = folder / f"{name}_then.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("images_then", path)
+    spec = importlib.util.spec_from_file_location(f"{name}_then", path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["images_then"] = module  # dataclasses look their module up
+    sys.modules[f"{name}_then"] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
