@@ -117,19 +117,40 @@ def output_array(path: Path, rgb: torch.Tensor, alpha=None, gray=False, bits=8, 
     (16 bits and alpha only where it holds them).  `consume`: rgb is not used
     again and may be overwritten (no float copy: 805 MB for an 8192x8192 output)."""
     keep_alpha, bits = _kept(path, alpha, bits)
-    return _to_array(rgb.cpu(), alpha.cpu() if keep_alpha else None, gray, bits, consume)
+    rgb = rgb.cpu()
+    if alpha is not None and not keep_alpha:  # JPEG: flattened as a viewer shows it, not alpha dropped
+        rgb, consume = over_white(rgb, alpha.cpu(), in_place=consume), True
+    return _to_array(rgb, alpha.cpu() if keep_alpha else None, gray, bits, consume)
+
+
+def over_white(rgb: torch.Tensor, alpha: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """rgb composited over a white background by alpha (both in [0, 1]):
+    1 - alpha * (1 - rgb).  Dropping alpha instead would show whatever
+    colour the transparent pixels happen to hold (often black or noise)."""
+    # in numpy: the network's outputs are inference tensors, which torch leaves unchanged outside inference mode
+    x = rgb.numpy() if in_place and rgb.dtype == torch.float32 else rgb.float().numpy().copy()
+    np.subtract(x, 1, out=x)
+    np.multiply(x, alpha.float().numpy(), out=x)
+    np.add(x, 1, out=x)
+    return torch.from_numpy(x)
 
 
 def _kept(path: Path, alpha, bits: int) -> tuple[bool, int]:
     """(alpha kept, bits per sample) in the format of `path`."""
     fmt = _format(path)
-    return alpha is not None and fmt != "JPEG", bits if fmt == "PNG" else 8
+    return alpha is not None and holds_alpha(path), bits if fmt == "PNG" else 8
+
+
+def holds_alpha(path: Path) -> bool:
+    """Whether the format of `path` keeps an alpha channel (PNG, WebP: not JPEG)."""
+    return _format(path) != "JPEG"
 
 
 def is_plain_8bit(path: Path, alpha=None, gray=False, bits=8) -> bool:
     """Whether `output_array(path, rgb, ...)` is rgb's 8-bit RGB alone (no
-    alpha, gray or 16 bits to add): what `upscale.quantise` gives on the device."""
-    return not gray and _kept(path, alpha, bits) == (False, 8)
+    alpha to add or flatten, no gray or 16 bits): what `upscale.quantise`
+    gives on the device."""
+    return alpha is None and not gray and _kept(path, alpha, bits) == (False, 8)
 
 
 def write_image(path: Path, arr: np.ndarray) -> None:

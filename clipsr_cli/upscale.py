@@ -28,8 +28,8 @@ from clipsr_cli.devices import pick_memory_format, release_cached_memory
 from clipsr_cli.errors import UserError
 from clipsr_cli.files import remove_stale_temporaries
 from clipsr_cli.graphs import GraphedForward
-from clipsr_cli.images import (IMAGE_EXTS, ImageError, is_plain_8bit, load_image, output_array, write_image,
-                               written_by_clipsr)
+from clipsr_cli.images import (IMAGE_EXTS, ImageError, holds_alpha, is_plain_8bit, load_image, output_array,
+                               write_image, written_by_clipsr)
 from clipsr_cli.lanes import Lanes, default_lanes
 from clipsr_cli.prefetch import prefetch
 from clipsr_cli.tiling import (auto_batch, auto_tile, host_memory_shortfall, is_out_of_memory, output_host_bytes,
@@ -604,7 +604,7 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
             # so images decode in threads, up to two batches ahead (on an H100, 2 decoders
             # for 4 lanes ended 1.2x faster than 4: they share the GIL)
             decoders = 0 if upscaler.forward_in_lanes else max(1, lanes.n // 2)
-        limit = 1
+        limit, flattened_said = 1, False
         for job, decoded in prefetch(lambda j: load_image(j.image), jobs, depth=lambda: max(4, 2 * limit),
                                      workers=decoders):
             if isinstance(decoded, ImageError):
@@ -622,6 +622,11 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
                 targets = job.targets(True)  # PNG where the kept format was chosen without alpha
                 if targets != job.outputs and not take_alpha_outputs(job, targets):
                     continue
+                if not flattened_said and not all(holds_alpha(t) for t in targets):
+                    flattened_said = True
+                    upscaler.warn(f"{job.image} has transparency, which {targets[0].suffix[1:].upper()} cannot "
+                                  "hold: composited over white (so is any other such image); --ext png or webp "
+                                  "keeps it")
                 alpha_up = F.interpolate(decoded.alpha[None], scale_factor=scale, mode="bicubic")[0].clamp(0, 1)
             for caption, target in zip(job.captions, targets):
                 upscaler.check_caption(caption, job.image)

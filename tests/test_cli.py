@@ -262,6 +262,23 @@ def test_an_alpha_image_whose_png_output_is_taken_is_reported(tmp_path):
     assert Image.open(lr / "x_s_s.png").size == (32, 20)
 
 
+def test_ext_jpg_flattens_transparency_over_white_and_says_so_once(tmp_path):
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    for name in ("a.png", "b.png"):
+        arr = np.zeros((10, 12, 4), np.uint8)
+        arr[..., 0] = 255  # red, transparent but for a central square
+        arr[3:7, 4:8, 3] = 255
+        Image.fromarray(arr, "RGBA").save(lr / name)
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(lr), "-o", str(tmp_path / "sr"), "--caption", "x",
+                              "-s", "2", "--ext", "jpg"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("has transparency") == 1 and "composited over white" in res.output
+    out = np.asarray(Image.open(tmp_path / "sr" / "a.jpg"), dtype=int)
+    assert out.shape == (20, 24, 3) and (out[0, 0] > 240).all()  # transparent corner: white, not red
+    assert out[10, 12, 0] > 200 and out[10, 12, 1:].max() < 60  # opaque centre: red
+
+
 def test_skip_existing_finds_the_png_output_of_an_alpha_image(tmp_path):
     lr, out = tmp_path / "lr", tmp_path / "sr"
     lr.mkdir()

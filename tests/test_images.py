@@ -315,8 +315,24 @@ def test_quantising_on_the_device_gives_the_hosts_bytes(tmp_path):
     assert np.array_equal(quantise(x.clone())[0].numpy(), output_array(tmp_path / "a.png", x[0]))
     assert not torch.equal(quantise(x.clone())[0].float() / 255, x[0].permute(1, 2, 0))  # it does round
     a, png, jpg = torch.ones(1, 40, 40), tmp_path / "a.png", tmp_path / "a.jpg"
-    assert is_plain_8bit(png) and is_plain_8bit(jpg, bits=16) and is_plain_8bit(jpg, alpha=a)
+    assert is_plain_8bit(png) and is_plain_8bit(jpg, bits=16)
     assert not is_plain_8bit(png, alpha=a) and not is_plain_8bit(png, bits=16) and not is_plain_8bit(jpg, gray=True)
+    assert not is_plain_8bit(jpg, alpha=a)  # flattened over white on the host
+
+
+def test_alpha_is_flattened_over_white_where_the_format_cannot_hold_it(tmp_path):
+    from clipsr_cli.images import output_array
+
+    rgb = torch.rand(1, 3, 10, 12).contiguous(memory_format=torch.channels_last)[0]
+    alpha = torch.rand(1, 10, 12)
+    alpha[:, :, :4] = 0  # fully transparent: white whatever its colour
+    expected = np.rint(np.clip((1 - alpha * (1 - rgb)).permute(1, 2, 0).numpy() * 255, 0, 255)).astype(np.uint8)
+    before = rgb.clone()
+    jpg = output_array(tmp_path / "a.jpg", rgb, alpha)
+    assert np.array_equal(jpg, expected) and (jpg[:, :4] == 255).all() and torch.equal(rgb, before)
+    assert np.array_equal(output_array(tmp_path / "a.jpg", rgb.clone(), alpha, consume=True), expected)
+    webp = output_array(tmp_path / "a.webp", rgb, alpha)  # keeps it: RGBA, colours untouched
+    assert webp.shape[2] == 4 and np.array_equal(webp[..., :3], output_array(tmp_path / "a.jpg", rgb))
 
 
 @pytest.mark.parametrize("ext", ["png", "jpg", "webp"])
