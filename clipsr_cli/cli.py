@@ -99,6 +99,9 @@ def upscale(
                                         help="When an image has no caption: error | empty | default."),
     default_caption: str = typer.Option("a photo", "--default-caption", help="Text for --missing-caption default."),
     scale: Optional[int] = typer.Option(None, "-s", "--scale", help="2, 4, 8 or 16 (default: the checkpoint's, else 4)."),
+    outscale: Optional[float] = typer.Option(
+        None, "--outscale",
+        help="Output size over input size, any value > 0: the network's output resized (Real-ESRGAN's --outscale)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="clipsr checkpoint (.safetensors)."),
     preset: Optional[str] = typer.Option(None, "--preset",
                                          help="Run a preset with untrained weights (no --weights, no default model)."),
@@ -144,8 +147,11 @@ def upscale(
         raise UsageError(str(e)) from None
     if ext is not None and ext.lower() not in ("png", "jpg", "jpeg", "webp"):
         raise UsageError(f"--ext {ext}: choose png, jpg or webp")
-    if (tile is not None and tile < 0) or tile_pad < 0 or (batch_size is not None and batch_size < 1):
-        raise UsageError("--tile and --tile-pad must be >= 0, --batch-size >= 1")
+    for name, value, low in (("--tile", tile, 0), ("--tile-pad", tile_pad, 0), ("--batch-size", batch_size, 1)):
+        if value is not None and value < low:
+            raise UsageError(f"{name} {value}: must be >= {low}")
+    if outscale is not None and not outscale > 0:
+        raise UsageError(f"--outscale {outscale}: must be > 0 (2.5: outputs 2.5 times the input's size)")
     if output.exists() and not output.is_dir():
         raise UsageError(f"-o {output}: a file, not a folder; give a folder for the results")
     if any(sep in suffix for sep in ("/", "\\", ":")):  # a part of a file name, never a path
@@ -182,10 +188,11 @@ def upscale(
             console.print(f"[yellow]note:[/yellow] no --weights: preset {cfg.name!r} with untrained "
                           "generator weights; the output shows the pipeline, not CLIP-SR quality")
     upscaler = Upscaler(gen, dev, warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False),
-                        dtype=dtype, tile=tile, tile_pad=tile_pad)
+                        dtype=dtype, tile=tile, tile_pad=tile_pad, outscale=outscale)
     lanes = Lanes(*default_lanes(dev))
     if not quiet:
-        console.print(f"{len(images)} image(s){f' (shard {shard_spec})' if shard_spec else ''}, x{gen.scale}, "
+        resize = f" resized to x{outscale:g}" if upscaler.outscale is not None else ""
+        console.print(f"{len(images)} image(s){f' (shard {shard_spec})' if shard_spec else ''}, x{gen.scale}{resize}, "
                       f"preset {gen.cfg.name!r}, device {dev}, "
                       f"{str(dtype).removeprefix('torch.')}, tiles of {upscaler.tile or 'any'} LR px, "
                       f"batch {batch_size or 'auto'}, {lanes.n} lane(s)")

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import errno
 import glob
+import math
 import os
 import re
 import sys
@@ -52,7 +53,8 @@ def default_model(scale: int, weights_dir=None) -> tuple[Path, str]:
     if scale not in DEFAULT_MODELS:
         raise UsageError(f"no bundled model for x{scale} (bundled: "
                          f"{', '.join(f'x{s}' for s in DEFAULT_MODELS)}); pass --weights FILE, "
-                         "or --preset NAME to run an untrained preset")
+                         f"--preset NAME to run an untrained preset, or drop --scale and give --outscale "
+                         f"{scale}: the x4 model's output resized")
     name = DEFAULT_MODELS[scale]
     path = resolve(name, weights_dir=weights_dir)
     return path, f"no --weights: using the bundled default model {name} ({get_entry(name).description})"
@@ -159,12 +161,14 @@ class Upscaler:
 
     `tile`: LR tile side (0: never tile; None: automatic, from free memory);
     `tile_pad`: LR pixels of overlap on each interior side of a tile;
-    `cuda_graphs`: on CUDA, replay untiled forward passes from graphs (graphs.py).
+    `cuda_graphs`: on CUDA, replay untiled forward passes from graphs (graphs.py);
+    `outscale`: the output's size over the input's when not the network's
+    scale (Real-ESRGAN's --outscale): the network's output is resized to it.
     """
 
     def __init__(self, gen, device: torch.device, warn: Callable[[str], None] = print,
                  dtype: torch.dtype = torch.float32, tile: int | None = None, tile_pad: int = 16,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, outscale: float | None = None):
         self.layout = pick_memory_format(device)
         self.gen = gen.to(device, memory_format=self.layout).eval()
         self.device = device
@@ -172,6 +176,7 @@ class Upscaler:
         self.warn = warn
         self.tile_pad = tile_pad
         self.tile = tile if tile is not None else auto_tile(self.bytes_per_lr_pixel(), device)
+        self.outscale = outscale if outscale is not None and outscale != gen.scale else None
         self._text: dict[str, object] = {}
         self._batches: dict[tuple[int, int], int] = {}
         self.batch_cap = 1 << 30  # lowered on out-of-memory
@@ -234,8 +239,12 @@ class Upscaler:
 
     def output_host_bytes(self, decoded) -> int:
         """Host memory the output of a decoded image takes (`tiling.output_host_bytes`):
-        a tiled one is made band by band as its tiles finish."""
-        h, w = self._output_size(decoded.rgb)
+        a tiled one is made band by band as its tiles finish, unless it is
+        resized (`outscale`): then its whole float canvas comes first."""
+        h, w = self.output_size(decoded.rgb)
+        if self.outscale is not None:
+            net_h, net_w = (self.gen.scale * n for n in decoded.rgb.shape[-2:])
+            return output_host_bytes(h, w, decoded.alpha is not None, decoded.bits) + net_h * net_w * 3 * 4
         band = min(h, (self.tile + 2 * self.tile_pad) * self.gen.scale) if self.is_tiled(decoded.rgb) else None
         return output_host_bytes(h, w, decoded.alpha is not None, decoded.bits, band)
 
@@ -245,12 +254,28 @@ class Upscaler:
         shortfall = host_memory_shortfall(self.output_host_bytes(decoded))
         if shortfall is None:
             return None
-        (h, w), (need, free) = self._output_size(decoded.rgb), (f"{n / 2**30:.1f} GiB" for n in shortfall)
+        (h, w), (need, free) = self.output_size(decoded.rgb), (f"{n / 2**30:.1f} GiB" for n in shortfall)
         return f"its {w}x{h} output needs about {need} of memory and {free} is free; " \
                "upscale it in parts or at a smaller --scale"
 
-    def _output_size(self, lr: torch.Tensor) -> tuple[int, int]:
-        return self.gen.scale * lr.shape[-2], self.gen.scale * lr.shape[-1]
+    def output_size(self, lr: torch.Tensor) -> tuple[int, int]:
+        """(height, width) of lr's output: the network's scale, or `outscale`'s."""
+        return self._output_size(*lr.shape[-2:])
+
+    def _output_size(self, h: int, w: int) -> tuple[int, int]:
+        if self.outscale is None:
+            return self.gen.scale * h, self.gen.scale * w
+        # Real-ESRGAN's size, int(side * outscale), without float error (100 * 2.3 is 229.99...)
+        return max(1, math.floor(h * self.outscale + 1e-6)), max(1, math.floor(w * self.outscale + 1e-6))
+
+    def resized(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) network-scale float output (or upscaled alpha) at the output
+        size: bicubic, antialiased where it shrinks (PIL's way, not aliasing)."""
+        size = self._output_size(x.shape[-2] // self.gen.scale, x.shape[-1] // self.gen.scale)
+        if tuple(x.shape[-2:]) == size:
+            return x
+        shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+        return F.interpolate(x.float(), size=size, mode="bicubic", align_corners=False, antialias=shrink)
 
     def is_tiled(self, lr: torch.Tensor) -> bool:
         return bool(self.tile) and max(lr.shape[-2:]) > self.tile
@@ -268,10 +293,14 @@ class Upscaler:
         if self.is_tiled(lr):  # eager: a graph's memory pool per tile shape would outlive the tile
             if finish is None and as_uint8:  # quantised band by band: never whole in float
                 finish = lambda band, top: quantise(band.clamp_(0, 1))  # noqa: E731
-            out = tiled(lambda part: self._eager(on_device(part), cond), lr, self.gen.scale, self.tile,
-                        self.tile_pad, finish)
+            forward = lambda part: self._eager(on_device(part), cond)  # noqa: E731
+            if self.outscale is not None:  # resized whole: bands resized apart would show seams
+                out = self.resized(tiled(forward, lr, self.gen.scale, self.tile, self.tile_pad))
+                return finish(out, 0) if finish is not None else out.clamp_(0, 1)
+            out = tiled(forward, lr, self.gen.scale, self.tile, self.tile_pad, finish)
             return out if finish is not None else out.clamp_(0, 1)
-        out = self._net(on_device(lr), cond).clamp_(0, 1)
+        out = self._net(on_device(lr), cond)
+        out = (self.resized(out) if self.outscale is not None else out).clamp_(0, 1)
         # copied off at once (a graph's output is overwritten by its next replay); quantised
         # on the device, a quarter of the bytes cross to the host
         return quantise(out).cpu() if as_uint8 else out.float().cpu()
@@ -627,7 +656,8 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
                     upscaler.warn(f"{job.image} has transparency, which {targets[0].suffix[1:].upper()} cannot "
                                   "hold: composited over white (so is any other such image); --ext png or webp "
                                   "keeps it")
-                alpha_up = F.interpolate(decoded.alpha[None], scale_factor=scale, mode="bicubic")[0].clamp(0, 1)
+                alpha_up = upscaler.resized(F.interpolate(decoded.alpha[None], scale_factor=scale,
+                                                          mode="bicubic"))[0].clamp(0, 1)
             for caption, target in zip(job.captions, targets):
                 upscaler.check_caption(caption, job.image)
                 limit = upscaler.batch_limit(decoded.rgb, batch_size)

@@ -279,6 +279,31 @@ def test_ext_jpg_flattens_transparency_over_white_and_says_so_once(tmp_path):
     assert out[10, 12, 0] > 200 and out[10, 12, 1:].max() < 60  # opaque centre: red
 
 
+@pytest.mark.parametrize("tile", ["0", "8"])
+def test_outscale_gives_any_output_size_for_every_kind_of_image(folder, tmp_path, tile):
+    for bad in ("empty.png", "notes.png"):
+        (folder / bad).unlink()
+    _img(folder / "c.png")  # the same size as a.png: a batch of two
+    out = tmp_path / "sr"
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(out), "--caption", "x",
+                              "--outscale", "2.5", "--tile", tile])  # x4 network, 12x10 inputs
+    assert res.exit_code == 0 and "x4 resized to x2.5" in res.output, res.output
+    for name, mode in (("a.png", "RGB"), ("c.png", "RGB"), ("b.jpg", "RGB"), ("gray.png", "L"),
+                       ("alpha.png", "RGBA")):
+        with Image.open(out / name) as im:
+            assert im.size == (30, 25) and im.mode == mode, (name, im.size, im.mode)
+
+
+def test_outscale_and_scale_usage_errors(folder, tmp_path):
+    args = ["upscale", str(folder), "-o", str(tmp_path / "sr"), "--caption", "x"]
+    res = runner.invoke(app, args + ["--preset", "tiny", "--outscale", "0"])
+    assert res.exit_code == 2 and "--outscale 0.0: must be > 0" in res.output, res.output
+    res = runner.invoke(app, args + ["-s", "2"])  # no bundled x2 model: the way to an x2 output is named
+    assert res.exit_code == 2 and "drop --scale and give --outscale 2" in res.output, res.output
+    res = runner.invoke(app, args + ["--preset", "tiny", "--tile-pad", "-1"])
+    assert res.exit_code == 2 and "--tile-pad -1: must be >= 0" in res.output, res.output
+
+
 def test_skip_existing_finds_the_png_output_of_an_alpha_image(tmp_path):
     lr, out = tmp_path / "lr", tmp_path / "sr"
     lr.mkdir()

@@ -68,6 +68,18 @@ def test_cuda_output_matches_the_cpu(gen, dtype, min_psnr):
         assert not torch.equal(out, ref)  # half precision really ran
 
 
+@pytest.mark.parametrize("outscale", [2.5, 6.0])
+def test_outscale_on_cuda_matches_the_cpu(gen, outscale):
+    lr = smooth(24, 40)
+    ref = Upscaler(copy.deepcopy(gen), CPU, outscale=outscale).upscale(lr, "a red bird", None)
+    up = Upscaler(copy.deepcopy(gen), CUDA, dtype=torch.float32, outscale=outscale)
+    for _ in range(3):  # eager, then from a graph: the resize runs after the graph's output
+        out = up.upscale(lr, "a red bird", None)
+        assert out.shape == ref.shape == (3, int(24 * outscale), int(40 * outscale)) and psnr(out, ref) > 45
+    as_uint8 = up.upscale_batch([lr], ["a red bird"], as_uint8=True)[0]
+    assert as_uint8.shape == (int(24 * outscale), int(40 * outscale), 3) and as_uint8.dtype == torch.uint8
+
+
 def test_tiles_bound_device_memory_and_blend_like_the_cpu(gen):
     lr = smooth(256, 256)
     whole_cpu = Upscaler(copy.deepcopy(gen), CPU, tile=64, tile_pad=8).upscale(lr, "a photo", None)

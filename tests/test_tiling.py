@@ -75,6 +75,24 @@ def test_tiled_matches_untiled_within_tolerance_and_has_no_seam(tiny_cfg, tiny_c
     assert dy[127] < 3 * dy.median() + 1e-3
 
 
+@pytest.mark.parametrize("outscale, size", [(2.5, (160, 240)), (6, (384, 576)), (2.3, (147, 220))])
+def test_outscale_resizes_the_network_output_tiled_or_not(tiny_cfg, tiny_clip, outscale, size):
+    gen = Generator(tiny_cfg, tiny_clip, 4)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        gen.upsampler.to_rgb.weight.normal_(0, 0.05)
+    lr = _smooth(64, 96)
+    whole = Upscaler(gen, torch.device("cpu"), tile=0, outscale=outscale).upscale(lr, "a photo", None)
+    assert whole.shape == (3, *size)  # int(side * outscale), Real-ESRGAN's size
+    with torch.inference_mode():  # resized before it is clamped to [0, 1]
+        net = gen.eval()(lr[None], gen.encode_text(["a photo"]))
+    expected = F.interpolate(net, size=size, mode="bicubic", antialias=outscale < 4).clamp(0, 1)[0]
+    assert torch.allclose(whole, expected, atol=1e-5)
+    parts = Upscaler(gen, torch.device("cpu"), tile=32, tile_pad=8, outscale=outscale).upscale(lr, "a photo", None)
+    assert parts.shape == whole.shape and -10 * torch.log10((parts - whole).square().mean()) > 30
+    assert Upscaler(gen, torch.device("cpu"), tile=0, outscale=4).outscale is None  # the network's own: no resize
+
+
 def test_tiles_bound_what_reaches_the_network(tiny_cfg, tiny_clip):
     gen = Generator(tiny_cfg, tiny_clip, 4)
     seen = []
