@@ -113,6 +113,7 @@ def upscale(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] | mps."),
     precision: Optional[str] = typer.Option(None, "--precision",
                                             help="fp32 | bf16 | fp16 (default: half on CUDA, fp32 elsewhere)."),
+    fp32: bool = typer.Option(False, "--fp32", help="Same as --precision fp32 (Real-ESRGAN's flag)."),
     shard_spec: Optional[str] = typer.Option(None, "--shard", help="K/N: process only shard K of N (0-based)."),
     tile: Optional[int] = typer.Option(None, "-t", "--tile",
                                        help="LR tile side for large images (0: never tile; default: from free memory)."),
@@ -139,6 +140,10 @@ def upscale(
     if missing_caption not in MissingPolicy.__members__:
         raise UsageError(f"--missing-caption {missing_caption}: choose {' | '.join(MissingPolicy.__members__)}")
     policy = MissingPolicy(missing_caption)
+    if fp32:
+        if precision not in (None, "fp32"):
+            raise UsageError(f"--fp32 and --precision {precision} disagree; give one of them")
+        precision = "fp32"
     place = launched()  # under torchrun: this process's shard and GPU
     try:
         dev = rank_device(pick_device(device), place)

@@ -302,6 +302,10 @@ def test_outscale_and_scale_usage_errors(folder, tmp_path):
     assert res.exit_code == 2 and "drop --scale and give --outscale 2" in res.output, res.output
     res = runner.invoke(app, args + ["--preset", "tiny", "--tile-pad", "-1"])
     assert res.exit_code == 2 and "--tile-pad -1: must be >= 0" in res.output, res.output
+    res = runner.invoke(app, args + ["--preset", "tiny", "--fp32", "--precision", "bf16"])
+    assert res.exit_code == 2 and "--fp32 and --precision bf16 disagree" in res.output, res.output
+    res = runner.invoke(app, args + ["--preset", "tiny", "--fp32", "-s", "2"])  # Real-ESRGAN's flag
+    assert res.exit_code == 1 and "float32" in res.output, res.output  # empty.png and notes.png fail
 
 
 def test_skip_existing_finds_the_png_output_of_an_alpha_image(tmp_path):
