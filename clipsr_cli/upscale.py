@@ -256,7 +256,7 @@ class Upscaler:
             return None
         (h, w), (need, free) = self.output_size(decoded.rgb), (f"{n / 2**30:.1f} GiB" for n in shortfall)
         return f"its {w}x{h} output needs about {need} of memory and {free} is free; " \
-               "upscale it in parts or at a smaller --scale"
+               "upscale it in parts or at a smaller --scale or --outscale"
 
     def output_size(self, lr: torch.Tensor) -> tuple[int, int]:
         """(height, width) of lr's output: the network's scale, or `outscale`'s."""
