@@ -25,7 +25,7 @@ def _opt(default, help: str):
 class TrainConfig:
     # data
     dataset: str = _opt("folder", "Dataset stage: cub | coco | celeba | folder (see `clipsr plugins`).")
-    data_root: str = _opt("", "Dataset root folder (its official layout).")
+    data_root: str = _opt("", "Dataset root folder (its official layout; default: datasets/<dataset>).")
     captions: str = _opt("", "Captions file for --dataset folder (.json/.jsonl/.csv; else .txt sidecars).")
     val_root: str = _opt("", "Validation image folder (default: the dataset's test split).")
     val_captions: str = _opt("", "Captions file for --val-root.")
@@ -61,7 +61,8 @@ class TrainConfig:
     device: str = _opt("auto", "auto | cpu | cuda[:N] | mps (under torchrun: cuda:LOCAL_RANK).")
     precision: str = _opt("fp32", "fp32 | bf16 | fp16 (autocast; fp16 uses a gradient scaler, CUDA only).")
     # experiment
-    exp_dir: str = _opt("", "Experiment folder (config, checkpoints, samples, logs).")
+    exp_dir: str = _opt("", "Experiment folder: config, checkpoints, samples, logs "
+                            "(default: experiments/<dataset>-<preset>-x<scale>).")
     resume: bool = _opt(False, "Continue from the latest valid checkpoint in --exp-dir.")
     log_every: int = _opt(10, "Steps between metric lines.")
     sample_every: int = _opt(500, "Steps between LR | SR | HR sample grids (0: never).")
@@ -70,12 +71,22 @@ class TrainConfig:
     keep_checkpoints: int = _opt(3, "Checkpoints kept (older ones are deleted).")
     tensorboard: bool = _opt(True, "Also write TensorBoard events when tensorboard is installed.")
 
+    def with_default_folders(self) -> "TrainConfig":
+        """Unset folders as BasicSR lays them out, relative to where train runs:
+        the data in datasets/<dataset>, the run in experiments/<name>, so that
+        `clipsr train --dataset cub` (and the same with --resume) needs no more."""
+        name = f"{self.dataset}-{Path(self.preset).stem}-x{self.scale}"
+        return dataclasses.replace(self, data_root=self.data_root or f"datasets/{self.dataset}",
+                                   exp_dir=self.exp_dir or f"experiments/{name}")
+
     def validate(self) -> "TrainConfig":
         check_scale(self.scale)
-        if not self.exp_dir:
-            raise ConfigError("train needs --exp-dir (or exp_dir in the config file)")
-        if not self.data_root:
-            raise ConfigError(f"train needs --data-root: the folder of the {self.dataset!r} dataset")
+        if not self.exp_dir or not self.data_root:
+            raise ConfigError("train needs --exp-dir and --data-root (or exp_dir and data_root in the config file)")
+        if not Path(self.data_root).is_dir():
+            default = " (the default for this --dataset)" if self.data_root == f"datasets/{self.dataset}" else ""
+            raise ConfigError(f"--data-root {self.data_root}: no such folder{default}; put the {self.dataset!r} "
+                              "dataset there in its official layout, or pass --data-root where it is")
         if self.batch_size < 1 or self.max_steps < 0 or self.epochs < 1:
             raise ConfigError("batch_size and epochs must be >= 1, max_steps >= 0")
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -143,11 +154,11 @@ FIXED_ON_RESUME = ("preset", "scale", "hr_crop", "seed", "batch_size", "dataset"
 def run_config(config_file: Optional[Path], overrides: dict[str, Any]) -> TrainConfig:
     """The config of a `train` invocation.  With --resume the experiment's saved
     config is the base, so only what is given again changes."""
-    cfg = resolve_config(config_file, overrides)
-    saved_path = Path(cfg.exp_dir) / "config.toml" if cfg.exp_dir else None
-    if cfg.resume and saved_path is not None and saved_path.is_file():
+    cfg = resolve_config(config_file, overrides).with_default_folders()
+    saved_path = Path(cfg.exp_dir) / "config.toml"
+    if cfg.resume and saved_path.is_file():
         saved = TrainConfig.from_dict(read_toml(saved_path), origin=str(saved_path))
-        cfg = resolve_config(config_file, overrides, base=saved)
+        cfg = resolve_config(config_file, overrides, base=saved).with_default_folders()
         changed = [k for k in FIXED_ON_RESUME if getattr(cfg, k) != getattr(saved, k)]
         if changed:
             raise ConfigError(f"--resume cannot change {', '.join(changed)} (saved in {saved_path}); "

@@ -213,6 +213,25 @@ def test_existing_experiment_is_never_overwritten(tmp_path):
         run_config(None, {"exp_dir": cfg.exp_dir, "resume": True, "scale": 8})
 
 
+def test_unset_folders_default_to_datasets_and_experiments_and_resume_finds_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="--data-root datasets/cub: no such folder \\(the default"):
+        run_config(None, {"dataset": "cub"})  # `clipsr train --dataset cub`, as a user first types it
+    make_folder(tmp_path / "datasets" / "folder")
+    args = ["train", "--dataset", "folder", "--captions", "datasets/folder/caps.json", "--preset", "tiny",
+            "--hr-crop", "32", "--batch-size", "2", "--perceptual-weight", "0", "--num-workers", "0", "--val-every", "0",
+            "--sample-every", "0", "--val-images", "2", "--no-tensorboard", "-q"]
+    result = CliRunner().invoke(app, args + ["--max-steps", "1"])
+    assert result.exit_code == 0, result.output
+    exp = tmp_path / "experiments" / "folder-tiny-x4"
+    assert [p.name for p in (exp / "checkpoints").glob("step_*.safetensors")] == ["step_00000001.safetensors"]
+    result = CliRunner().invoke(app, args + ["--max-steps", "2", "--resume"])  # the same folders, found again
+    assert result.exit_code == 0, result.output
+    assert "step_00000002.safetensors" in [p.name for p in (exp / "checkpoints").glob("step_*.safetensors")]
+    given = run_config(None, {"data_root": str(tmp_path / "datasets" / "folder"), "exp_dir": "runs/a"})
+    assert given.exp_dir == "runs/a" and given.data_root == str(tmp_path / "datasets" / "folder")  # given: kept
+
+
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     straight = tiny_run(tmp_path / "a", max_steps=6, val_every=0, sample_every=0, checkpoint_every=3)
     train(straight)
