@@ -28,6 +28,14 @@ class ImageError(ValueError):
         self.kind = kind  # what a run's summary counts it as
 
 
+def image_files(folder: Path, recursive: bool = True) -> list[Path]:
+    """The image files in `folder` (and below), sorted; hidden ones left out
+    as a shell glob leaves them: macOS's `._photo.jpg` metadata files, `.thumbnails/`."""
+    found = folder.rglob("*") if recursive else folder.glob("*")
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 @dataclass
 class Decoded:
     rgb: torch.Tensor  # (3, H, W) float32 in [0, 1]

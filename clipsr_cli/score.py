@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from clipsr_cli.captions import unique_stems
-from clipsr_cli.images import IMAGE_EXTS, ImageError, load_image
+from clipsr_cli.images import ImageError, image_files, load_image
 
 _CAPTION_TAG = re.compile(r"_c\d+$")  # upscale's one-output-per-caption names
 
@@ -22,8 +22,8 @@ class Pairing:
 
 
 def _index(folder: Path) -> dict[str, Path]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-    return {p.relative_to(folder).with_suffix("").as_posix(): p for p in files}
+    """Images under `folder` (hidden ones left out, as upscale leaves them) by relative path without extension."""
+    return {p.relative_to(folder).with_suffix("").as_posix(): p for p in image_files(folder)}
 
 
 def _candidates(key: str, suffix: str) -> list[str]:

@@ -29,8 +29,8 @@ from clipsr_cli.devices import pick_memory_format, release_cached_memory
 from clipsr_cli.errors import UserError
 from clipsr_cli.files import remove_stale_temporaries
 from clipsr_cli.graphs import GraphedForward
-from clipsr_cli.images import (IMAGE_EXTS, ImageError, holds_alpha, is_plain_8bit, load_image, output_array,
-                               write_image, written_by_clipsr)
+from clipsr_cli.images import (IMAGE_EXTS, ImageError, holds_alpha, image_files, is_plain_8bit, load_image,
+                               output_array, write_image, written_by_clipsr)
 from clipsr_cli.lanes import Lanes, default_lanes
 from clipsr_cli.prefetch import prefetch
 from clipsr_cli.tiling import (auto_batch, auto_tile, host_memory_shortfall, is_out_of_memory, output_host_bytes,
@@ -101,9 +101,9 @@ def collect_inputs(spec: str, recursive: bool = False) -> tuple[Path, list[Path]
     if path.is_file():
         return path.parent, [path]
     if path.is_dir():
-        files = _images_under(path, recursive)
+        files = image_files(path, recursive)
         if not files:
-            below = not recursive and bool(_images_under(path, True))
+            below = not recursive and bool(image_files(path, True))
             raise UsageError(f"{spec}: no images ({', '.join(sorted(e[1:] for e in IMAGE_EXTS))}) in this folder"
                              + ("; its subfolders hold some: add -r" if below else ""))
         return path, files
@@ -116,14 +116,6 @@ def collect_inputs(spec: str, recursive: bool = False) -> tuple[Path, list[Path]
             break
         fixed.append(part)
     return Path(*fixed) if fixed else Path("."), matches
-
-
-def _images_under(folder: Path, recursive: bool) -> list[Path]:
-    """Image files in the folder (and below), hidden ones left out as a shell
-    glob leaves them: macOS's `._photo.jpg` metadata files, `.thumbnails/`."""
-    pattern = "**/*" if recursive else "*"
-    return sorted(p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTS
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts) and p.is_file())
 
 
 def parse_shard(spec: str) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from clipsr_cli.errors import UserError
 from clipsr_cli.hookspecs import hookimpl
-from clipsr_cli.images import IMAGE_EXTS
+from clipsr_cli.images import IMAGE_EXTS, image_files
 
 
 class DatasetError(UserError, ValueError):
@@ -161,9 +161,7 @@ def load_folder(root: Path, split: str = "train", captions: str = "") -> list[Re
         raise DatasetError(f"{root}: not a folder; --dataset folder needs an image folder as --data-root")
     table = Captions(root, Path(captions) if captions else None)
     records, uncaptioned = [], []
-    for p in sorted(root.rglob("*")):
-        if p.suffix.lower() not in IMAGE_EXTS or not p.is_file():
-            continue
+    for p in image_files(root):  # hidden files (macOS's ._ metadata) left out
         caps = [c for c in (table.get(p) or []) if c.strip()]
         if caps:
             records.append(Record(p, tuple(caps)))

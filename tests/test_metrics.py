@@ -79,6 +79,9 @@ def test_pairing_uses_names_not_order(tmp_path):
         Image.new("RGB", (8, 8)).save(hr / name)
     for name in ("zebra_x4.png", "apple_x4_c0.png", "apple_x4_c1.png", "sub/bird_x4.jpg", "stray.png"):
         Image.new("RGB", (8, 8)).save(sr / name)
+    (sr / "._zebra_x4.png").write_bytes(b"\x00\x05\x16\x07")  # macOS metadata: hidden, not a result
+    (hr / ".thumbnails").mkdir()
+    Image.new("RGB", (8, 8)).save(hr / ".thumbnails" / "zebra.png")
     p = pair_folders(sr, hr, suffix="_x4")
     pairs = {s.relative_to(sr).as_posix(): h.relative_to(hr).as_posix() for s, h in p.pairs}
     assert pairs == {"zebra_x4.png": "zebra.png", "apple_x4_c0.png": "apple.png",
