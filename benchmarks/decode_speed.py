@@ -37,6 +37,15 @@ def module_at(commit: str, folder: Path, name: str = "images"):
     return module
 
 
+def compared(times: dict[str, list[float]], against: str | None, digits: int) -> str:
+    """Each version's median; with `against`, its paired median ratio to "now"."""
+    line = ", ".join(f"{v} {statistics.median(t):.{digits}f}" for v, t in times.items())
+    if against:
+        ratio = statistics.median(a / b for a, b in zip(times[against], times["now"]))
+        line += f"; {against} / now, paired median: {ratio:.2f}x"
+    return line
+
+
 def inputs(folder: Path) -> dict[str, list[Path]]:
     rng = np.random.default_rng(0)
     sets = {}
@@ -81,11 +90,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for version, module in versions.items():
                     times[version].append(core_ms(module.load_image, paths))
-            line = ", ".join(f"{v} {statistics.median(t):.3f}" for v, t in times.items())
-            if args.against:
-                ratio = statistics.median(a / b for a, b in zip(times[args.against], times["now"]))
-                line += f"; {args.against} / now, paired median: {ratio:.2f}x"
-            print(f"{name}: core-ms per image: {line}")
+            print(f"{name}: core-ms per image: {compared(times, args.against, 3)}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ the paired median ratio.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode_speed import module_at  # noqa: E402
+from decode_speed import compared, module_at  # noqa: E402
 
 TEXT = {"Software": "clipsr"}
 
@@ -58,11 +57,7 @@ def main() -> None:
             order = list(versions.items()) if r % 2 else list(reversed(versions.items()))
             for version, (f, w) in order:
                 times[version].append(core_us(f, w, tmp / f"out-{version}-{r}", arrays))
-        line = ", ".join(f"{v} {statistics.median(t):.0f}" for v, t in times.items())
-        if args.against:
-            ratio = statistics.median(a / b for a, b in zip(times[args.against], times["now"]))
-            line += f"; {args.against} / now, paired median: {ratio:.2f}x"
-        print(f"256x256 RGB PNG, written atomically: core-us per output: {line}")
+        print(f"256x256 RGB PNG, written atomically: core-us per output: {compared(times, args.against, 0)}")
 
 
 if __name__ == "__main__":
