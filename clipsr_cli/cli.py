@@ -114,7 +114,7 @@ def upscale(
     precision: Optional[str] = typer.Option(None, "--precision",
                                             help="fp32 | bf16 | fp16 (default: half on CUDA, fp32 elsewhere)."),
     fp32: bool = typer.Option(False, "--fp32", help="Same as --precision fp32 (Real-ESRGAN's flag)."),
-    shard_spec: Optional[str] = typer.Option(None, "--shard", help="K/N: process only shard K of N (0-based)."),
+    shard_spec: Optional[str] = typer.Option(None, "--shard", help="K/N: process only shard K of N (0-based; under torchrun: RANK/WORLD_SIZE)."),
     tile: Optional[int] = typer.Option(None, "-t", "--tile",
                                        help="LR tile side for large images (0: never tile; default: from free memory)."),
     tile_pad: int = typer.Option(16, "--tile-pad", help="LR pixels of overlap between tiles (blended, no seams)."),
@@ -122,7 +122,7 @@ def upscale(
         None, "-b", "--batch-size",
         help="Same-size images upscaled together (default: as many as fit in memory, up to 8 on a CPU, 64 on a GPU)."),
     json_report: Optional[Path] = typer.Option(None, "--json", help="Write a machine-readable report."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress, notes or summary: errors and warnings only."),
     config: Optional[Path] = config_option(),
 ):
     """Upscale images, each steered by its caption."""
