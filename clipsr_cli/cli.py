@@ -75,7 +75,7 @@ def _upscale_summary(report, policy, default_caption: str) -> Table:
 
     missing = {"error": "failed (--missing-caption error)", "empty": "upscaled with an empty caption",
                "default": f"upscaled with {default_caption!r}"}[policy.value] if report.missing_captions else ""
-    inputs_done = len({image for image, _ in report.done})
+    inputs_done = len({w.image for w in report.done})
     table = Table(title="upscale summary")
     table.add_column("")
     table.add_column("count", justify="right")
@@ -229,7 +229,7 @@ def upscale(
         console.print(f"results in {output}/")
     if json_report:
         _write_text(json_report, json.dumps({
-            "done": [{"input": str(i), "output": str(o)} for i, o in report.done],
+            "done": [{"input": str(w.image), "output": str(w.output), "caption": w.caption} for w in report.done],
             "skipped": [{"input": str(o.image), "reason": o.reason, "kind": o.kind} for o in report.skipped],
             "failed": [{"input": str(o.image), "reason": o.reason, "kind": o.kind} for o in report.failed],
             "missing_captions": report.missing_captions,

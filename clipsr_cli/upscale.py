@@ -60,6 +60,13 @@ def default_model(scale: int, weights_dir=None) -> tuple[Path, str]:
     return path, f"no --weights: using the bundled default model {name} ({get_entry(name).description})"
 
 
+class Written(NamedTuple):
+    """An output written: its input, its path and the caption that steered it."""
+    image: Path
+    output: Path
+    caption: str
+
+
 class Outcome(NamedTuple):
     """An input not upscaled, and why."""
     image: Path
@@ -69,7 +76,7 @@ class Outcome(NamedTuple):
 
 @dataclass
 class Report:
-    done: list[tuple[Path, Path]] = field(default_factory=list)
+    done: list[Written] = field(default_factory=list)
     skipped: list[Outcome] = field(default_factory=list)
     failed: list[Outcome] = field(default_factory=list)
     missing_captions: int = 0  # inputs with no caption of their own, whatever the policy gave them
@@ -589,7 +596,7 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
             raise error  # a bug, not a bad input
         for it, e in zip(batch, errors or [error] * len(batch)):
             if e is None:
-                report.done.append((it.job.image, it.target))
+                report.done.append(Written(it.job.image, it.target, it.caption))
             else:
                 fail(it.job, getattr(e, "kind", None) or f"{type(e).__name__} while upscaling or writing",
                      f"{type(e).__name__}: {e}")

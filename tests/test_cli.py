@@ -59,9 +59,13 @@ def test_several_captions_give_one_output_each_and_missing_caption_policy(folder
     caps = tmp_path / "caps.json"
     caps.write_text(json.dumps({"a.png": ["a red bird", "a blue bird"]}))
     out = tmp_path / "sr"
-    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(out), "--captions", str(caps), "-s", "2", "-q"])
+    report = tmp_path / "r.json"
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(out), "--captions", str(caps), "-s", "2",
+                              "-q", "--json", str(report)])
     assert res.exit_code == 1  # c.png has no caption under the default 'error' policy
     assert sorted(p.name for p in out.iterdir()) == ["a_c0.png", "a_c1.png"]
+    done = {Path(d["output"]).name: d["caption"] for d in json.loads(report.read_text())["done"]}
+    assert done == {"a_c0.png": "a red bird", "a_c1.png": "a blue bird"}  # which caption made which output
     assert not np.array_equal(np.asarray(Image.open(out / "a_c0.png")), np.asarray(Image.open(out / "a_c1.png")))
     res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder), "-o", str(out), "--captions", str(caps), "-s", "2",
                               "--missing-caption", "empty", "--skip-existing", "-q"])

@@ -87,7 +87,7 @@ def test_outputs_do_not_depend_on_the_lanes(tiny_cfg, tiny_clip, tmp_path, batch
     for name, lanes in (("inline", Lanes(1)), ("lanes", Lanes(2, torch_threads=1))):
         reports[name] = run(Upscaler(gen, torch.device("cpu"), tile=0), folder, images, tmp_path / name, caps,
                             batch_size=batch_size, lanes=lanes)
-    assert [i.name for i, _ in reports["lanes"].done] == [p.name for p in images]  # reported in input order
+    assert [i.name for i, *_ in reports["lanes"].done] == [p.name for p in images]  # reported in input order
     for p in images:
         a = np.asarray(Image.open(tmp_path / "inline" / p.name), dtype=np.int16)
         b = np.asarray(Image.open(tmp_path / "lanes" / p.name), dtype=np.int16)
@@ -137,8 +137,8 @@ def test_an_accelerator_is_driven_from_the_callers_thread_and_lanes_write(tiny_c
     assert write_threads and all(name.startswith("clipsr-lane") for name in write_threads)
     assert [o.image.name for o in report.failed] == ["4.png", "5.png"]  # the batch whose forward failed
     assert "device error on this batch" in report.failed[0].reason
-    assert [i.name for i, _ in report.done] == [i.name for i, _ in reference.done if i.name not in ("4.png", "5.png")]
-    for i, out in report.done:
+    assert [i.name for i, *_ in report.done] == [i.name for i, *_ in reference.done if i.name not in ("4.png", "5.png")]
+    for i, out, _ in report.done:
         a = np.asarray(Image.open(out), dtype=np.int16)
         b = np.asarray(Image.open(tmp_path / "ref" / out.name), dtype=np.int16)
         assert a.shape == b.shape and np.abs(a - b).max() <= 1
@@ -178,7 +178,7 @@ def test_a_failed_write_fails_that_image_only(tiny_cfg, tiny_clip, tmp_path):
     (out / "b.png").mkdir(parents=True)  # a folder where b's output should go: the rename fails
     report = run(Upscaler(Generator(tiny_cfg, tiny_clip, 2), torch.device("cpu"), tile=0), folder,
                  sorted(folder.glob("*.png")), out, Captions(folder, text="x"), batch_size=3, lanes=Lanes(2, 1))
-    assert [i.name for i, _ in report.done] == ["a.png", "c.png"]
+    assert [i.name for i, *_ in report.done] == ["a.png", "c.png"]
     assert [o.image.name for o in report.failed] == ["b.png"]
     assert not list(out.glob(".*.tmp"))  # no temporary left behind
 
@@ -206,7 +206,7 @@ def test_a_full_disk_stops_the_run_at_its_first_failed_write(tiny_cfg, tiny_clip
                  sorted(folder.glob("*.png")), tmp_path / "sr", Captions(folder, text="x"), batch_size=1,
                  lanes=Lanes(lanes, 1))
     assert "No space left on device writing" in report.stopped and "--skip-existing" in report.stopped
-    done = [i.name for i, _ in report.done]
+    done = [i.name for i, *_ in report.done]
     assert set(done) <= set(written)  # with 2 lanes, writes race for the last places
     if lanes == 1:
         assert done == ["00.png", "01.png", "02.png"]
@@ -276,6 +276,6 @@ def test_an_input_gone_since_listing_is_reported_while_existing_outputs_are_chec
     (folder / "b.png").unlink()  # gone between listing and planning
     report = run(Upscaler(Generator(tiny_cfg, tiny_clip, 2), torch.device("cpu"), tile=0), folder, images, out,
                  Captions(folder, text="x"), lanes=Lanes(1))
-    assert [i.name for i, _ in report.done] == ["a.png"]
+    assert [i.name for i, *_ in report.done] == ["a.png"]
     assert [o.image.name for o in report.failed] == ["b.png"]
     assert Image.open(out / "a.png").size == (16, 16)  # an old output is replaced, it is no input
