@@ -102,7 +102,8 @@ def upscale(
     outscale: Optional[float] = typer.Option(
         None, "--outscale",
         help="Output size over input size, any value > 0: the network's output resized (Real-ESRGAN's --outscale)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="clipsr checkpoint (.safetensors)."),
+    weights: Optional[Path] = typer.Option(
+        None, "--weights", help="clipsr checkpoint (.safetensors), or a model's name (`clipsr weights list`)."),
     preset: Optional[str] = typer.Option(None, "--preset",
                                          help="Run a preset with untrained weights (no --weights, no default model)."),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder holding manifest weights files."),
@@ -135,7 +136,8 @@ def upscale(
     from clipsr_cli.files import check_writable_folder
     from clipsr_cli.lanes import Lanes, default_lanes
     from clipsr_cli.network import Generator
-    from clipsr_cli.upscale import UsageError, Upscaler, collect_inputs, default_model, parse_shard, run, shard
+    from clipsr_cli.upscale import (UsageError, Upscaler, collect_inputs, default_model, model_file, parse_shard, run,
+                                    shard)
 
     if missing_caption not in MissingPolicy.__members__:
         raise UsageError(f"--missing-caption {missing_caption}: choose {' | '.join(MissingPolicy.__members__)}")
@@ -181,6 +183,7 @@ def upscale(
         if not quiet:
             console.print(f"[cyan]note:[/cyan] {note}", highlight=False)
     if weights is not None:
+        weights = model_file(weights, weights_dir)
         _, ckpt_scale = checkpoint_config(read_metadata(weights))
         if scale is not None and scale != ckpt_scale:
             raise UsageError(f"--scale {scale} but {weights} is a x{ckpt_scale} model; "

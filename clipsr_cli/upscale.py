@@ -102,6 +102,20 @@ def tally(outcomes: list[Outcome]) -> list[tuple[str, int]]:
     return Counter(o.kind for o in outcomes).most_common()
 
 
+def model_file(spec: Path, weights_dir=None) -> Path:
+    """--weights: a checkpoint file, or the name of a model in the weights
+    manifest (`clipsr-default-x8`), resolved and verified as open_clip's named
+    weights are.  Neither: an error that lists the names."""
+    from clipsr_cli.weights import manifest, resolve
+
+    if spec.exists():
+        return spec
+    models = sorted(name for name, entry in manifest().items() if entry.filename.startswith("clipsr-"))
+    if str(spec) in models:
+        return resolve(str(spec), weights_dir=weights_dir)
+    raise UsageError(f"--weights {spec}: no such checkpoint file, nor a model name (models: {', '.join(models)})")
+
+
 def collect_inputs(spec: str, recursive: bool = False) -> tuple[Path, list[Path]]:
     """(root, images) for a file, a folder or a glob pattern."""
     path = Path(spec)

@@ -298,6 +298,23 @@ def test_outscale_gives_any_output_size_for_every_kind_of_image(folder, tmp_path
             assert im.size == (30, 25) and im.mode == mode, (name, im.size, im.mode)
 
 
+def test_weights_by_model_name_or_file(folder, tmp_path):
+    from weights import BUNDLED_DIR
+
+    (folder / "empty.png").unlink()
+    (folder / "notes.png").unlink()
+    out = tmp_path / "sr"
+    res = runner.invoke(app, ["upscale", str(folder / "a.png"), "-o", str(out), "--caption", "x",
+                              "--weights", "clipsr-default-x8", "-q"])  # a name from `clipsr weights list`
+    assert res.exit_code == 0, res.output
+    assert Image.open(out / "a.png").size == (96, 80)
+    res = runner.invoke(app, ["upscale", str(folder / "a.png"), "-o", str(out), "--caption", "x", "--weights",
+                              str(BUNDLED_DIR / "clipsr-default-x8.safetensors"), "--suffix", "_f", "-q"])
+    assert res.exit_code == 0 and Image.open(out / "a_f.png").size == (96, 80), res.output
+    res = runner.invoke(app, ["upscale", str(folder), "-o", str(out), "--caption", "x", "--weights", "clipsr-x3"])
+    assert res.exit_code == 2 and "nor a model name (models: clipsr-default-x4, clipsr-default-x8)" in res.output
+
+
 def test_outscale_and_scale_usage_errors(folder, tmp_path):
     args = ["upscale", str(folder), "-o", str(tmp_path / "sr"), "--caption", "x"]
     res = runner.invoke(app, args + ["--preset", "tiny", "--outscale", "0"])
