@@ -65,6 +65,17 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     keep_freed_memory()  # process-wide, once: big activation maps are reused, not re-faulted
 
 
+def _write_upscale_json(path: Path, report, interrupted: bool = False) -> None:
+    _write_text(path, json.dumps({
+        "done": [{"input": str(w.image), "output": str(w.output), "caption": w.caption} for w in report.done],
+        "skipped": [{"input": str(o.image), "reason": o.reason, "kind": o.kind} for o in report.skipped],
+        "failed": [{"input": str(o.image), "reason": o.reason, "kind": o.kind} for o in report.failed],
+        "missing_captions": report.missing_captions,
+        "stopped": report.stopped or None,
+        "interrupted": interrupted,
+    }, indent=2))
+
+
 def _upscale_summary(report, policy, default_caption: str) -> Table:
     """Counts, each with why: skipped and failed inputs by kind (failures are
     also listed one per line above it; every input in --json)."""
@@ -136,8 +147,8 @@ def upscale(
     from clipsr_cli.files import check_writable_folder
     from clipsr_cli.lanes import Lanes, default_lanes
     from clipsr_cli.network import Generator
-    from clipsr_cli.upscale import (UsageError, Upscaler, collect_inputs, default_model, model_file, parse_shard, run,
-                                    shard)
+    from clipsr_cli.upscale import (Report, UsageError, Upscaler, collect_inputs, default_model, model_file,
+                                    parse_shard, run, shard)
 
     if missing_caption not in MissingPolicy.__members__:
         raise UsageError(f"--missing-caption {missing_caption}: choose {' | '.join(MissingPolicy.__members__)}")
@@ -211,17 +222,20 @@ def upscale(
         finished += 1
         bar.advance(task)
 
+    report = Report()
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), ImagesPerSecond(),
                   TimeRemainingColumn(), console=console, disable=quiet, transient=True) as bar:
         task = bar.add_task("upscaling", total=len(images))
         try:
-            report = run(upscaler, root, images, output, caps, suffix, ext and ext.lower(), skip_existing,
-                         progress=advance, batch_size=batch_size, lanes=lanes)
+            run(upscaler, root, images, output, caps, suffix, ext and ext.lower(), skip_existing,
+                progress=advance, batch_size=batch_size, lanes=lanes, report=report)
         except KeyboardInterrupt:
             # batches already running finish (their files are whole); queued ones are dropped
             console.print(f"[yellow]interrupted[/yellow] after {finished} of {len(images)} input(s); every "
                           "output written is complete: run the same command with --skip-existing to go on",
                           highlight=False, soft_wrap=True)
+            if json_report:  # what was done before it: the report says it was interrupted
+                _write_upscale_json(json_report, report, interrupted=True)
             raise typer.Exit(130) from None
     for failure in report.failed:
         console.print(f"[red]failed:[/red] {failure.image}: {failure.reason}", highlight=False, soft_wrap=True)
@@ -231,13 +245,7 @@ def upscale(
         console.print(_upscale_summary(report, policy, default_caption))
         console.print(f"results in {output}/")
     if json_report:
-        _write_text(json_report, json.dumps({
-            "done": [{"input": str(w.image), "output": str(w.output), "caption": w.caption} for w in report.done],
-            "skipped": [{"input": str(o.image), "reason": o.reason, "kind": o.kind} for o in report.skipped],
-            "failed": [{"input": str(o.image), "reason": o.reason, "kind": o.kind} for o in report.failed],
-            "missing_captions": report.missing_captions,
-            "stopped": report.stopped or None,
-        }, indent=2))
+        _write_upscale_json(json_report, report)
     if report.failed:
         raise typer.Exit(1)
 

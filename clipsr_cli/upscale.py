@@ -548,15 +548,16 @@ class _Item:
 def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, captions: Captions,
         suffix: str = "", ext: str | None = None, skip_existing: bool = False,
         progress: Callable[[], None] = lambda: None, batch_size: int | None = 1,
-        lanes: Lanes | None = None, decoders: int | None = None) -> Report:
+        lanes: Lanes | None = None, decoders: int | None = None, report: Report | None = None) -> Report:
     """Upscale every image (one output per caption).  Consecutive outputs of the
     same LR size go through the network together, up to `batch_size` (None:
     `Upscaler.auto_batch`); batches are carried from forward pass to written
     files by `lanes` (default: `default_lanes` for the upscaler's device), which
     run closes when done.  Images decode in `decoders` threads (default: none,
     in this thread, where the CPU's cores compute; one per two lanes on an
-    accelerator)."""
-    report = Report()
+    accelerator).  `report`: filled as the run goes (what was done so far,
+    should it be interrupted), and returned."""
+    report = report if report is not None else Report()
     earlier = _earlier_outputs(images, root, out_dir, suffix)
     claims = _OutputClaims([image for image in images if image not in earlier], ext)
     scale = upscaler.gen.scale

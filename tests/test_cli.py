@@ -633,7 +633,9 @@ def test_ctrl_c_stops_the_run_says_how_to_resume_and_leaves_whole_files(tmp_path
     import signal
     import subprocess
 
-    cmd, out, proc = _upscale_in_a_process_until_its_first_output(tmp_path, 48, (64, 48), "--batch-size", "1")
+    report = tmp_path / "r.json"
+    cmd, out, proc = _upscale_in_a_process_until_its_first_output(tmp_path, 48, (64, 48), "--batch-size", "1",
+                                                                  "--json", str(report))
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, err
@@ -642,6 +644,8 @@ def test_ctrl_c_stops_the_run_says_how_to_resume_and_leaves_whole_files(tmp_path
     assert 0 < len(written) < 48
     for p in written:
         assert Image.open(p).size == (512, 384)
+    data = json.loads(report.read_text())  # what was done before the interruption, said to be partial
+    assert data["interrupted"] is True and all(Path(d["output"]) in written for d in data["done"])
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries: running writes finished
     res = subprocess.run(cmd + ["--skip-existing"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
