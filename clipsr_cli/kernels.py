@@ -56,7 +56,11 @@ def _packed(weight: torch.Tensor, view: torch.Tensor) -> torch.Tensor | None:
     layout (F.conv2d reorders it on every call: 8-14% of the ViT products'
     time, BENCHMARKS.md).  Kept on the weight itself, so it lives as long as
     the weight; repacked when the weight changes in place; None where this
-    PyTorch has no prepacked convolution."""
+    PyTorch has no prepacked convolution, and for a weight made in inference
+    mode (no version counter to tell a change by: a model built or loaded
+    there)."""
+    if weight.is_inference():
+        return None
     held = getattr(weight, "_clipsr_packed", None)
     if held is not None and held[0] == weight._version:
         return held[1]

@@ -68,6 +68,16 @@ def test_dense_in_inference_packs_the_weight_once_and_again_after_it_changes():
     assert w._clipsr_packed[1] is not packed
 
 
+def test_dense_on_weights_made_in_inference_mode():
+    # a model built or loaded under inference_mode holds inference tensors, which have no
+    # version counter to key a packed copy on: packed on every call instead, never stale
+    with torch.inference_mode():
+        w, b, x = torch.randn(24, 16), torch.randn(24), torch.randn(600, 16)
+        torch.testing.assert_close(dense(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+        w.mul_(-2)  # inference tensors change in place only in inference mode
+        torch.testing.assert_close(dense(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("factor", [2, 3])
 def test_conv_pixel_shuffle_channels_last_matches_pixel_shuffle(factor):
     conv = nn.Conv2d(8, 5 * factor * factor, 3, 1, 1)
