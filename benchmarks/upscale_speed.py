@@ -22,6 +22,7 @@ device and the quantising there, as upscale's do.
     python3 benchmarks/upscale_speed.py --device cuda --images 2048 --batch 16 --lanes 2 4 8
     python3 benchmarks/upscale_speed.py --host-ceiling   # upscale.run with a network that costs nothing
     python3 benchmarks/upscale_speed.py --ablate tiny 8  # what writing, quantising, decoding cost end to end
+    python3 benchmarks/upscale_speed.py --folders tiny 8 /tmp /dev/shm  # the file system's part
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -72,7 +75,8 @@ def build(preset: str, scale: int):
 
 def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repeats: int = 4,
         device: str = "cpu", precision: str | None = None, n_lanes: int | None = None,
-        work_dir: str | None = None, cuda_graphs: bool = True, decoders: int | None = None) -> dict:
+        work_dir: str | None = None, cuda_graphs: bool = True, decoders: int | None = None,
+        keep_files: bool = False) -> dict:
     import torch
 
     from clipsr_cli.captions import Captions
@@ -99,8 +103,7 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
             return {}
         return {"peak_device_gib": torch.cuda.max_memory_allocated(dev) / 2**30}
 
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        tmp = Path(tmp)
+    with scratch_folder(work_dir, keep_files) as tmp:
         if tile_test is not None:
             lr = tmp / "lr"
             lr.mkdir()
@@ -158,6 +161,19 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
         result["bicubic_ips"] = len(paths[:256]) / (time.perf_counter() - start)
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return result | device_peak()
+
+
+@contextmanager
+def scratch_folder(parent: str | None, keep: bool):
+    """A new folder under `parent`, removed on leaving unless `keep`: a whole
+    benchmark's files are removed at its end, not between configurations,
+    whose file creates would be slowed by the removals (see create_cost)."""
+    path = Path(tempfile.mkdtemp(prefix="clipsr-bench-", dir=parent))
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def run_forward_in_lanes(upscaler, chunks: list[tuple], lane_spec: tuple[int, int | None]) -> None:
@@ -252,6 +268,71 @@ def host_ceiling(n: int, batch: int, lanes: int, caller_driven: bool, repeats: i
     return best
 
 
+def timed_run(upscaler, lr: Path, paths: list[Path], out: Path, captions, batch: int) -> float:
+    """img/s of upscale.run over `paths` into `out`, in the CLI's lanes for the CPU."""
+    import torch
+
+    from clipsr_cli import upscale
+    from clipsr_cli.lanes import Lanes, default_lanes
+
+    start = time.perf_counter()
+    report = upscale.run(upscaler, lr, paths, out, captions, batch_size=batch,
+                         lanes=Lanes(*default_lanes(torch.device("cpu"))))
+    assert len(report.done) == len(paths), report.failed
+    return len(paths) / (time.perf_counter() - start)
+
+
+def create_cost(folder: Path, n: int = 200) -> float:
+    """Median CPU seconds to create (and close) an empty file in `folder`.  The
+    files are left in place: removing them is what makes the next creates slow
+    on a file system that skips recently freed inodes (ext4 without a journal)."""
+    folder.mkdir(parents=True)
+    costs = []
+    for i in range(n):
+        start = time.thread_time()
+        os.close(os.open(folder / f".{i:04d}.{os.urandom(8).hex()}.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        costs.append(time.thread_time() - start)
+    return statistics.median(costs)
+
+
+def compare_folders(preset: str, scale: int, n: int, batch: int, repeats: int, folders: list[str]) -> dict:
+    """upscale.run writing into each of `folders` in turn, against the forward
+    in lanes, alternated in one process (median of each round's ratio), and the
+    CPU cost of creating a file in each: how much of the end-to-end figure is
+    the file system's.  The inputs are decoded from the first folder."""
+    import torch
+
+    from clipsr_cli import upscale
+    from clipsr_cli.captions import Captions
+    from clipsr_cli.lanes import default_lanes
+    from clipsr_cli.memory import keep_freed_memory
+
+    keep_freed_memory()
+    dev = torch.device("cpu")
+    upscaler = upscale.Upscaler(build(preset, scale), dev, tile=0)
+    scratch = [Path(tempfile.mkdtemp(prefix="clipsr-bench-", dir=f)) for f in folders]
+    try:
+        lr = scratch[0] / "lr"
+        lr.mkdir()
+        paths = make_folder(lr, n, LR_SIDE[scale])
+        caption = "a small bird with a red head on a branch"
+        captions = Captions(lr, text=caption)
+        rgbs = [upscale.load_image(p).rgb for p in paths]
+        chunks = [(rgbs[i : i + batch], [caption] * len(rgbs[i : i + batch])) for i in range(0, n, batch)]
+        timed_run(upscaler, lr, paths, scratch[0] / "warm-up", captions, batch)
+        result = {f: {"create_us": 1e6 * create_cost(s / "create"), "ratios": []} for f, s in zip(folders, scratch)}
+        for attempt in range(repeats):
+            start = time.perf_counter()
+            run_forward_in_lanes(upscaler, chunks, default_lanes(dev))
+            forward = n / (time.perf_counter() - start)
+            for f, s in zip(folders, scratch):
+                result[f]["ratios"].append(timed_run(upscaler, lr, paths, s / f"sr{attempt}", captions, batch) / forward)
+    finally:  # only now: every file removed during the runs would have slowed the creates after it
+        for s in scratch:
+            shutil.rmtree(s, ignore_errors=True)
+    return result
+
+
 ABLATIONS = {  # what each run of `ablate` leaves out of upscale.run, by the names it calls
     "nothing": (),
     "writing": ("write_image",),
@@ -273,7 +354,7 @@ def ablate(preset: str, scale: int, n: int, batch: int, repeats: int) -> dict:
 
     from clipsr_cli import upscale
     from clipsr_cli.captions import Captions
-    from clipsr_cli.lanes import Lanes, default_lanes
+    from clipsr_cli.lanes import default_lanes
     from clipsr_cli.memory import keep_freed_memory
 
     keep_freed_memory()
@@ -294,10 +375,7 @@ def ablate(preset: str, scale: int, n: int, batch: int, repeats: int) -> dict:
                   for i in range(0, n, batch)]
 
         def upscale_run(out: Path) -> float:
-            start = time.perf_counter()
-            report = upscale.run(upscaler, lr, paths, out, captions, batch_size=batch, lanes=Lanes(*default_lanes(dev)))
-            assert len(report.done) == n, report.failed
-            return n / (time.perf_counter() - start)
+            return timed_run(upscaler, lr, paths, out, captions, batch)
 
         upscale_run(tmp / "warm-up")
         for attempt in range(repeats):
@@ -357,13 +435,25 @@ def main() -> None:
     p.add_argument("--presets", nargs="*", default=["tiny", "small", "paper"], help="none: only the tile test")
     p.add_argument("--scales", type=int, nargs="+", default=[4, 8])
     p.add_argument("--work-dir", help="where the input and output folders go (default: the system's temporary)")
+    p.add_argument("--keep-files", action="store_true", help=argparse.SUPPRESS)  # the parent removes them
+    p.add_argument("--folders", nargs="+", metavar="PRESET SCALE DIR",
+                   help="CPU: end to end writing into each folder DIR in turn, against the forward in lanes, "
+                        "and the cost of creating a file in each")
     p.add_argument("--no-tile-test", action="store_true", help="skip the 1024x1024 x8 runs")
     p.add_argument("--eager", action="store_true", help="CUDA: no graphs, every kernel launched from Python")
     p.add_argument("--decoders", type=int, help="decoding threads, 0: in the main thread (default: upscale's)")
     args = p.parse_args()
-    device_args = ["--device", args.device] + (["--precision", args.precision] if args.precision else []) + \
-        (["--work-dir", args.work_dir] if args.work_dir else []) + (["--eager"] if args.eager else []) + \
-        (["--decoders", str(args.decoders)] if args.decoders is not None else [])
+    if args.folders:
+        if len(args.folders) < 3:
+            p.error("--folders takes a preset, a scale and at least one folder")
+        preset, scale, *folders = args.folders
+        r = compare_folders(preset, int(scale), args.images or 192, args.batch or 8, args.repeats, folders)
+        print(f"| {preset} x{scale}: outputs in | creating a file (CPU us, median) | end to end / forward in lanes: "
+              f"median round (range) |\n|---|---|---|")
+        for folder, v in r.items():
+            print(f"| {folder} | {v['create_us']:.0f} | {statistics.median(v['ratios']):.1%} "
+                  f"({min(v['ratios']):.0%}–{max(v['ratios']):.0%}) |")
+        return
     if args.host_ceiling:
         print("| lanes | forward driven from | host ceiling, tiny x4 outputs (img/s) |\n|---|---|---|")
         for lanes in args.lanes or [1, 2, 4]:
@@ -386,8 +476,21 @@ def main() -> None:
         preset, scale, n, batch = args.one
         print(json.dumps(one(preset, int(scale), int(n), int(batch), args.tile_test, args.repeats, args.device,
                              args.precision, args.lanes[0] if args.lanes else None, args.work_dir,
-                             cuda_graphs=not args.eager, decoders=args.decoders)))
+                             cuda_graphs=not args.eager, decoders=args.decoders, keep_files=args.keep_files)))
         return
+
+    run_dir = Path(tempfile.mkdtemp(prefix="clipsr-bench-", dir=args.work_dir))  # removed at the end
+    try:
+        run_all(args, run_dir)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def run_all(args, run_dir: Path) -> None:
+    """Each configuration and the tile test in its own process, their files kept in run_dir."""
+    device_args = ["--device", args.device] + (["--precision", args.precision] if args.precision else []) + \
+        ["--work-dir", str(run_dir), "--keep-files"] + (["--eager"] if args.eager else []) + \
+        (["--decoders", str(args.decoders)] if args.decoders is not None else [])
 
     def child(*extra) -> dict:
         done = subprocess.run([sys.executable, __file__, *extra], capture_output=True, text=True, check=True)
