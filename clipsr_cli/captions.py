@@ -75,6 +75,17 @@ class Captions:
                            f"relative to {self.root} (such as {self._keys(images[0])[0]!r}), file names, or "
                            f"paths whose file name no other key has, and it has {next(iter(self.table))!r}")
 
+    def check_some_source(self, images: list[Path]) -> None:
+        """Raise CaptionError when, under the 'error' policy, nothing gives any
+        image a caption (no --caption, no caption file, no sidecar): every
+        image would fail, one line each, after the model had loaded."""
+        if (self.policy is not MissingPolicy.error or self.text is not None or self.table or not images
+                or any(image.with_suffix(".txt").is_file() for image in images)):
+            return
+        raise CaptionError(f"no caption for any of the {len(images)} input(s): give --captions FILE (.json, .jsonl, "
+                           f".csv), --caption TEXT, a .txt sidecar beside each image (such as "
+                           f"{images[0].with_suffix('.txt')}), or --missing-caption empty to upscale without one")
+
     def get(self, image: Path) -> list[str] | None:
         """Captions of `image`, else the policy's (None under 'error')."""
         own = self.own(image)

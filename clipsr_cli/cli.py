@@ -184,6 +184,7 @@ def upscale(
     caps = Captions(root, captions, caption, policy, default_caption)
     if captions is not None:
         caps.check_file_names(images, captions)
+    caps.check_some_source(images)
     try:  # one error now rather than the same failure for every image after the model loads
         check_writable_folder(output)
     except OSError as e:

@@ -95,6 +95,19 @@ def test_a_caption_file_naming_no_input_is_a_usage_error(folder, tmp_path):
     assert res.exit_code == 1 and (tmp_path / "sr" / "b.jpg").exists(), res.output
 
 
+def test_no_caption_source_at_all_is_one_usage_error_before_the_model_loads(folder, tmp_path):
+    args = ["upscale", "--preset", "tiny", str(folder), "-o", str(tmp_path / "sr"), "-s", "2"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output  # was: the model loaded, then one failure per image
+    assert "no caption for any of the 6 input(s)" in res.output and "--missing-caption empty" in res.output
+    assert "note:" not in res.output and not (tmp_path / "sr").exists()
+    res = runner.invoke(app, args + ["--missing-caption", "empty", "-q"])  # a policy that needs no caption
+    assert res.exit_code == 1 and (tmp_path / "sr" / "a.png").exists(), res.output  # (the bad files fail)
+    (folder / "b.txt").write_text("a bird")  # one sidecar: the others fail one by one, b.jpg is written
+    res = runner.invoke(app, args + ["-o", str(tmp_path / "sr2"), "-q"])
+    assert res.exit_code == 1 and (tmp_path / "sr2" / "b.jpg").exists(), res.output
+
+
 def test_a_flat_folder_finds_its_captions_in_a_file_keyed_by_the_dataset_tree(folder, tmp_path):
     # ../shared/data/sr-bench/captions.json has keys such as "Set5/baby.png"; LR copies sit in one folder
     caps = tmp_path / "caps.json"
