@@ -386,7 +386,7 @@ def score(
 
         page = write_report(report, rows, kept, [m for m in chosen if not m.set_level], f"clipsr score: {sr_dir}")
         console.print(f"report: {page}")
-    if failed:
+    if failed or unavailable_metrics:  # a script must not take a partial table for the whole
         raise typer.Exit(1)
 
 

@@ -59,6 +59,14 @@ def pair_folders(sr_dir: Path, ref_dir: Path | None, suffix: str = "") -> Pairin
     return result
 
 
+def _size_fix(sr_size, ref_size) -> str:
+    """What to do about an SR image and its reference differing in size."""
+    (h, w), (rh, rw) = sr_size, ref_size
+    if h % rh == 0 and w % rw == 0 and h // rh == w // rw > 1:  # the upscale's input given as reference
+        return f"it is x{h // rh} its reference: give the HR images as --ref, not the LR inputs"
+    return "pass --crop-to-common to compare the common area"
+
+
 def load_pair(sr: Path, ref: Path | None, crop_to_common: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     a = load_image(sr).rgb
     if ref is None:
@@ -67,7 +75,7 @@ def load_pair(sr: Path, ref: Path | None, crop_to_common: bool) -> tuple[torch.T
     if a.shape != b.shape:
         if not crop_to_common:
             raise ImageError(f"{sr}: size {a.shape[2]}x{a.shape[1]} differs from reference {ref} "
-                             f"({b.shape[2]}x{b.shape[1]}); pass --crop-to-common to compare the common area")
+                             f"({b.shape[2]}x{b.shape[1]}); {_size_fix(a.shape[1:], b.shape[1:])}")
         h, w = min(a.shape[1], b.shape[1]), min(a.shape[2], b.shape[2])
         a, b = a[:, :h, :w], b[:, :h, :w]
     return a, b

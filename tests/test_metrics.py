@@ -114,6 +114,19 @@ def test_score_cli_reports_and_fails_on_size_mismatch(tmp_path):
     assert res.exit_code == 0 and "2 image(s) scored" in res.output, res.output
 
 
+def test_score_against_the_lr_inputs_says_to_give_the_hr_images(tmp_path):
+    sr_dir, lr_dir = tmp_path / "sr", tmp_path / "lr"
+    sr_dir.mkdir()
+    lr_dir.mkdir()
+    Image.new("RGB", (64, 48)).save(sr_dir / "a.png")
+    Image.new("RGB", (16, 12)).save(lr_dir / "a.png")
+    res = CliRunner().invoke(app, ["score", str(sr_dir), "--ref", str(lr_dir)])
+    assert res.exit_code == 1 and "x4 its reference: give the HR images as --ref" in res.output, res.output
+    Image.new("RGB", (16, 13)).save(lr_dir / "a.png")  # not a scale apart: the common-area hint
+    res = CliRunner().invoke(app, ["score", str(sr_dir), "--ref", str(lr_dir)])
+    assert res.exit_code == 1 and "--crop-to-common" in res.output, res.output
+
+
 def test_niqe_matches_basicsr_documented_value(shared_dir, monkeypatch):
     """BasicSR documents NIQE 5.72957338 (MATLAB R2021a) for its tests/data/baboon.png,
     the Set14 baboon."""
@@ -207,7 +220,7 @@ def test_clip_score_offline_is_skipped_with_reason(tmp_path):
     caps = tmp_path / "c.json"
     caps.write_text(json.dumps({"a.png": "a black square"}))
     res = CliRunner().invoke(app, ["score", str(tmp_path), "--metrics", "clip_score", "--captions", str(caps)])
-    assert res.exit_code == 0
+    assert res.exit_code == 1  # nothing it was asked for could be scored
     assert "skipped clip_score" in res.output and "ViT-B-32-openai.safetensors" in res.output
     res = CliRunner().invoke(app, ["score", str(tmp_path), "--metrics", "clip_score", "--captions", str(caps),
                                    "--clip-preset", "tiny"])
@@ -341,6 +354,7 @@ def test_lpips_offline_is_skipped_with_reason(tmp_path):
     report = tmp_path / "r.json"
     res = CliRunner().invoke(app, ["score", str(sr), "--ref", str(ref), "--metrics", "psnr,lpips", "-s", "1",
                                    "--json", str(report)])
+    assert res.exit_code == 1  # a metric asked for is missing: the table is not the whole answer
     assert "skipped lpips" in res.output and "alexnet-owt-7be5be79.pth" in res.output
     assert "psnr" in res.output and "unavailable" in res.output  # its row in the table says so
     data = json.loads(report.read_text())
@@ -412,5 +426,5 @@ def test_fid_offline_is_skipped_with_reason(tmp_path):
         for i in range(2):
             Image.new("RGB", (32, 32), (i * 50, 0, 0)).save(d / f"{i}.png")
     res = CliRunner().invoke(app, ["score", str(sr), "--ref", str(ref), "--metrics", "ssim,fid"])
-    assert res.exit_code == 0
+    assert res.exit_code == 1  # ssim scored, fid missing: not the whole answer
     assert "skipped fid" in res.output and "pt_inception-2015-12-05-6726825d.pth" in res.output
