@@ -147,8 +147,9 @@ def upscale(
     from clipsr_cli.files import check_writable_folder
     from clipsr_cli.lanes import Lanes, default_lanes
     from clipsr_cli.network import Generator
-    from clipsr_cli.upscale import (Report, UsageError, Upscaler, collect_inputs, default_model, model_file,
-                                    parse_shard, run, shard)
+    from clipsr_cli.errors import UsageError
+    from clipsr_cli.plan import collect_inputs, parse_shard, shard
+    from clipsr_cli.upscale import Report, Upscaler, default_model, model_file, run
 
     if missing_caption not in MissingPolicy.__members__:
         raise UsageError(f"--missing-caption {missing_caption}: choose {' | '.join(MissingPolicy.__members__)}")
@@ -281,7 +282,7 @@ def score(
     from clipsr_cli.prefetch import prefetch
     from clipsr_cli.score import SetLevelScores, caption_lookup, load_pair, pair_folders, score_image
     from stages import clip_score
-    from clipsr_cli.upscale import UsageError
+    from clipsr_cli.errors import UsageError
     from stages.metrics import Y_DEFINITION
 
     if list_metrics:

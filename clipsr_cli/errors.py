@@ -7,3 +7,7 @@ that raise it (torch and open_clip: seconds before `clipsr --help` answers)."""
 
 class UserError(Exception):
     """Its message names what is wrong and how to fix it."""
+
+
+class UsageError(UserError, ValueError):
+    """A bad option or argument: found before any work starts."""

@@ -9,13 +9,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import glob
 import math
-import os
-import re
-import sys
 import threading
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,21 +22,17 @@ import torch.nn.functional as F
 
 from clipsr_cli.captions import CaptionError, Captions
 from clipsr_cli.devices import pick_memory_format, release_cached_memory
-from clipsr_cli.errors import UserError
+from clipsr_cli.errors import UsageError
 from clipsr_cli.files import remove_stale_temporaries
 from clipsr_cli.graphs import GraphedForward
-from clipsr_cli.images import (IMAGE_EXTS, ImageError, holds_alpha, image_files, is_plain_8bit, load_image,
-                               output_array, write_image, written_by_clipsr)
+from clipsr_cli.images import ImageError, holds_alpha, is_plain_8bit, load_image, output_array, write_image
 from clipsr_cli.lanes import Lanes, default_lanes
+from clipsr_cli.plan import OutputClaims, earlier_outputs, output_name, output_refusal
 from clipsr_cli.prefetch import prefetch
 from clipsr_cli.tiling import (auto_batch, auto_tile, host_memory_shortfall, is_out_of_memory, output_host_bytes,
                                tiled)
 
 CLIP_MAX_TOKENS = 75  # 77 minus the start and end markers
-
-
-class UsageError(UserError, ValueError):
-    pass
 
 
 DEFAULT_MODELS = {4: "clipsr-default-x4", 8: "clipsr-default-x8"}  # weights manifest names
@@ -114,59 +106,6 @@ def model_file(spec: Path, weights_dir=None) -> Path:
     if str(spec) in models:
         return resolve(str(spec), weights_dir=weights_dir)
     raise UsageError(f"--weights {spec}: no such checkpoint file, nor a model name (models: {', '.join(models)})")
-
-
-def collect_inputs(spec: str, recursive: bool = False) -> tuple[Path, list[Path]]:
-    """(root, images) for a file, a folder or a glob pattern."""
-    path = Path(spec)
-    if path.is_file():
-        return path.parent, [path]
-    if path.is_dir():
-        files = image_files(path, recursive)
-        if not files:
-            below = not recursive and bool(image_files(path, True))
-            raise UsageError(f"{spec}: no images ({', '.join(sorted(e[1:] for e in IMAGE_EXTS))}) in this folder"
-                             + ("; its subfolders hold some: add -r" if below else ""))
-        return path, files
-    matches = sorted(Path(p) for p in glob.glob(spec, recursive=recursive) if Path(p).is_file())
-    if not matches:
-        raise UsageError(f"{spec}: no such file or folder, and no file matches it as a pattern")
-    fixed = []  # the pattern's leading parts without wildcards form the root
-    for part in Path(spec).parts:
-        if glob.has_magic(part):
-            break
-        fixed.append(part)
-    return Path(*fixed) if fixed else Path("."), matches
-
-
-def parse_shard(spec: str) -> tuple[int, int]:
-    """'K/N' -> (K, N), 0 <= K < N."""
-    try:
-        k, n = (int(x) for x in spec.split("/"))
-    except ValueError:
-        raise UsageError(f"--shard {spec}: expected K/N, e.g. 0/4") from None
-    if not (n >= 1 and 0 <= k < n):
-        raise UsageError(f"--shard {spec}: need 0 <= K < N")
-    return k, n
-
-
-def shard(images: list[Path], root: Path, k: int, n: int) -> list[Path]:
-    """Shard K of N by a stable hash of the path relative to the root: N
-    processes on N machines cover a folder exactly once, whatever order
-    their file systems list it in."""
-    import zlib
-
-    return [p for p in images if zlib.crc32(p.relative_to(root).as_posix().encode()) % n == k]
-
-
-def output_name(rel: Path, suffix: str, ext: str | None, alpha: bool, index: int | None) -> Path:
-    """`<stem><suffix>.<ext>`; with several captions per image, `<stem><suffix>_c<i>.<ext>`
-    (i counts from 0 in caption order)."""
-    ext = ext or ("png" if alpha else rel.suffix.lstrip(".").lower())
-    if ext not in ("png", "jpg", "jpeg", "webp"):
-        ext = "png"
-    tag = f"_c{index}" if index is not None else ""
-    return rel.with_name(f"{rel.stem}{suffix}{tag}.{ext}")
 
 
 class Upscaler:
@@ -387,75 +326,7 @@ class _Job:
     targets: Callable[[bool], list[Path]]  # output paths, given whether the image has alpha
 
 
-class _InputFiles:
-    """Whether a path is one of the run's inputs, by file identity.  Only a path
-    that exists can be an input, so a fresh output folder costs one stat per
-    output; the inputs' identities are read once, the first time one exists
-    (resolving every path instead took 0.1-0.25 ms per image: BENCHMARKS.md)."""
-
-    def __init__(self, images: list[Path]):
-        self._images = images
-        self._ids: set[tuple[int, int]] | None = None
-
-    def __contains__(self, path: Path) -> bool:
-        target = _identity(path)
-        if target is None:
-            return False
-        if self._ids is None:
-            self._ids = set(filter(None, map(_identity, self._images)))
-        return target in self._ids
-
-
-_CAPTION_TAG = re.compile(r"_c\d+$")  # an output per caption: <stem><suffix>_c<i>
-
-# file systems that compare names without case by default (APFS, NTFS): A.png is a.png
-CASE_INSENSITIVE_NAMES = sys.platform in ("darwin", "win32")
-
-
-class _OutputClaims:
-    """Which input each output path belongs to, so that no output is written
-    for two inputs (`a.png` and `a.jpg` under `--ext png`; an RGBA `a.webp`,
-    written as PNG, beside `a.png`; `A.PNG` and `a.png` where names ignore
-    case) and none over an input."""
-
-    def __init__(self, images: list[Path], ext: str | None):
-        self._inputs = _InputFiles(images)
-        self._owner: dict[str, tuple[Path, Path]] = {}  # name key -> (output, input)
-        self._ext = ext
-
-    @staticmethod
-    def _key(target: Path) -> str:
-        return str(target).casefold() if CASE_INSENSITIVE_NAMES else str(target)
-
-    def claim(self, image: Path, targets: list[Path]) -> tuple[str, str] | None:
-        """(kind, reason) why `image` cannot have these outputs, or None once they are its own."""
-        for target in targets:
-            if target in self._inputs:
-                return "output would overwrite an input", \
-                    "output would overwrite an input; choose another -o or a --suffix"
-            _, other = self._owner.get(self._key(target), (target, image))
-            if other != image:  # the first image in input order keeps the name
-                return "output name taken by another input", \
-                    (f"its output {target.name} is also the output of {other}; rename one of the two"
-                     + ("" if self._ext else " or give --ext"))
-        self._owner.update({self._key(t): (t, image) for t in targets})
-        return None
-
-    def paths(self) -> list[Path]:
-        """Every output path claimed, written or skipped."""
-        return [target for target, _ in self._owner.values()]
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode), or None for a file gone since it was listed (its decoding reports it)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _plan(image: Path, root: Path, out_dir: Path, captions: Captions, claims: _OutputClaims, suffix: str,
+def _plan(image: Path, root: Path, out_dir: Path, captions: Captions, claims: OutputClaims, suffix: str,
           ext: str | None, skip_existing: bool, report: Report) -> _Job | None:
     """The job for one image, or None after recording why it is not done."""
     try:
@@ -479,59 +350,12 @@ def _plan(image: Path, root: Path, out_dir: Path, captions: Captions, claims: _O
         return [out_dir / output_name(rel, suffix, ext, alpha, i if several else None) for i in range(len(caps))]
 
     planned = targets(False)  # alpha is known only after decoding
-    refusal = _refusal(image, planned, claims, skip_existing)
+    refusal = output_refusal(image, planned, claims, skip_existing)
     if refusal:
         outcome, kind, reason = refusal
         (report.fail if outcome == "failed" else report.skip)(image, kind, reason)
         return None
     return _Job(image, caps, planned, targets)
-
-
-def _earlier_outputs(images: list[Path], root: Path, out_dir: Path, suffix: str) -> dict[Path, Path]:
-    """The inputs that an earlier run wrote as another input's outputs, each
-    with that input: under the output folder, named `<stem><suffix>[_c<i>]`
-    for an image `<stem>` in the mirrored input folder, and marked by clipsr
-    (`-o` inside the input folder with `-r`, or the input folder itself with
-    `--suffix`: the same command run again).  They are outputs of this run,
-    overwritten or kept with `--skip-existing`; any other input in an
-    output's place is kept, that output refused.  None when the output
-    folder is outside the input folder: no stat or read then."""
-    try:
-        sub = out_dir.resolve().relative_to(root.resolve())
-    except (OSError, ValueError):
-        return {}
-    stems: dict[Path, dict[str, list[Path]]] = {}  # folder -> image stem -> its images there
-    earlier = {}
-    for image in images:
-        try:
-            rel = image.relative_to(root / sub)
-        except ValueError:
-            continue
-        folder = root / rel.parent
-        if folder not in stems:
-            stems[folder] = defaultdict(list)
-            with contextlib.suppress(OSError):
-                for name in sorted(os.listdir(folder)):
-                    if Path(name).suffix.lower() in IMAGE_EXTS:
-                        stems[folder][Path(name).stem].append(folder / name)
-        names = {_CAPTION_TAG.sub("", rel.stem), rel.stem}
-        bases = [name[: len(name) - len(suffix)] for name in sorted(names) if name.endswith(suffix)]
-        sources = [source for base in bases for source in stems[folder].get(base, []) if source != image]
-        if sources and written_by_clipsr(image):
-            earlier[image] = sources[0]
-    return earlier
-
-
-def _refusal(image: Path, targets: list[Path], claims: _OutputClaims,
-             skip_existing: bool) -> tuple[str, str, str] | None:
-    """("failed" | "skipped", kind, reason) when `image` is not to write
-    `targets`, else None; the targets of a skipped image stay claimed (they exist)."""
-    conflict = claims.claim(image, targets)
-    if conflict:
-        return "failed", *conflict
-    if skip_existing and all(t.exists() for t in targets):
-        return "skipped", "output exists", "output exists"
-    return None
 
 
 @dataclass
@@ -558,8 +382,8 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
     accelerator).  `report`: filled as the run goes (what was done so far,
     should it be interrupted), and returned."""
     report = report if report is not None else Report()
-    earlier = _earlier_outputs(images, root, out_dir, suffix)
-    claims = _OutputClaims([image for image in images if image not in earlier], ext)
+    earlier = earlier_outputs(images, root, out_dir, suffix)
+    claims = OutputClaims([image for image in images if image not in earlier], ext)
     scale = upscaler.gen.scale
     jobs = []
     for image in images:
@@ -595,7 +419,7 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
     def take_alpha_outputs(job: _Job, targets: list[Path]) -> bool:
         """Whether the job goes on with the outputs its alpha channel gave it
         (checked as planned outputs are), else reported as failed or skipped."""
-        refusal = _refusal(job.image, targets, claims, skip_existing)
+        refusal = output_refusal(job.image, targets, claims, skip_existing)
         if refusal is None:
             return True
         outcome, kind, reason = refusal

@@ -241,7 +241,7 @@ def test_two_inputs_with_one_output_name_write_it_once(tmp_path):
 
 
 def test_where_names_ignore_case_outputs_differing_in_case_are_one(monkeypatch, tmp_path):
-    from clipsr_cli import upscale
+    from clipsr_cli import plan
 
     lr = tmp_path / "lr"
     lr.mkdir()
@@ -251,7 +251,7 @@ def test_where_names_ignore_case_outputs_differing_in_case_are_one(monkeypatch, 
             "-s", "2", "-q"]
     assert runner.invoke(app, args).exit_code == 0  # Linux: A.png and a.png are two files
     assert sorted(p.name for p in (tmp_path / "sr").iterdir()) == ["A.png", "a.png"]
-    monkeypatch.setattr(upscale, "CASE_INSENSITIVE_NAMES", True)  # macOS, Windows
+    monkeypatch.setattr(plan, "CASE_INSENSITIVE_NAMES", True)  # macOS, Windows
     res = runner.invoke(app, args[:5] + [str(tmp_path / "sr2")] + args[6:])
     assert res.exit_code == 1 and "its output a.png is also the output of" in res.output, res.output
 
@@ -369,7 +369,7 @@ def test_a_folder_without_images_is_a_usage_error_that_points_at_subfolders(tmp_
 
 
 def test_hidden_files_and_folders_are_not_inputs(tmp_path):
-    from clipsr_cli.upscale import collect_inputs
+    from clipsr_cli.plan import collect_inputs
 
     lr = tmp_path / "lr"
     (lr / ".thumbnails").mkdir(parents=True)
@@ -538,7 +538,8 @@ def test_shared_caption_file_shape_is_accepted(shared_dir):
 
 
 def test_shards_partition_the_inputs_exactly(tmp_path):
-    from clipsr_cli.upscale import UsageError, parse_shard, shard
+    from clipsr_cli.errors import UsageError
+    from clipsr_cli.plan import parse_shard, shard
 
     root = tmp_path
     images = [root / f"d{i % 3}" / f"img{i}.png" for i in range(50)]
@@ -814,7 +815,7 @@ def _user_error_classes():
     from clipsr_cli.plugins import UnknownStage
     from clipsr_cli.state import StateError
     from clipsr_cli.trainer import TrainingDiverged
-    from clipsr_cli.upscale import UsageError
+    from clipsr_cli.errors import UsageError
     from clipsr_cli.weights import WeightsError
     from stages.captions import CaptionError
     from stages.datasets import DatasetError
