@@ -65,8 +65,9 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     keep_freed_memory()  # process-wide, once: big activation maps are reused, not re-faulted
 
 
-def _write_upscale_json(path: Path, report, interrupted: bool = False) -> None:
+def _write_upscale_json(path: Path, report, setup: dict, interrupted: bool = False) -> None:
     _write_text(path, json.dumps({
+        "setup": setup,  # what made the outputs: a later reader can tell runs apart
         "done": [{"input": str(w.image), "output": str(w.output), "caption": w.caption} for w in report.done],
         "skipped": [{"input": str(o.image), "reason": o.reason, "kind": o.kind} for o in report.skipped],
         "failed": [{"input": str(o.image), "reason": o.reason, "kind": o.kind} for o in report.failed],
@@ -217,6 +218,10 @@ def upscale(
                       f"preset {gen.cfg.name!r}, device {dev}, "
                       f"{str(dtype).removeprefix('torch.')}, tiles of {upscaler.tile or 'any'} LR px, "
                       f"batch {batch_size or 'auto'}, {lanes.n} lane(s)")
+    setup = {"clipsr_version": __version__, "weights": str(weights) if weights is not None else None,
+             "preset": gen.cfg.name, "scale": gen.scale, "outscale": upscaler.outscale, "device": str(dev),
+             "precision": str(dtype).removeprefix("torch."), "tile": upscaler.tile, "tile_pad": upscaler.tile_pad,
+             "shard": shard_spec, "missing_caption": policy.value}
     finished = 0  # inputs done with, for the message on Ctrl-C
 
     def advance() -> None:
@@ -237,7 +242,7 @@ def upscale(
                           "output written is complete: run the same command with --skip-existing to go on",
                           highlight=False, soft_wrap=True)
             if json_report:  # what was done before it: the report says it was interrupted
-                _write_upscale_json(json_report, report, interrupted=True)
+                _write_upscale_json(json_report, report, setup, interrupted=True)
             raise typer.Exit(130) from None
     for failure in report.failed:
         console.print(f"[red]failed:[/red] {failure.image}: {failure.reason}", highlight=False, soft_wrap=True)
@@ -247,7 +252,7 @@ def upscale(
         console.print(_upscale_summary(report, policy, default_caption))
         console.print(f"results in {output}/")
     if json_report:
-        _write_upscale_json(json_report, report)
+        _write_upscale_json(json_report, report, setup)
     if report.failed:
         raise typer.Exit(1)
 

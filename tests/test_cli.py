@@ -45,6 +45,9 @@ def test_upscale_keeps_going_past_bad_files(folder, tmp_path):
     data = json.loads(report.read_text())
     failed = {f["input"].rsplit("/", 1)[-1] for f in data["failed"]}
     assert failed == {"empty.png", "notes.png"}
+    setup = data["setup"]  # what made these outputs
+    assert (setup["preset"], setup["scale"], setup["weights"], setup["device"], setup["precision"]) == \
+        ("tiny", 2, None, "cpu", "float32")
     assert Image.open(out / "a.png").size == (24, 20)
     assert Image.open(out / "b.jpg").size == (24, 20)
     assert Image.open(out / "gray.png").mode == "L"
