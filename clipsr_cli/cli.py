@@ -146,9 +146,9 @@ def upscale(
     from clipsr_cli.devices import pick_device, pick_precision
     from clipsr_cli.distributed import launched, rank_device
     from clipsr_cli.files import check_writable_folder
+    from clipsr_cli.errors import UsageError
     from clipsr_cli.lanes import Lanes, default_lanes
     from clipsr_cli.network import Generator
-    from clipsr_cli.errors import UsageError
     from clipsr_cli.plan import collect_inputs, parse_shard, shard
     from clipsr_cli.upscale import Report, Upscaler, default_model, model_file, run
 
@@ -212,16 +212,15 @@ def upscale(
     upscaler = Upscaler(gen, dev, warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False),
                         dtype=dtype, tile=tile, tile_pad=tile_pad, outscale=outscale)
     lanes = Lanes(*default_lanes(dev))
-    if not quiet:
-        resize = f" resized to x{outscale:g}" if upscaler.outscale is not None else ""
-        console.print(f"{len(images)} image(s){f' (shard {shard_spec})' if shard_spec else ''}, x{gen.scale}{resize}, "
-                      f"preset {gen.cfg.name!r}, device {dev}, "
-                      f"{str(dtype).removeprefix('torch.')}, tiles of {upscaler.tile or 'any'} LR px, "
-                      f"batch {batch_size or 'auto'}, {lanes.n} lane(s)")
     setup = {"clipsr_version": __version__, "weights": str(weights) if weights is not None else None,
              "preset": gen.cfg.name, "scale": gen.scale, "outscale": upscaler.outscale, "device": str(dev),
              "precision": str(dtype).removeprefix("torch."), "tile": upscaler.tile, "tile_pad": upscaler.tile_pad,
-             "shard": shard_spec, "missing_caption": policy.value}
+             "shard": shard_spec, "missing_caption": policy.value}  # also in --json: what made the outputs
+    if not quiet:
+        resize = f" resized to x{outscale:g}" if upscaler.outscale is not None else ""
+        console.print(f"{len(images)} image(s){f' (shard {shard_spec})' if shard_spec else ''}, x{setup['scale']}"
+                      f"{resize}, preset {setup['preset']!r}, device {setup['device']}, {setup['precision']}, "
+                      f"tiles of {upscaler.tile or 'any'} LR px, batch {batch_size or 'auto'}, {lanes.n} lane(s)")
     finished = 0  # inputs done with, for the message on Ctrl-C
 
     def advance() -> None:
