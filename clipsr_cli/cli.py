@@ -473,6 +473,10 @@ def _train(config: Optional[Path], quiet: bool, **options):
     from clipsr_cli.trainer import fit
 
     cfg = run_config(config, options)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     dist = distributed.init_from_env(device.type)
     device = distributed.rank_device(device, dist)

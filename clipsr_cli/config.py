@@ -44,6 +44,8 @@ class GeneratorSpec:
     grid: int = 8  # the encoder brings a training-size LR down to grid x grid
     hr_crop: int = 256  # training HR crop: LR size = hr_crop / scale
     global_residual: bool = True  # add bicubic(LR) to the output
+    upsampler_text: bool = False  # the caption also modulates each upsampling step (TIFBlock affines)
+    affine_text: bool = True  # false: the TIFBlocks get a learned constant instead of the caption (ablation)
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any], base_dir: str = "", origin: str = "config") -> "ModelConfig":
         sections = {"clip": ClipSpec, "generator": GeneratorSpec,
                     "discriminator": DiscriminatorSpec, "stages": StageSpec}
-        top = {"name", "description", *sections}
+        top = {"name", "description", "train", *sections}  # [train]: training defaults, see preset_train_defaults
         _check_keys(data, top, origin)
         kwargs: dict[str, Any] = {}
         for key in ("name", "description"):
@@ -126,14 +128,28 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
 
 
-def load_preset(name_or_path: str) -> ModelConfig:
-    """A registered preset by name, or a preset TOML file by path."""
+def preset_path(name_or_path: str) -> Path:
+    """A preset TOML file by path, or the file of a registered preset by name."""
     from clipsr_cli.plugins import lookup
 
     path = Path(name_or_path)
     if not (path.suffix == ".toml" and path.is_file()):
         path = Path(lookup("preset", name_or_path).factory)
+    return path
+
+
+def load_preset(name_or_path: str) -> ModelConfig:
+    """A registered preset by name, or a preset TOML file by path."""
+    path = preset_path(name_or_path)
     return ModelConfig.from_dict(read_toml(path), base_dir=str(path.parent), origin=str(path))
+
+
+def preset_train_defaults(name_or_path: str) -> tuple[dict[str, Any], str]:
+    """The preset's `[train]` table: training keys that replace TrainConfig's
+    defaults for this preset (as timm's pretrained configs carry theirs), with
+    the file they come from.  A config file and the command line still win."""
+    path = preset_path(name_or_path)
+    return read_toml(path).get("train", {}), f"{path} [train]"
 
 
 SCALES = (2, 4, 8, 16)

@@ -9,6 +9,7 @@ whatever the number of data workers.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,36 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
 from stages.datasets import Record
+
+
+# Words a horizontal flip turns into their mirror image, both ways.
+MIRRORED_WORDS = {
+    "left": "right", "leftward": "rightward", "leftwards": "rightwards", "leftmost": "rightmost",
+    "rising": "falling", "ascending": "descending", "clockwise": "counterclockwise",
+    "anticlockwise": "clockwise", "east": "west", "eastward": "westward", "northeast": "northwest",
+    "southeast": "southwest",
+}
+_MIRROR = {**MIRRORED_WORDS, **{v: k for k, v in MIRRORED_WORDS.items() if k != "anticlockwise"}}
+_MIRROR_RE = re.compile(r"\b(" + "|".join(sorted(_MIRROR, key=len, reverse=True)) + r")\b|[/\\]", re.IGNORECASE)
+# Writing reads backwards in a mirror: no rewrite makes such a caption true again.
+_WRITING_RE = re.compile(r"\b(text|letters?|words?|written|writing|reads|says|digits?|numbers?|logo)\b", re.IGNORECASE)
+
+
+def mirror_caption(caption: str) -> str | None:
+    """The caption of the horizontally flipped image: left/right, rising/falling,
+    clockwise, east/west and '/' '\\' swapped (case kept); None where no rewrite
+    can make it true (it names writing, which a mirror reverses)."""
+    if _WRITING_RE.search(caption):
+        return None
+
+    def swap(m: re.Match) -> str:
+        word = m.group(0)
+        if word in "/\\":
+            return "\\" if word == "/" else "/"
+        new = _MIRROR[word.lower()]
+        return new.upper() if word.isupper() and len(word) > 1 else new.capitalize() if word[0].isupper() else new
+
+    return _MIRROR_RE.sub(swap, caption)
 
 
 def to_tensor(im: Image.Image) -> torch.Tensor:
@@ -47,11 +78,12 @@ class SRDataset(Dataset):
     """(HR crop, bicubic LR, one random caption) per record."""
 
     def __init__(self, records: list[Record], hr_crop: int, scale: int, seed: int = 0,
-                 hflip: bool = True, cache: bool = False):
+                 hflip: bool = True, cache: bool = False, caption_dropout: float = 0.0):
         if hr_crop % scale:
             raise ValueError(f"hr_crop {hr_crop} is not a multiple of scale {scale}")
         self.records = records
         self.hr_crop, self.scale, self.seed, self.hflip = hr_crop, scale, seed, hflip
+        self.caption_dropout = caption_dropout
         self._cache: dict[int, Image.Image] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -75,10 +107,14 @@ class SRDataset(Dataset):
             im = im.resize((max(c, round(im.width * f)), max(c, round(im.height * f))), Image.BICUBIC)
         x, y = rng.randint(0, im.width - c), rng.randint(0, im.height - c)
         hr = im.crop((x, y, x + c, y + c))
-        if self.hflip and rng.random() < 0.5:
-            hr = hr.transpose(Image.FLIP_LEFT_RIGHT)
-        captions = self.records[index].captions
-        return Sample(to_tensor(hr), to_tensor(downsample(hr, self.scale)), rng.choice(captions), index)
+        flip = self.hflip and rng.random() < 0.5
+        caption = rng.choice(self.records[index].captions)
+        if flip and (mirrored := mirror_caption(caption)) is not None:
+            # the caption rewritten with the image, so a flip never makes it false
+            hr, caption = hr.transpose(Image.FLIP_LEFT_RIGHT), mirrored
+        if self.caption_dropout and rng.random() < self.caption_dropout:
+            caption = ""  # so that an image upscaled without a caption gets the caption-free estimate
+        return Sample(to_tensor(hr), to_tensor(downsample(hr, self.scale)), caption, index)
 
 
 def collate(samples: list[Sample]) -> dict:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from clipsr_cli.config import ConfigError, _check_keys, check_scale, read_toml
+from clipsr_cli.config import ConfigError, _check_keys, check_scale, preset_train_defaults, read_toml
 
 
 def _opt(default, help: str):
@@ -31,7 +31,10 @@ class TrainConfig:
     val_captions: str = _opt("", "Captions file for --val-root.")
     val_images: int = _opt(100, "Validation images used at most (the first N, sorted).")
     hr_crop: int = _opt(0, "HR training crop in pixels (0: the preset's, 256 for the paper).")
-    hflip: bool = _opt(True, "Random horizontal flips.")
+    hflip: bool = _opt(True, "Random horizontal flips; a caption naming a side or a diagonal (left, rising, ...) "
+                             "is mirrored with the image, one naming writing keeps the image unflipped.")
+    caption_dropout: float = _opt(0.0, "Probability of training a sample with an empty caption, so that "
+                                       "`upscale --missing-caption empty` gets the caption-free estimate.")
     cache_images: bool = _opt(False, "Keep decoded training images in memory (small datasets).")
     num_workers: int = _opt(2, "Data loading worker processes (0: load in the main process).")
     # model
@@ -44,6 +47,7 @@ class TrainConfig:
     epochs: int = _opt(220, "Epochs when --max-steps is 0.")
     lr_g: float = _opt(1e-4, "Generator learning rate.")
     lr_d: float = _opt(4e-4, "Discriminator learning rate.")
+    lr_schedule: str = _opt("constant", "constant | cosine (both learning rates decay to 0 at the last step).")
     beta1: float = _opt(0.0, "Adam beta1.")
     beta2: float = _opt(0.9, "Adam beta2.")
     l1_weight: float = _opt(1.0, "Weight of L1(SR, HR).")
@@ -54,12 +58,14 @@ class TrainConfig:
     clip_alpha: float = _opt(4.0, "alpha: weight of cos(CLIP_img(SR), CLIP_txt(T)) in the adversarial term.")
     magp_weight: float = _opt(2.0, "Weight of the matching-aware gradient penalty (MA-GP).")
     magp_power: float = _opt(6.0, "Power of the gradient norm in MA-GP.")
-    ema_decay: float = _opt(0.999, "EMA decay of the generator weights (0: no EMA).")
+    ema_decay: float = _opt(0.999, "EMA decay of the generator weights (0: no EMA); step t uses "
+                                   "min(decay, (1 + t) / (10 + t)), so a short run's EMA does not lag its start.")
     max_bad_steps: int = _opt(10, "Stop after this many non-finite steps in a row.")
     seed: int = _opt(0, "Seed of initialisation, data order and augmentation.")
     # devices
     device: str = _opt("auto", "auto | cpu | cuda[:N] | mps (under torchrun: cuda:LOCAL_RANK).")
     precision: str = _opt("fp32", "fp32 | bf16 | fp16 (autocast; fp16 uses a gradient scaler, CUDA only).")
+    threads: int = _opt(0, "CPU threads of the training process (0: PyTorch's default, one per core).")
     # experiment
     exp_dir: str = _opt("", "Experiment folder: config, checkpoints, samples, logs "
                             "(default: experiments/<dataset>-<preset>-x<scale>).")
@@ -89,6 +95,10 @@ class TrainConfig:
                               "dataset there in its official layout, or pass --data-root where it is")
         if self.batch_size < 1 or self.max_steps < 0 or self.epochs < 1:
             raise ConfigError("batch_size and epochs must be >= 1, max_steps >= 0")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ConfigError(f"caption_dropout {self.caption_dropout} must be in [0, 1)")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"lr_schedule {self.lr_schedule!r}: choose constant or cosine")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"precision {self.precision!r}: choose fp32, bf16 or fp16")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -138,13 +148,25 @@ def _toml_value(v) -> str:
 
 def resolve_config(config_file: Optional[Path], overrides: dict[str, Any],
                    base: Optional[TrainConfig] = None) -> TrainConfig:
-    """defaults (or `base`) < keys present in the config file < overrides that are not None."""
-    cfg = base or TrainConfig()
+    """defaults < the preset's [train] table < keys present in the config file <
+    overrides that are not None; with `base` (a resumed run's saved config, which
+    holds its preset's defaults already) in place of the first two."""
+    given = {}
     if config_file is not None:
         if not Path(config_file).is_file():
             raise ConfigError(f"--config {config_file}: no such file")
-        cfg = dataclasses.replace(cfg, **_checked(read_toml(Path(config_file)), str(config_file)))
-    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+        given = _checked(read_toml(Path(config_file)), str(config_file))
+    given |= {k: v for k, v in overrides.items() if v is not None}
+    cfg = base or with_preset_defaults(given.get("preset", TrainConfig.preset))
+    return dataclasses.replace(cfg, **given)
+
+
+def with_preset_defaults(preset: str) -> TrainConfig:
+    """TrainConfig's defaults with the preset's own training defaults over them."""
+    defaults, origin = preset_train_defaults(preset)
+    if "preset" in defaults:
+        raise ConfigError(f"{origin}: a preset's training defaults cannot name a preset")
+    return TrainConfig(preset=preset, **_checked(defaults, origin))
 
 
 # Keys a resumed run cannot change: they fix the model or the data order.

@@ -67,10 +67,15 @@ class EMA:
         self._live = live  # the same tensor objects the optimiser updates in place
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, step: int) -> None:
+        """After optimiser step `step` (1-based).  The decay warms up as
+        (1 + t) / (10 + t): an average over the first t steps' weights with a
+        window growing with t, instead of one still weighted by the random
+        initialisation after 1 / (1 - decay) steps."""
+        decay = min(self.decay, (1 + step) / (10 + step))
         for k, v in self.shadow.items():
             if v.is_floating_point():
-                v.lerp_(self._live[k], 1.0 - self.decay)
+                v.lerp_(self._live[k], 1.0 - decay)
             else:
                 v.copy_(self._live[k])
 
@@ -167,6 +172,16 @@ class Trainer:
         self.scaler.step(opt)
         return True
 
+    def set_learning_rates(self, total: int) -> None:
+        """The rates of step `self.step` of `total`: a function of the step
+        alone, so a resumed run follows the same schedule."""
+        factor = 1.0
+        if self.cfg.lr_schedule == "cosine":
+            factor = 0.5 * (1.0 + math.cos(math.pi * min(self.step / max(total, 1), 1.0)))
+        for opt, lr in ((self.opt_g, self.cfg.lr_g), (self.opt_d, self.cfg.lr_d)):
+            for group in opt.param_groups if opt is not None else ():
+                group["lr"] = lr * factor
+
     def train_step(self, batch: dict) -> dict[str, float]:
         hr = batch["hr"].to(self.device, non_blocking=True)
         lr = batch["lr"].to(self.device, non_blocking=True)
@@ -193,7 +208,7 @@ class Trainer:
         if ok:
             self.bad_steps = 0
             if self.ema is not None:
-                self.ema.update()
+                self.ema.update(self.step + 1)
         else:
             self.bad_steps += 1
         self.last_batch = (lr.detach(), sr.detach(), hr, captions)
@@ -323,7 +338,7 @@ class Run:
         self.val_images = load_validation(val[: cfg.val_images], cfg.scale) if dist.main else []
         self.trainer = Trainer(cfg, device, dist, exp)
         dataset = SRDataset(self.records, self.trainer.model_cfg.generator.hr_crop, cfg.scale, cfg.seed,
-                            cfg.hflip, cfg.cache_images)
+                            cfg.hflip, cfg.cache_images, cfg.caption_dropout)
         self.sampler = ResumableSampler(len(dataset), cfg.batch_size, cfg.seed, dist.rank, dist.world)
         self.steps_per_epoch = self.sampler.steps_per_epoch()
         if self.steps_per_epoch == 0:
@@ -408,6 +423,7 @@ class Run:
         while t.step < self.total:
             self.sampler.set_position(*divmod(t.step, self.steps_per_epoch))
             for batch in self.loader:
+                t.set_learning_rates(self.total)
                 logs = t.train_step(batch)
                 t.step += 1
                 rate = (t.step - start_step) / max(time.perf_counter() - started, 1e-9)

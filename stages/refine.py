@@ -79,6 +79,8 @@ class TIFRefiner(nn.Module):
         self.out_channels = ch[0]
         self.encoder = ImageEncoder(ch)
         self.reweight = TextReweight(cond)
+        # ablation "prompts only": the TIFBlocks see a learned constant, not the caption
+        self.constant_text = None if g.affine_text else nn.Parameter(torch.randn(cond) * 0.02)
         self.fuse_in = TIFBlock(ch[-1], ch[-1], cond)
         self.vit = ClipViTMapper(clip, ch[-1]) if cfg.stages.clip_vit else None
         self.levels = [max(depth - 1 - i, 0) for i in range(g.iterations)]
@@ -87,7 +89,8 @@ class TIFRefiner(nn.Module):
 
     def forward(self, lr: torch.Tensor, cond: TextCondition) -> torch.Tensor:
         maps = self.encoder(lr)
-        text = self.reweight(cond.sentence)
+        sentence = cond.sentence if self.constant_text is None else self.constant_text.expand_as(cond.sentence)
+        text = self.reweight(sentence)
         x = self.fuse_in(maps[-1], text)
         if self.vit is not None:
             x = self.vit(x, cond.prompts)

@@ -445,7 +445,7 @@ def test_info_and_plugins_work_offline():
     res = runner.invoke(app, ["plugins"])
     assert res.exit_code == 0 and "pixelshuffle" in res.output and "clipsr 0.1.0" in res.output
     res = runner.invoke(app, ["info", "--preset", "nope"])
-    assert res.exit_code == 2 and "available: paper, small, tiny" in res.output
+    assert res.exit_code == 2 and "available: demo, paper, small, tiny" in res.output
 
 
 def test_caption_formats_agree(tmp_path):

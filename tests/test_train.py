@@ -25,7 +25,7 @@ from clipsr_cli.distributed import Dist
 from clipsr_cli.experiment import Experiment
 from clipsr_cli.losses import PerceptualLoss, d_hinge_loss, load_vgg19_features, ma_gp, vgg19_features
 from clipsr_cli.state import StateError, load_state, save_state
-from clipsr_cli.train_config import TrainConfig, resolve_config, run_config
+from clipsr_cli.train_config import TrainConfig, resolve_config, run_config, with_preset_defaults
 from clipsr_cli.trainer import Trainer, TrainingDiverged, fit, val_pair
 from clipsr_cli.weights import WeightsError
 from stages.datasets import load_folder
@@ -53,7 +53,8 @@ def tiny_run(tmp_path: Path, **kw) -> TrainConfig:
                 num_workers=0, log_every=1, sample_every=2, val_every=2, checkpoint_every=2,
                 val_root=str(data), val_captions=str(data / "caps.json"), val_images=2, tensorboard=False)
     base.update(kw)
-    return TrainConfig(**base).validate()
+    # what `clipsr train --preset ...` runs: the preset's own training defaults under the options given
+    return dataclasses.replace(with_preset_defaults(base["preset"]), **base).validate()
 
 
 def train(cfg: TrainConfig) -> Trainer:
@@ -233,9 +234,12 @@ def test_unset_folders_default_to_datasets_and_experiments_and_resume_finds_them
 
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
-    straight = tiny_run(tmp_path / "a", max_steps=6, val_every=0, sample_every=0, checkpoint_every=3)
+    # a constant rate: the resumed run extends max_steps, which moves a cosine schedule (the
+    # killed-run test below resumes the preset's cosine schedule with the same max_steps)
+    common = dict(val_every=0, sample_every=0, checkpoint_every=3, lr_schedule="constant")
+    straight = tiny_run(tmp_path / "a", max_steps=6, **common)
     train(straight)
-    first = tiny_run(tmp_path / "b", max_steps=3, val_every=0, sample_every=0, checkpoint_every=3)
+    first = tiny_run(tmp_path / "b", max_steps=3, **common)
     train(first)
     resumed = run_config(None, {"exp_dir": first.exp_dir, "resume": True, "max_steps": 6})
     assert resumed.batch_size == 4 and resumed.hr_crop == 32  # the saved config is the base
@@ -347,12 +351,9 @@ def make_stripes(root: Path, n: int = 16) -> Path:
     return root
 
 
-def test_it_learns_to_use_the_caption(tmp_path):
-    data = make_stripes(tmp_path / "stripes")
-    cfg = TrainConfig(dataset="folder", data_root=str(data), captions=str(data / "caps.json"), preset="tiny",
-                      scale=4, hr_crop=32, batch_size=8, max_steps=50, lr_g=1e-3, exp_dir=str(tmp_path / "exp"),
-                      perceptual_weight=0.0, adversarial_weight=0.0, ema_decay=0.0, num_workers=0, sample_every=0,
-                      val_every=0, checkpoint_every=1000, tensorboard=False).validate()
+def caption_psnr(cfg: TrainConfig, data: Path) -> tuple[float, float]:
+    """Mean PSNR of the trained model over the training images with each image's
+    caption, and with its neighbour's (the other orientation)."""
     gen = train(cfg).averaged_generator()
     records = load_folder(data, "train", str(data / "caps.json"))
     captions = [r.captions[0] for r in records]
@@ -365,6 +366,67 @@ def test_it_learns_to_use_the_caption(tmp_path):
             for caption, scores in ((good, right), (bad, wrong)):
                 sr = gen(lr[None], gen.text(gen.text.encode([caption]))).clamp(0, 1)
                 scores.append(float(psnr(sr, hr[None])[0]))
-    margin = np.mean(right) - np.mean(wrong)
-    print(f"correct caption {np.mean(right):.2f} dB, shuffled {np.mean(wrong):.2f} dB, margin {margin:.2f} dB")
-    assert margin > 3.0
+    return float(np.mean(right)), float(np.mean(wrong))
+
+
+def test_it_learns_a_caption_margin_a_text_blind_model_cannot(tmp_path):
+    data = make_stripes(tmp_path / "stripes")
+    blind = tmp_path / "blind.toml"  # the "no text" ablation of the same preset
+    blind.write_text((Path(__file__).parents[1] / "stages/presets/tiny.toml").read_text()
+                     .replace('text_encoder = "clip"', 'text_encoder = "none"'))
+    (tmp_path / "clipsr-tiny-clip.json").write_text(
+        (Path(__file__).parents[1] / "stages/presets/clipsr-tiny-clip.json").read_text())
+    runs = {}
+    for name, preset in (("text", "tiny"), ("blind", str(blind))):
+        cfg = TrainConfig(dataset="folder", data_root=str(data), captions=str(data / "caps.json"), preset=preset,
+                          scale=4, hr_crop=32, batch_size=8, max_steps=50, lr_g=1e-3, exp_dir=str(tmp_path / name),
+                          perceptual_weight=0.0, adversarial_weight=0.0, num_workers=0, sample_every=0,
+                          val_every=0, checkpoint_every=1000, tensorboard=False).validate()
+        runs[name] = caption_psnr(cfg, data)
+    (right, wrong), (blind_right, blind_wrong) = runs["text"], runs["blind"]
+    print(f"correct caption {right:.2f} dB, wrong {wrong:.2f} dB; text-blind {blind_right:.2f} dB")
+    assert right - wrong > 3.0  # the caption decides which way the stripes run
+    assert abs(blind_right - blind_wrong) < 1e-6  # the ablation really ignores the caption ...
+    assert right > blind_right + 2.0  # ... and cannot reach what the caption gives
+
+
+# --- caption-aware flips and preset training defaults ---------------------------------------------
+def test_a_flip_mirrors_the_caption_or_is_not_applied():
+    from clipsr_cli.data import mirror_caption
+
+    assert mirror_caption("Rising stripes left of a RIGHT-facing bird") == "Falling stripes right of a LEFT-facing bird"
+    assert mirror_caption("turning anticlockwise, / then \\") == "turning clockwise, \\ then /"
+    assert mirror_caption("a blue circle") == "a blue circle"  # nothing to mirror
+    assert mirror_caption("bright light") == "bright light"  # whole words only
+    assert mirror_caption("a sign that reads STOP") is None  # writing reads backwards: no flip
+
+
+def test_flipped_samples_carry_the_mirrored_caption(tmp_path):
+    from clipsr_cli.data import SRDataset
+    from stages.datasets import Record
+
+    arr = np.zeros((16, 16, 3), np.uint8)
+    arr[:, :8] = 255  # white on the left
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    data = SRDataset([Record(tmp_path / "a.png", ("white on the left",))], hr_crop=16, scale=4)
+    samples = [data[(epoch, 0)] for epoch in range(16)]
+    for s in samples:
+        white_left = s.hr[:, :, :8].mean() > s.hr[:, :, 8:].mean()
+        assert s.caption == ("white on the left" if white_left else "white on the right")
+    assert len({s.caption for s in samples}) == 2  # both flipped and unflipped samples were drawn
+
+
+def test_a_preset_carries_training_defaults_under_file_and_cli(tmp_path):
+    preset = tmp_path / "mine.toml"
+    preset.write_text((Path(__file__).parents[1] / "stages/presets/tiny.toml").read_text()
+                      .replace("[train]", "[train]\nlr_d = 0.5"))
+    cfg = resolve_config(None, {"preset": str(preset)})
+    assert cfg.lr_d == 0.5  # the preset's own default
+    f = tmp_path / "c.toml"
+    f.write_text("lr_d = 0.25\n")
+    assert resolve_config(f, {"preset": str(preset)}).lr_d == 0.25  # a config file wins
+    assert resolve_config(f, {"preset": str(preset), "lr_d": 0.125}).lr_d == 0.125  # the command line wins
+    assert resolve_config(None, {"preset": "paper"}).lr_g == 1e-4  # the paper preset keeps the paper's
+    preset.write_text(preset.read_text().replace("lr_d = 0.5", "lr_dd = 0.5"))
+    with pytest.raises(ConfigError, match=r"\[train\].*lr_dd"):
+        resolve_config(None, {"preset": str(preset)})
