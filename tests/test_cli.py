@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -328,7 +329,7 @@ def test_weights_by_model_name_or_file(folder, tmp_path):
                               str(BUNDLED_DIR / "clipsr-default-x8.safetensors"), "--suffix", "_f", "-q"])
     assert res.exit_code == 0 and Image.open(out / "a_f.png").size == (96, 80), res.output
     res = runner.invoke(app, ["upscale", str(folder), "-o", str(out), "--caption", "x", "--weights", "clipsr-x3"])
-    assert res.exit_code == 2 and "nor a model name (models: clipsr-default-x4, clipsr-default-x8)" in res.output
+    assert res.exit_code == 2 and "nor a model name (models: clipsr-default-x4, clipsr-default-x8, clipsr-demo-x8)" in res.output
 
 
 def test_outscale_and_scale_usage_errors(folder, tmp_path):
@@ -825,3 +826,24 @@ def _user_error_classes():
 
     return (CheckpointError, ConfigError, UnknownStage, UsageError, WeightsError, CaptionError, DatasetError,
             StateError, TrainingDiverged)
+
+
+def test_bundled_demo_model_draws_the_pattern_each_caption_names(tmp_path):
+    """examples/editability: the same LR, one output per caption; the HR has
+    caption 0's pattern, so that output is much closer to it than the others."""
+    from stages.metrics import psnr
+
+    examples = Path(__file__).parents[1] / "examples" / "editability"
+    captions = json.loads((examples / "captions.json").read_text())
+    out = tmp_path / "sr"
+    res = runner.invoke(app, ["upscale", str(examples / "lr"), "--captions", str(examples / "captions.json"),
+                              "--weights", "clipsr-demo-x8", "-o", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+
+    def load(p):
+        return torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+
+    for name, caps in captions.items():
+        hr = load(examples / "hr" / name)
+        scores = [float(psnr(load(out / f"{Path(name).stem}_c{i}.png"), hr, 8)[0]) for i in range(len(caps))]
+        assert scores[0] > max(scores[1:]) + 5.0, (name, scores)
