@@ -24,6 +24,8 @@ app.add_typer(weights_app, name="weights")
 console = Console(stderr=True)
 out = Console()
 
+MAX_OUTSCALE = 64.0  # x16, the largest network, resized x4 again: beyond it no output is an upscale worth making
+
 
 class ImagesPerSecond(ProgressColumn):
     def render(self, task):
@@ -170,8 +172,9 @@ def upscale(
     for name, value, low in (("--tile", tile, 0), ("--tile-pad", tile_pad, 0), ("--batch-size", batch_size, 1)):
         if value is not None and value < low:
             raise UsageError(f"{name} {value}: must be >= {low}")
-    if outscale is not None and not outscale > 0:
-        raise UsageError(f"--outscale {outscale}: must be > 0 (2.5: outputs 2.5 times the input's size)")
+    if outscale is not None and not 0 < outscale <= MAX_OUTSCALE:  # also refuses nan and inf
+        raise UsageError(f"--outscale {outscale}: must be > 0 and at most {MAX_OUTSCALE:g} "
+                         "(2.5: outputs 2.5 times the input's size)")
     if output.exists() and not output.is_dir():
         raise UsageError(f"-o {output}: a file, not a folder; give a folder for the results")
     if any(sep in suffix for sep in ("/", "\\", ":")):  # a part of a file name, never a path

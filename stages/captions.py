@@ -65,6 +65,8 @@ def read_jsonl(path: Path) -> dict[str, list[str]]:
             value = row["captions"] if "captions" in row else row["caption"]
         except (json.JSONDecodeError, KeyError, AttributeError):
             raise CaptionError(f"{path}:{n}: expected {{\"image\": ..., \"caption\": ...}}") from None
+        if not isinstance(key, str):
+            raise CaptionError(f"{path}:{n}: \"image\" must be a path string, not {json.dumps(key)}")
         _add(out, key, value, path)
     return out
 

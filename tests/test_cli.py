@@ -336,6 +336,9 @@ def test_outscale_and_scale_usage_errors(folder, tmp_path):
     args = ["upscale", str(folder), "-o", str(tmp_path / "sr"), "--caption", "x"]
     res = runner.invoke(app, args + ["--preset", "tiny", "--outscale", "0"])
     assert res.exit_code == 2 and "--outscale 0.0: must be > 0" in res.output, res.output
+    for bad in ("inf", "nan", "1e300"):  # refused before the model loads, not an OverflowError after it
+        res = runner.invoke(app, args + ["--preset", "tiny", "--outscale", bad])
+        assert res.exit_code == 2 and "must be > 0 and at most 64" in res.output, (bad, res.output)
     res = runner.invoke(app, args + ["-s", "2"])  # no bundled x2 model: the way to an x2 output is named
     assert res.exit_code == 2 and "drop --scale and give --outscale 2" in res.output, res.output
     res = runner.invoke(app, args + ["--preset", "tiny", "--tile-pad", "-1"])
@@ -458,6 +461,16 @@ def test_caption_formats_agree(tmp_path):
     (tmp_path / "c.csv").write_text("image,caption\nx/a.png,one\nx/a.png,two\nb.png,three\n")
     tables = [read_caption_file(tmp_path / f"c.{ext}") for ext in ("json", "jsonl", "csv")]
     assert tables[0] == tables[1] == tables[2] == {"x/a.png": ["one", "two"], "b.png": ["three"]}
+
+
+def test_a_jsonl_image_that_is_not_a_path_is_one_line_naming_file_and_line(folder, tmp_path):
+    for n, bad in enumerate(("3", "[\"a.png\"]", "{\"x\": 1}")):
+        caps = tmp_path / f"c{n}.jsonl"
+        caps.write_text('{"image": "a.png", "caption": "ok"}\n' + f'{{"image": {bad}, "caption": "a bird"}}\n')
+        res = runner.invoke(app, ["upscale", str(folder), "--captions", str(caps), "-o", str(tmp_path / "sr"),
+                                  "--preset", "tiny"])
+        assert res.exit_code == 2, res.output
+        assert f"{caps}:2: \"image\" must be a path string" in res.output and "Traceback" not in res.output
 
 
 def test_caption_files_with_a_byte_order_mark_are_read_and_other_encodings_named(folder, tmp_path):
