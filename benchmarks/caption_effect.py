@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from clipsr_cli.data import to_tensor  # noqa: E402
 from stages.metrics import psnr  # noqa: E402  (the project's PSNR: Y of BT.601, crop border)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -28,7 +29,8 @@ BENCH = SHARED / "data" / "sr-bench"
 
 
 def load(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+    with Image.open(path) as im:
+        return to_tensor(im.convert("RGB"))[None]
 
 
 def main() -> None:

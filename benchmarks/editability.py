@@ -21,13 +21,13 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.text_guidance import PATTERNS, caption_of, draw  # noqa: E402
+from clipsr_cli.data import to_tensor  # noqa: E402
 from stages.metrics import psnr  # noqa: E402
 
 EXAMPLES = ROOT / "examples" / "editability"
@@ -56,7 +56,8 @@ def make_examples(n: int = 3, seed: int = 7) -> None:
 
 
 def load(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+    with Image.open(path) as im:
+        return to_tensor(im.convert("RGB"))[None]
 
 
 def picture(sr_dir: Path, out: Path) -> list[tuple[str, str, float]]:

@@ -2,7 +2,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -844,6 +843,7 @@ def _user_error_classes():
 def test_bundled_demo_model_draws_the_pattern_each_caption_names(tmp_path):
     """examples/editability: the same LR, one output per caption; the HR has
     caption 0's pattern, so that output is much closer to it than the others."""
+    from clipsr_cli.data import to_tensor
     from stages.metrics import psnr
 
     examples = Path(__file__).parents[1] / "examples" / "editability"
@@ -854,7 +854,8 @@ def test_bundled_demo_model_draws_the_pattern_each_caption_names(tmp_path):
     assert res.exit_code == 0, res.output
 
     def load(p):
-        return torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+        with Image.open(p) as im:
+            return to_tensor(im.convert("RGB"))[None]
 
     for name, caps in captions.items():
         hr = load(examples / "hr" / name)
