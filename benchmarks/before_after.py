@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from clipsr_cli.checkpoint import load_generator
-from clipsr_cli.data import downsample, to_tensor
-from clipsr_cli.upscale import default_model
-from stages.metrics import psnr
+from clipsr_cli.model.checkpoint import load_generator
+from clipsr_cli.train.data import downsample, to_tensor
+from clipsr_cli.pipeline.upscale import default_model
+from stages.metrics.fullref import psnr
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clipsr_cli.data import to_tensor  # noqa: E402
-from stages.metrics import psnr  # noqa: E402  (the project's PSNR: Y of BT.601, crop border)
+from clipsr_cli.train.data import to_tensor  # noqa: E402
+from stages.metrics.fullref import psnr  # noqa: E402  (the project's PSNR: Y of BT.601, crop border)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 BENCH = SHARED / "data" / "sr-bench"

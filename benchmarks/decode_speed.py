@@ -1,7 +1,7 @@
 """CPU time of `images.load_image` per image (core-ms, every thread, median of
 alternated rounds) on small PNGs (the tiny preset's x8 and x4 inputs) and on a
 1024x800 photo as JPEG and PNG; with --against COMMIT, side by side with that
-commit's `clipsr_cli/images.py` (read with `git show`, loaded as a second
+commit's `clipsr_cli/io/images.py` (read with `git show`, loaded as a second
 module, run alternately in the same process), and the paired median ratio.
 
     python3 benchmarks/decode_speed.py [--against 55ff1e0] [--rounds 9]
@@ -78,7 +78,7 @@ def main() -> None:
     p.add_argument("--against", metavar="COMMIT", help="compare with this commit's images.py")
     p.add_argument("--rounds", type=int, default=9)
     args = p.parse_args()
-    from clipsr_cli import images
+    from clipsr_cli.io import images
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -27,8 +27,8 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.text_guidance import PATTERNS, caption_of, draw  # noqa: E402
-from clipsr_cli.data import to_tensor  # noqa: E402
-from stages.metrics import psnr  # noqa: E402
+from clipsr_cli.train.data import to_tensor  # noqa: E402
+from stages.metrics.fullref import psnr  # noqa: E402
 
 EXAMPLES = ROOT / "examples" / "editability"
 SCALE, CELL = 8, 192

@@ -27,12 +27,12 @@ def seconds_per_image(preset: str, scale: int, batch: int, mode: str, repeats: i
     """mode: "fast" (as `clipsr upscale` runs it), "plain", or "interp-bicubic"."""
     import torch
 
-    from clipsr_cli import kernels
-    from clipsr_cli.clip import build_clip
-    from clipsr_cli.config import load_preset
-    from clipsr_cli.devices import pick_memory_format
-    from clipsr_cli.memory import keep_freed_memory
-    from clipsr_cli.network import Generator
+    from clipsr_cli.model import kernels
+    from clipsr_cli.model.clip import build_clip
+    from clipsr_cli.model.config import load_preset
+    from clipsr_cli.pipeline.devices import pick_memory_format
+    from clipsr_cli.pipeline.memory import keep_freed_memory
+    from clipsr_cli.model.generator import Generator
 
     if mode != "fast":
         kernels.BICUBIC_MATRIX_MAX_SIDE = 0  # F.interpolate's bicubic
@@ -64,8 +64,8 @@ def gemm_ceiling(n: int = 2048, repeats: int = 5) -> dict[str, float]:
 
     from kernels import best_ms  # benchmarks/kernels.py, beside this script
 
-    from clipsr_cli.kernels import dense
-    from clipsr_cli.memory import keep_freed_memory
+    from clipsr_cli.model.kernels import dense
+    from clipsr_cli.pipeline.memory import keep_freed_memory
 
     keep_freed_memory()
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -101,8 +101,8 @@ def main():
 
     import torch
 
-    from clipsr_cli.config import load_preset
-    from clipsr_cli.info import describe
+    from clipsr_cli.model.config import load_preset
+    from clipsr_cli.model.info import describe
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, CPU")
     ceiling = None

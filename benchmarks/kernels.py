@@ -1,4 +1,4 @@
-"""Side-by-side timings behind the choices in clipsr_cli/kernels.py, png.py and
+"""Side-by-side timings behind the choices in clipsr_cli/model/kernels.py, png.py and
 devices.py, all in one run (best of N each):
 
 * the ViT's linear layers through MKL (F.linear) and through oneDNN (`dense`),
@@ -38,7 +38,7 @@ def best_ms(fn, repeats: int = 10) -> float:
 
 
 def linear_layers() -> None:
-    from clipsr_cli.kernels import dense
+    from clipsr_cli.model.kernels import dense
 
     print("| ViT layer (tokens x in -> out) | MKL GFLOP/s | oneDNN GFLOP/s |\n|---|---|---|")
     for rows in (66, 528):
@@ -51,7 +51,7 @@ def linear_layers() -> None:
 
 
 def pixel_shuffle() -> None:
-    from clipsr_cli.kernels import conv_pixel_shuffle
+    from clipsr_cli.model.kernels import conv_pixel_shuffle
 
     conv = torch.nn.Conv2d(64, 256, 3, 1, 1)
     x = torch.randn(8, 64, 128, 128)
@@ -65,7 +65,7 @@ def pixel_shuffle() -> None:
 
 
 def bicubic() -> None:
-    from clipsr_cli.kernels import bicubic_upsample
+    from clipsr_cli.model.kernels import bicubic_upsample
 
     print("\n| bicubic, 8 x 3 x LR^2, one thread | F.interpolate (ms) | two matrix products (ms) |\n|---|---|---|")
     threads = torch.get_num_threads()
@@ -79,7 +79,7 @@ def bicubic() -> None:
 
 
 def png_writing() -> None:
-    from clipsr_cli.png import encode_png
+    from clipsr_cli.io.png import encode_png
 
     torch.manual_seed(0)
     lr = torch.rand(1, 3, 32, 32)
@@ -100,7 +100,7 @@ def png_writing() -> None:
 
 
 def fill_134mb(keep: bool) -> float:
-    from clipsr_cli.memory import keep_freed_memory
+    from clipsr_cli.pipeline.memory import keep_freed_memory
 
     if keep:
         keep_freed_memory()

@@ -25,9 +25,9 @@ import torch
 from scipy.ndimage import convolve
 from scipy.special import gamma
 
-from clipsr_cli.images import load_image
-from stages.metrics import to_y
-from stages.niqe import imresize_half, niqe, pristine_params
+from clipsr_cli.io.images import load_image
+from stages.metrics.fullref import to_y
+from stages.metrics.niqe import imresize_half, niqe, pristine_params
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -29,10 +29,10 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    from clipsr_cli.clip import build_clip
-    from clipsr_cli.config import load_preset
-    from clipsr_cli.network import Generator
-    from stages.text import TextFeatures
+    from clipsr_cli.model.clip import build_clip
+    from clipsr_cli.model.config import load_preset
+    from clipsr_cli.model.generator import Generator
+    from stages.model.text import TextFeatures
 
     cfg = load_preset("paper")
     gen = Generator(cfg, build_clip(cfg), 4).eval()

@@ -26,7 +26,7 @@ CONFIGS = [("tiny", 4, 16, 5), ("tiny", 8, 16, 5), ("paper", 4, 4, 2), ("paper",
 
 def offline_preset(name: str, folder: Path) -> str:
     """The preset with random CLIP weights (no manifest file needed)."""
-    from clipsr_cli.plugins import lookup
+    from clipsr_cli.plugins.registry import lookup
 
     src = Path(lookup("preset", name).factory)
     text = src.read_text().replace('weights = "clip-vit-b-32-openai"', 'weights = ""')
@@ -40,11 +40,11 @@ def offline_preset(name: str, folder: Path) -> str:
 def one(preset: str, scale: int, batch: int, steps: int) -> dict:
     import torch
 
-    from clipsr_cli.distributed import Dist
-    from clipsr_cli.experiment import Experiment
-    from clipsr_cli.losses import PerceptualLoss, vgg19_features
-    from clipsr_cli.train_config import TrainConfig
-    from clipsr_cli.trainer import Trainer
+    from clipsr_cli.train.distributed import Dist
+    from clipsr_cli.train.experiment import Experiment
+    from clipsr_cli.train.losses import PerceptualLoss, vgg19_features
+    from clipsr_cli.train.config import TrainConfig
+    from clipsr_cli.train.trainer import Trainer
 
     class RandomVGGTrainer(Trainer):
         def _perceptual(self):

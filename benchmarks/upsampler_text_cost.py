@@ -5,9 +5,9 @@ the tiny preset with and without it, side by side in one process, batch 8,
     python3 benchmarks/upsampler_text_cost.py
 """
 import time, dataclasses, statistics, torch
-from clipsr_cli.config import load_preset
-from clipsr_cli.clip import load_clip
-from clipsr_cli.network import Generator
+from clipsr_cli.model.config import load_preset
+from clipsr_cli.model.clip import load_clip
+from clipsr_cli.model.generator import Generator
 torch.manual_seed(0)
 cfg = load_preset("tiny")
 off = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, upsampler_text=False))

@@ -2,7 +2,7 @@
 PIL bicubic, per preset and scale, each configuration in its own process
 (peak RSS is its own); and peak memory of a 1024x1024 input at x8, tiled.
 
-End-to-end = clipsr_cli.upscale.run on a folder of PNGs: planning, decoding
+End-to-end = clipsr_cli.pipeline.upscale.run on a folder of PNGs: planning, decoding
 (in the main thread on the CPU, in worker threads on an accelerator), one
 caption encoded once, forward passes in lanes, PNG encoding, atomic writes.
 Forward only = the same generator on the same decoded tensors, two ways: one
@@ -65,9 +65,9 @@ def make_folder(folder: Path, n: int, side: int) -> list[Path]:
 
 
 def build(preset: str, scale: int):
-    from clipsr_cli.clip import build_clip
-    from clipsr_cli.config import load_preset
-    from clipsr_cli.network import Generator
+    from clipsr_cli.model.clip import build_clip
+    from clipsr_cli.model.config import load_preset
+    from clipsr_cli.model.generator import Generator
 
     cfg = load_preset(preset)
     return Generator(cfg, build_clip(cfg), scale)  # random CLIP: no weights file needed
@@ -79,12 +79,12 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
         keep_files: bool = False) -> dict:
     import torch
 
-    from clipsr_cli.captions import Captions
-    from clipsr_cli.devices import pick_device, pick_precision
-    from clipsr_cli.images import load_image
-    from clipsr_cli.lanes import Lanes, default_lanes
-    from clipsr_cli.memory import keep_freed_memory
-    from clipsr_cli.upscale import Upscaler, run
+    from clipsr_cli.io.captions import Captions
+    from clipsr_cli.pipeline.devices import pick_device, pick_precision
+    from clipsr_cli.io.images import load_image
+    from clipsr_cli.pipeline.lanes import Lanes, default_lanes
+    from clipsr_cli.pipeline.memory import keep_freed_memory
+    from clipsr_cli.pipeline.upscale import Upscaler, run
 
     keep_freed_memory()  # as the CLI does
     gen = build(preset, scale)
@@ -179,7 +179,7 @@ def scratch_folder(parent: str | None, keep: bool):
 def run_forward_in_lanes(upscaler, chunks: list[tuple], lane_spec: tuple[int, int | None]) -> None:
     """The forward passes alone (upscale_batch's arguments, a chunk a batch) in
     lanes as upscale runs them on the CPU: no decoding, no writing."""
-    from clipsr_cli.lanes import Lanes
+    from clipsr_cli.pipeline.lanes import Lanes
 
     lanes = Lanes(*lane_spec)
     for chunk in chunks:
@@ -240,10 +240,10 @@ def host_ceiling(n: int, batch: int, lanes: int, caller_driven: bool, repeats: i
     import torch
     import torch.nn.functional as F
 
-    from clipsr_cli.captions import Captions
-    from clipsr_cli.lanes import Lanes
-    from clipsr_cli.memory import keep_freed_memory
-    from clipsr_cli.upscale import Upscaler, quantise, run
+    from clipsr_cli.io.captions import Captions
+    from clipsr_cli.pipeline.lanes import Lanes
+    from clipsr_cli.pipeline.memory import keep_freed_memory
+    from clipsr_cli.pipeline.upscale import Upscaler, quantise, run
 
     keep_freed_memory()
     upscaler = Upscaler(build("tiny", 4), torch.device("cpu"), tile=0)
@@ -272,8 +272,8 @@ def timed_run(upscaler, lr: Path, paths: list[Path], out: Path, captions, batch:
     """img/s of upscale.run over `paths` into `out`, in the CLI's lanes for the CPU."""
     import torch
 
-    from clipsr_cli import upscale
-    from clipsr_cli.lanes import Lanes, default_lanes
+    from clipsr_cli.pipeline import upscale
+    from clipsr_cli.pipeline.lanes import Lanes, default_lanes
 
     start = time.perf_counter()
     report = upscale.run(upscaler, lr, paths, out, captions, batch_size=batch,
@@ -302,10 +302,10 @@ def compare_folders(preset: str, scale: int, n: int, batch: int, repeats: int, f
     the file system's.  The inputs are decoded from the first folder."""
     import torch
 
-    from clipsr_cli import upscale
-    from clipsr_cli.captions import Captions
-    from clipsr_cli.lanes import default_lanes
-    from clipsr_cli.memory import keep_freed_memory
+    from clipsr_cli.pipeline import upscale
+    from clipsr_cli.io.captions import Captions
+    from clipsr_cli.pipeline.lanes import default_lanes
+    from clipsr_cli.pipeline.memory import keep_freed_memory
 
     keep_freed_memory()
     dev = torch.device("cpu")
@@ -352,10 +352,10 @@ def ablate(preset: str, scale: int, n: int, batch: int, repeats: int) -> dict:
 
     import torch
 
-    from clipsr_cli import upscale
-    from clipsr_cli.captions import Captions
-    from clipsr_cli.lanes import default_lanes
-    from clipsr_cli.memory import keep_freed_memory
+    from clipsr_cli.pipeline import upscale
+    from clipsr_cli.io.captions import Captions
+    from clipsr_cli.pipeline.lanes import default_lanes
+    from clipsr_cli.pipeline.memory import keep_freed_memory
 
     keep_freed_memory()
     dev = torch.device("cpu")
@@ -394,7 +394,7 @@ def pieces(n: int = 96) -> dict:
     """CPU time (user + system, all threads) per image of the non-network work, tiny x4 outputs."""
     import torch
 
-    from clipsr_cli.images import load_image, output_array, write_image
+    from clipsr_cli.io.images import load_image, output_array, write_image
 
     gen = build("tiny", 4).eval()
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipsr_cli.clip import build_clip
-from clipsr_cli.config import load_preset
+from clipsr_cli.model.clip import build_clip
+from clipsr_cli.model.config import load_preset
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from clipsr_cli.checkpoint import CheckpointError, load_generator, read_metadata, save_generator
-from clipsr_cli.network import Generator
+from clipsr_cli.model.checkpoint import CheckpointError, load_generator, read_metadata, save_generator
+from clipsr_cli.model.generator import Generator
 
 
 def test_round_trip_reproduces_outputs(tiny_cfg, tiny_clip, tmp_path):

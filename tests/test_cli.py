@@ -212,7 +212,7 @@ def test_running_again_in_place_with_a_suffix_skips_its_own_outputs(tmp_path):
 
 
 def test_an_output_too_large_for_free_memory_is_refused_and_the_run_goes_on(monkeypatch, tmp_path):
-    from clipsr_cli import tiling
+    from clipsr_cli.pipeline import tiling
 
     lr = tmp_path / "lr"
     lr.mkdir()
@@ -244,7 +244,7 @@ def test_two_inputs_with_one_output_name_write_it_once(tmp_path):
 
 
 def test_where_names_ignore_case_outputs_differing_in_case_are_one(monkeypatch, tmp_path):
-    from clipsr_cli import plan
+    from clipsr_cli.pipeline import plan
 
     lr = tmp_path / "lr"
     lr.mkdir()
@@ -375,7 +375,7 @@ def test_a_folder_without_images_is_a_usage_error_that_points_at_subfolders(tmp_
 
 
 def test_hidden_files_and_folders_are_not_inputs(tmp_path):
-    from clipsr_cli.plan import collect_inputs
+    from clipsr_cli.pipeline.plan import collect_inputs
 
     lr = tmp_path / "lr"
     (lr / ".thumbnails").mkdir(parents=True)
@@ -428,8 +428,8 @@ def test_an_unknown_missing_caption_policy_names_the_choices(folder, tmp_path):
 
 
 def test_scale_must_match_checkpoint(tiny_cfg, tiny_clip, folder, tmp_path):
-    from clipsr_cli.checkpoint import save_generator
-    from clipsr_cli.network import Generator
+    from clipsr_cli.model.checkpoint import save_generator
+    from clipsr_cli.model.generator import Generator
 
     ckpt = tmp_path / "g.safetensors"
     save_generator(ckpt, Generator(tiny_cfg, tiny_clip, 4))
@@ -452,7 +452,7 @@ def test_info_and_plugins_work_offline():
 
 
 def test_caption_formats_agree(tmp_path):
-    from clipsr_cli.captions import read_caption_file
+    from clipsr_cli.io.captions import read_caption_file
 
     (tmp_path / "c.json").write_text(json.dumps({"x/a.png": ["one", "two"], "b.png": "three"}))
     (tmp_path / "c.jsonl").write_text('{"image": "x/a.png", "captions": ["one", "two"]}\n'
@@ -547,7 +547,7 @@ def test_an_empty_caption_list_counts_as_a_missing_caption(folder, tmp_path):
 
 
 def test_shared_caption_file_shape_is_accepted(shared_dir):
-    from clipsr_cli.captions import read_caption_file
+    from clipsr_cli.io.captions import read_caption_file
 
     table = read_caption_file(shared_dir / "data" / "sr-bench" / "captions.json")
     assert table and all(isinstance(v, list) and v for v in table.values())
@@ -555,7 +555,7 @@ def test_shared_caption_file_shape_is_accepted(shared_dir):
 
 def test_shards_partition_the_inputs_exactly(tmp_path):
     from clipsr_cli.errors import UsageError
-    from clipsr_cli.plan import parse_shard, shard
+    from clipsr_cli.pipeline.plan import parse_shard, shard
 
     root = tmp_path
     images = [root / f"d{i % 3}" / f"img{i}.png" for i in range(50)]
@@ -585,7 +585,7 @@ def test_shard_option_in_cli(folder, tmp_path):
 def test_torchrun_ranks_take_their_shard_without_the_option(folder, tmp_path):
     import torch
 
-    from clipsr_cli.distributed import Dist, rank_device
+    from clipsr_cli.train.distributed import Dist, rank_device
 
     for bad in ("empty.png", "notes.png"):
         (folder / bad).unlink()
@@ -635,7 +635,7 @@ def test_killed_run_resumes_with_skip_existing_and_leaves_no_corrupt_file(tmp_pa
     import subprocess
     import time
 
-    from clipsr_cli.files import STALE_AFTER_S
+    from clipsr_cli.io.files import STALE_AFTER_S
 
     cmd, out, proc = _upscale_in_a_process_until_its_first_output(tmp_path, 8, (96, 80))
     if proc.poll() is None:
@@ -695,9 +695,9 @@ def test_a_cuda_index_beyond_the_machines_devices_is_a_usage_error(monkeypatch, 
 def test_precision_choice(tiny_cfg, tiny_clip):
     import torch
 
-    from clipsr_cli.devices import pick_precision
-    from clipsr_cli.network import Generator
-    from clipsr_cli.upscale import Upscaler
+    from clipsr_cli.pipeline.devices import pick_precision
+    from clipsr_cli.model.generator import Generator
+    from clipsr_cli.pipeline.upscale import Upscaler
 
     cpu = torch.device("cpu")
     assert pick_precision(None, cpu) == torch.float32  # bf16 is slower than fp32 on this kind of CPU
@@ -718,8 +718,8 @@ def test_fp16_on_cpu_is_a_usage_error(folder, tmp_path):
 
 
 def test_upscale_without_weights_uses_the_bundled_default_once(tmp_path):
-    from clipsr_cli.upscale import DEFAULT_MODELS
-    from clipsr_cli.weights import get_entry, resolve
+    from clipsr_cli.pipeline.upscale import DEFAULT_MODELS
+    from clipsr_cli.model.weights import get_entry, resolve
 
     for scale, name in DEFAULT_MODELS.items():  # shipped, and verified against the manifest
         assert resolve(name).name == get_entry(name).filename
@@ -736,7 +736,7 @@ def test_upscale_without_weights_uses_the_bundled_default_once(tmp_path):
 
 
 def test_16bit_rgb_png_is_upscaled_to_a_16bit_png(tmp_path):
-    from clipsr_cli.png import is_png16_color, write_png
+    from clipsr_cli.io.png import is_png16_color, write_png
 
     lr = tmp_path / "lr"
     lr.mkdir()
@@ -751,8 +751,8 @@ def test_16bit_rgb_png_is_upscaled_to_a_16bit_png(tmp_path):
 def test_long_caption_is_truncated_with_a_warning_naming_the_image(tiny_cfg, tiny_clip):
     import torch
 
-    from clipsr_cli.network import Generator
-    from clipsr_cli.upscale import Upscaler
+    from clipsr_cli.model.generator import Generator
+    from clipsr_cli.pipeline.upscale import Upscaler
 
     warnings = []
     up = Upscaler(Generator(tiny_cfg, tiny_clip, 2).eval(), torch.device("cpu"), warn=warnings.append, tile=0)
@@ -771,8 +771,8 @@ def test_long_caption_is_truncated_with_a_warning_naming_the_image(tiny_cfg, tin
 def test_new_captions_of_a_batch_are_encoded_together_once(tiny_cfg, tiny_clip):
     import torch
 
-    from clipsr_cli.network import Generator
-    from clipsr_cli.upscale import Upscaler
+    from clipsr_cli.model.generator import Generator
+    from clipsr_cli.pipeline.upscale import Upscaler
 
     gen = Generator(tiny_cfg, tiny_clip, 2).eval()
     calls = []
@@ -826,15 +826,15 @@ def test_every_user_facing_error_is_one_line_with_exit_2(capsys):
 
 
 def _user_error_classes():
-    from clipsr_cli.checkpoint import CheckpointError
-    from clipsr_cli.config import ConfigError
-    from clipsr_cli.plugins import UnknownStage
-    from clipsr_cli.state import StateError
-    from clipsr_cli.trainer import TrainingDiverged
+    from clipsr_cli.model.checkpoint import CheckpointError
+    from clipsr_cli.model.config import ConfigError
+    from clipsr_cli.plugins.registry import UnknownStage
+    from clipsr_cli.train.state import StateError
+    from clipsr_cli.train.trainer import TrainingDiverged
     from clipsr_cli.errors import UsageError
-    from clipsr_cli.weights import WeightsError
-    from stages.captions import CaptionError
-    from stages.datasets import DatasetError
+    from clipsr_cli.model.weights import WeightsError
+    from stages.data.captions import CaptionError
+    from stages.data.datasets import DatasetError
 
     return (CheckpointError, ConfigError, UnknownStage, UsageError, WeightsError, CaptionError, DatasetError,
             StateError, TrainingDiverged)
@@ -843,8 +843,8 @@ def _user_error_classes():
 def test_bundled_demo_model_draws_the_pattern_each_caption_names(tmp_path):
     """examples/editability: the same LR, one output per caption; the HR has
     caption 0's pattern, so that output is much closer to it than the others."""
-    from clipsr_cli.data import to_tensor
-    from stages.metrics import psnr
+    from clipsr_cli.train.data import to_tensor
+    from stages.metrics.fullref import psnr
 
     examples = Path(__file__).parents[1] / "examples" / "editability"
     captions = json.loads((examples / "captions.json").read_text())

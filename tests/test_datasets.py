@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from clipsr_cli.data import ResumableSampler, SRDataset, downsample, to_tensor
-from clipsr_cli.plugins import registry
-from stages.datasets import DatasetError, bird_box, load_celeba, load_coco, load_cub, load_folder
+from clipsr_cli.train.data import ResumableSampler, SRDataset, downsample, to_tensor
+from clipsr_cli.plugins.registry import registry
+from stages.data.datasets import DatasetError, bird_box, load_celeba, load_coco, load_cub, load_folder
 
 
 def _jpg(path, size=(60, 40), seed=0):

@@ -4,7 +4,7 @@ import dataclasses
 
 import torch
 
-from clipsr_cli.graphs import GraphedForward
+from clipsr_cli.pipeline.graphs import GraphedForward
 
 
 def test_graphed_forward_refills_its_static_inputs_and_keeps_the_latest_shapes():

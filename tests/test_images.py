@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clipsr_cli import png
-from clipsr_cli.images import ImageError, load_image, save_image
+from clipsr_cli.io import png
+from clipsr_cli.io.images import ImageError, load_image, save_image
 
 
 def _random(h, w, c, dtype=np.uint8, seed=0):
@@ -235,7 +235,7 @@ def test_bad_files_are_refused_with_one_line_naming_them(tmp_path, make, reason)
 
 
 def test_atomic_write_leaves_the_old_file_and_no_temporary_on_failure(tmp_path):
-    from clipsr_cli.files import atomic_write
+    from clipsr_cli.io.files import atomic_write
 
     target = tmp_path / "out.png"
     target.write_bytes(b"old")
@@ -277,7 +277,7 @@ def test_stale_temporaries_of_the_given_outputs_alone_are_removed(tmp_path):
     import os
     import time
 
-    from clipsr_cli.files import STALE_AFTER_S, remove_stale_temporaries
+    from clipsr_cli.io.files import STALE_AFTER_S, remove_stale_temporaries
 
     old = time.time() - STALE_AFTER_S - 60
     stale = tmp_path / ".a.png.0123456789abcdef.tmp"  # a killed writer's, long ago
@@ -305,8 +305,8 @@ def test_outputs_get_the_usual_file_mode(tmp_path):
 
 
 def test_quantising_on_the_device_gives_the_hosts_bytes(tmp_path):
-    from clipsr_cli.images import is_plain_8bit, output_array
-    from clipsr_cli.upscale import quantise
+    from clipsr_cli.io.images import is_plain_8bit, output_array
+    from clipsr_cli.pipeline.upscale import quantise
 
     k = torch.arange(256.0)
     # every level, the halfway points between levels (ties round to even) and values a hair either side
@@ -321,7 +321,7 @@ def test_quantising_on_the_device_gives_the_hosts_bytes(tmp_path):
 
 
 def test_alpha_is_flattened_over_white_where_the_format_cannot_hold_it(tmp_path):
-    from clipsr_cli.images import output_array
+    from clipsr_cli.io.images import output_array
 
     rgb = torch.rand(1, 3, 10, 12).contiguous(memory_format=torch.channels_last)[0]
     alpha = torch.rand(1, 10, 12)
@@ -337,7 +337,7 @@ def test_alpha_is_flattened_over_white_where_the_format_cannot_hold_it(tmp_path)
 
 @pytest.mark.parametrize("ext", ["png", "jpg", "webp"])
 def test_outputs_are_marked_as_clipsr_s_and_other_images_are_not(tmp_path, ext):
-    from clipsr_cli.images import write_image, written_by_clipsr
+    from clipsr_cli.io.images import write_image, written_by_clipsr
 
     arr = (np.random.rand(10, 12, 3) * 255).astype(np.uint8)
     write_image(tmp_path / f"ours.{ext}", arr)
@@ -349,7 +349,7 @@ def test_outputs_are_marked_as_clipsr_s_and_other_images_are_not(tmp_path, ext):
 
 
 def test_output_array_leaves_the_tensor_alone_unless_told_to_consume_it(tmp_path):
-    from clipsr_cli.images import output_array
+    from clipsr_cli.io.images import output_array
 
     x = torch.rand(1, 3, 20, 30).contiguous(memory_format=torch.channels_last)[0]  # as the CPU's network gives it
     before = x.clone()

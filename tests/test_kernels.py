@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipsr_cli.clip import build_clip
-from clipsr_cli.devices import pick_memory_format
-from clipsr_cli.kernels import (
+from clipsr_cli.model.clip import build_clip
+from clipsr_cli.pipeline.devices import pick_memory_format
+from clipsr_cli.model.kernels import (
     BICUBIC_MATRIX_MAX_SIDE,
     bicubic_upsample,
     conv_pixel_shuffle,
@@ -18,9 +18,9 @@ from clipsr_cli.kernels import (
     is_channels_last,
     vit_block,
 )
-from clipsr_cli.memory import keep_freed_memory
-from clipsr_cli.network import Generator
-from clipsr_cli.upscale import Upscaler
+from clipsr_cli.pipeline.memory import keep_freed_memory
+from clipsr_cli.model.generator import Generator
+from clipsr_cli.pipeline.upscale import Upscaler
 
 
 @pytest.mark.parametrize("shape", [(7, 12), (2, 9, 12), (600, 12), (2, 300, 12)])  # below / above ONEDNN_MIN_ROWS
@@ -193,7 +193,7 @@ ARENA_CHECK = """
 import ctypes, resource, sys, threading
 sys.path.insert(0, {root!r})
 if {fix}:
-    from clipsr_cli.memory import keep_freed_memory
+    from clipsr_cli.pipeline.memory import keep_freed_memory
     assert keep_freed_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]

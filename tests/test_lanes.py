@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from clipsr_cli.captions import Captions
-from clipsr_cli.lanes import Lanes, default_lanes
-from clipsr_cli.network import Generator
-from clipsr_cli.upscale import Upscaler, run
+from clipsr_cli.io.captions import Captions
+from clipsr_cli.pipeline.lanes import Lanes, default_lanes
+from clipsr_cli.model.generator import Generator
+from clipsr_cli.pipeline.upscale import Upscaler, run
 
 
 def test_results_come_back_in_submission_order_with_errors():
@@ -114,7 +114,7 @@ def test_an_accelerator_is_driven_from_the_callers_thread_and_lanes_write(tiny_c
         if args[0].shape[-1] == 9:
             raise RuntimeError("device error on this batch")
 
-    import clipsr_cli.upscale as upscale_module
+    import clipsr_cli.pipeline.upscale as upscale_module
 
     real_write, real_quantise = upscale_module.write_image, upscale_module.quantise
     quantised = []
@@ -147,7 +147,7 @@ def test_an_accelerator_is_driven_from_the_callers_thread_and_lanes_write(tiny_c
 
 def test_images_decode_in_the_callers_thread_on_the_cpu_and_in_threads_for_an_accelerator(
         tiny_cfg, tiny_clip, tmp_path, monkeypatch):
-    import clipsr_cli.upscale as upscale_module
+    import clipsr_cli.pipeline.upscale as upscale_module
 
     folder = tmp_path / "lr"
     folder.mkdir()
@@ -187,7 +187,7 @@ def test_a_failed_write_fails_that_image_only(tiny_cfg, tiny_clip, tmp_path):
 def test_a_full_disk_stops_the_run_at_its_first_failed_write(tiny_cfg, tiny_clip, tmp_path, monkeypatch, lanes):
     import errno
 
-    from clipsr_cli import upscale
+    from clipsr_cli.pipeline import upscale
 
     folder = tmp_path / "lr"
     folder.mkdir()

@@ -16,8 +16,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipsr_cli.cli import app
-from clipsr_cli.score import pair_folders
-from stages.metrics import psnr, ssim
+from clipsr_cli.pipeline.score import pair_folders
+from stages.metrics.fullref import psnr, ssim
 
 
 def _y(u8):
@@ -130,8 +130,8 @@ def test_score_against_the_lr_inputs_says_to_give_the_hr_images(tmp_path):
 def test_niqe_matches_basicsr_documented_value(shared_dir, monkeypatch):
     """BasicSR documents NIQE 5.72957338 (MATLAB R2021a) for its tests/data/baboon.png,
     the Set14 baboon."""
-    from clipsr_cli.images import load_image
-    from stages.niqe import niqe, pristine_params
+    from clipsr_cli.io.images import load_image
+    from stages.metrics.niqe import niqe, pristine_params
 
     monkeypatch.setenv("CLIPSR_WEIGHTS_DIR", str(shared_dir / "weights"))
     pristine_params.cache_clear()
@@ -144,7 +144,7 @@ def test_niqe_matches_basicsr_documented_value(shared_dir, monkeypatch):
 
 
 def test_imresize_half_matches_matlab_on_a_ramp():
-    from stages.niqe import imresize_half
+    from stages.metrics.niqe import imresize_half
 
     # a linear ramp stays linear under MATLAB's antialiased bicubic away from the borders:
     # output pixel i sits at input coordinate 2i + 0.5 (0-based)
@@ -166,7 +166,7 @@ def test_niqe_without_reference_in_cli(shared_dir, tmp_path):
 def test_clip_score_is_the_cosine_of_open_clip_embeddings(tiny_clip, tmp_path):
     import torch.nn.functional as F
 
-    from stages import clip_score as cs
+    from stages.metrics import clip_score as cs
 
     cs.PRESET["name"] = "tiny"
     try:
@@ -182,7 +182,7 @@ def test_clip_score_is_the_cosine_of_open_clip_embeddings(tiny_clip, tmp_path):
 
 
 def test_caption_lookup_follows_upscale_names(tmp_path):
-    from clipsr_cli.score import caption_lookup
+    from clipsr_cli.pipeline.score import caption_lookup
 
     get = caption_lookup({"a.png": ["one", "two"], "sub/b.jpg": ["three"]}, tmp_path, "_x4")
     assert get(tmp_path / "a_x4_c1.png") == ["two"]
@@ -228,7 +228,7 @@ def test_clip_score_offline_is_skipped_with_reason(tmp_path):
 
 
 def test_prefetch_keeps_order_and_returns_errors():
-    from clipsr_cli.prefetch import prefetch
+    from clipsr_cli.pipeline.prefetch import prefetch
 
     def fn(x):
         if x == 3:
@@ -244,7 +244,7 @@ def test_prefetch_keeps_order_and_returns_errors():
 def test_prefetch_with_no_workers_runs_each_item_in_the_caller_when_asked():
     import threading
 
-    from clipsr_cli.prefetch import prefetch
+    from clipsr_cli.pipeline.prefetch import prefetch
 
     pulled, threads = [], set()
 
@@ -268,7 +268,7 @@ def test_prefetch_with_no_workers_runs_each_item_in_the_caller_when_asked():
 
 
 def test_prefetch_runs_as_far_ahead_as_its_depth_says_when_asked():
-    from clipsr_cli.prefetch import prefetch
+    from clipsr_cli.pipeline.prefetch import prefetch
 
     pulled = []
 
@@ -319,8 +319,8 @@ def _lpips_files(tmp_path):
 
 
 def test_lpips_loads_both_files_through_the_resolver(tmp_path, monkeypatch):
-    from clipsr_cli import weights
-    from stages import lpips as lp
+    from clipsr_cli.model import weights
+    from stages.metrics import lpips as lp
 
     alex, lin, lins = _lpips_files(tmp_path)
     real = weights.manifest()
@@ -362,7 +362,7 @@ def test_lpips_offline_is_skipped_with_reason(tmp_path):
 
 
 def test_frechet_distance_matches_the_eigenvalues_of_the_product():
-    from stages.fid import frechet_distance
+    from stages.metrics.fid import frechet_distance
 
     rng = np.random.default_rng(0)
     for n_a, n_b, d in ((50, 40, 6), (5, 7, 30)):  # more images than dimensions, and fewer
@@ -376,7 +376,7 @@ def test_frechet_distance_matches_the_eigenvalues_of_the_product():
         assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-7)
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
     assert frechet_distance(a, a + 2.0) == pytest.approx(d * 4.0, rel=1e-9)  # a pure shift: ||mu||^2
-    from stages.fid import fid
+    from stages.metrics.fid import fid
 
     with pytest.raises(ValueError, match="at least 2 images"):  # no image could be scored: said, not a crash
         fid([], [])
@@ -385,8 +385,8 @@ def test_frechet_distance_matches_the_eigenvalues_of_the_product():
 
 
 def test_fid_in_score_is_one_value_per_folder(tmp_path, monkeypatch):
-    from clipsr_cli import weights
-    from stages import fid as fid_mod
+    from clipsr_cli.model import weights
+    from stages.metrics import fid as fid_mod
 
     torch.manual_seed(0)
     net_file = tmp_path / "pt_inception-2015-12-05-6726825d.pth"

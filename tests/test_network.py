@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipsr_cli.config import ModelConfig
-from clipsr_cli.discriminator import Discriminator
-from clipsr_cli.network import Generator
-from stages.tifblock import TextReweight
+from clipsr_cli.model.config import ModelConfig
+from clipsr_cli.model.discriminator import Discriminator
+from clipsr_cli.model.generator import Generator
+from stages.model.tifblock import TextReweight
 
 
 @pytest.mark.parametrize("scale", [2, 4, 8, 16])
@@ -106,14 +106,14 @@ def test_discriminator_logit_and_shared_clip_features(tiny_cfg, tiny_clip):
 
 
 def test_unknown_preset_key_is_refused():
-    from clipsr_cli.config import ConfigError
+    from clipsr_cli.model.config import ConfigError
 
     with pytest.raises(ConfigError, match="unknown key"):
         ModelConfig.from_dict({"generator": {"base_channel": 3}})
 
 
 def test_text_tower_skips_the_padding_with_the_same_results(tiny_cfg, tiny_clip):
-    from clipsr_cli.clip import TextTower
+    from clipsr_cli.model.clip import TextTower
 
     tower = TextTower(tiny_clip).eval()
     captions = ["a bird", "a small yellow bird with black wings sitting on a thin branch"]

@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from clipsr_cli.hookspecs import hookimpl
-from clipsr_cli.network import Generator
-from clipsr_cli.plugins import UnknownStage, get_plugin_manager, lookup, registry
+from clipsr_cli.plugins.hookspecs import hookimpl
+from clipsr_cli.model.generator import Generator
+from clipsr_cli.plugins.registry import UnknownStage, get_plugin_manager, lookup, registry
 
 
 class NearestUpsampler(nn.Module):

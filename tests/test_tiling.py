@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clipsr_cli import tiling
-from clipsr_cli.captions import Captions
-from clipsr_cli.lanes import Lanes
-from clipsr_cli.network import Generator
-from clipsr_cli.tiling import is_out_of_memory, tiled
-from clipsr_cli.upscale import Upscaler, run
+from clipsr_cli.pipeline import tiling
+from clipsr_cli.io.captions import Captions
+from clipsr_cli.pipeline.lanes import Lanes
+from clipsr_cli.model.generator import Generator
+from clipsr_cli.pipeline.tiling import is_out_of_memory, tiled
+from clipsr_cli.pipeline.upscale import Upscaler, run
 
 
 def test_blending_is_exact_for_a_local_operation():
@@ -22,7 +22,7 @@ def test_blending_is_exact_for_a_local_operation():
 
 
 def test_finishing_bands_gives_the_canvas_bytes_and_holds_only_the_rows_tiles_reach():
-    from clipsr_cli.upscale import quantise
+    from clipsr_cli.pipeline.upscale import quantise
 
     lr = torch.rand(2, 3, 37, 53)
     conv = torch.nn.Conv2d(3, 3, 3, padding=1)
@@ -188,8 +188,8 @@ def test_same_size_images_are_batched_and_give_the_same_outputs(tiny_cfg, tiny_c
     assert len(tiled_run.done) == 4
     assert batches == [1] * 7  # 24x16 images tile (2 tiles each) and go alone; 20x20 fits one tile
     # a tiled PNG, quantised band by band, holds the bytes of its float canvas quantised
-    from clipsr_cli.images import load_image
-    from clipsr_cli.upscale import quantise
+    from clipsr_cli.io.images import load_image
+    from clipsr_cli.pipeline.upscale import quantise
 
     canvas = Upscaler(gen, torch.device("cpu"), tile=20, tile_pad=2).upscale(load_image(images[0]).rgb, "a photo", None)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "t" / "0.png")), quantise(canvas[None].clone())[0].numpy())
@@ -249,7 +249,7 @@ def test_free_mps_memory_is_what_metal_recommends_less_what_it_holds(monkeypatch
 
 @pytest.mark.parametrize("kind", ["cuda", "mps", "cpu"])
 def test_an_out_of_memory_retry_releases_the_devices_cached_blocks(monkeypatch, kind):
-    from clipsr_cli.devices import release_cached_memory
+    from clipsr_cli.pipeline.devices import release_cached_memory
 
     released = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: released.append("cuda"))
@@ -259,7 +259,7 @@ def test_an_out_of_memory_retry_releases_the_devices_cached_blocks(monkeypatch, 
 
 
 def test_a_tiled_output_is_counted_as_bands(tiny_cfg, tiny_clip):
-    from clipsr_cli.images import Decoded
+    from clipsr_cli.io.images import Decoded
 
     upscaler = Upscaler(Generator(tiny_cfg, tiny_clip, 8), torch.device("cpu"), tile=64, tile_pad=8)
     band = (64 + 16) * 8 * 4096  # output pixels of the rows tiles still reach
@@ -273,8 +273,8 @@ def test_a_tiled_output_is_counted_as_bands(tiny_cfg, tiny_clip):
 
 
 def test_tiled_outputs_of_every_kind_are_the_whole_canvas_quantised(tiny_cfg, tiny_clip, tmp_path):
-    from clipsr_cli.images import load_image, output_array
-    from clipsr_cli.png import write_png
+    from clipsr_cli.io.images import load_image, output_array
+    from clipsr_cli.io.png import write_png
 
     gen = Generator(tiny_cfg, tiny_clip, 2)
     folder = tmp_path / "lr"
@@ -300,8 +300,8 @@ def test_tiled_outputs_of_every_kind_are_the_whole_canvas_quantised(tiny_cfg, ti
 
 
 def test_a_batch_that_needs_tiles_by_the_time_it_runs_goes_image_by_image(tiny_cfg, tiny_clip, tmp_path):
-    from clipsr_cli.images import output_array
-    from clipsr_cli.upscale import _Item, _upscale_and_write
+    from clipsr_cli.io.images import output_array
+    from clipsr_cli.pipeline.upscale import _Item, _upscale_and_write
 
     upscaler = Upscaler(Generator(tiny_cfg, tiny_clip, 2), torch.device("cpu"), tile=0)
     rgbs = [_smooth(12, 16, seed=i) for i in range(3)]

@@ -18,18 +18,18 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from clipsr_cli.checkpoint import load_generator
+from clipsr_cli.model.checkpoint import load_generator
 from clipsr_cli.cli import app
-from clipsr_cli.config import ConfigError
-from clipsr_cli.distributed import Dist
-from clipsr_cli.experiment import Experiment
-from clipsr_cli.losses import PerceptualLoss, d_hinge_loss, load_vgg19_features, ma_gp, vgg19_features
-from clipsr_cli.state import StateError, load_state, save_state
-from clipsr_cli.train_config import TrainConfig, resolve_config, run_config, with_preset_defaults
-from clipsr_cli.trainer import Trainer, TrainingDiverged, fit, val_pair
-from clipsr_cli.weights import WeightsError
-from stages.datasets import load_folder
-from stages.metrics import psnr
+from clipsr_cli.model.config import ConfigError
+from clipsr_cli.train.distributed import Dist
+from clipsr_cli.train.experiment import Experiment
+from clipsr_cli.train.losses import PerceptualLoss, d_hinge_loss, load_vgg19_features, ma_gp, vgg19_features
+from clipsr_cli.train.state import StateError, load_state, save_state
+from clipsr_cli.train.config import TrainConfig, resolve_config, run_config, with_preset_defaults
+from clipsr_cli.train.trainer import Trainer, TrainingDiverged, fit, val_pair
+from clipsr_cli.model.weights import WeightsError
+from stages.data.datasets import load_folder
+from stages.metrics.fullref import psnr
 
 CPU = torch.device("cpu")
 
@@ -392,7 +392,7 @@ def test_it_learns_a_caption_margin_a_text_blind_model_cannot(tmp_path):
 
 # --- caption-aware flips and preset training defaults ---------------------------------------------
 def test_a_flip_mirrors_the_caption_or_is_not_applied():
-    from clipsr_cli.data import mirror_caption
+    from clipsr_cli.train.data import mirror_caption
 
     assert mirror_caption("Rising stripes left of a RIGHT-facing bird") == "Falling stripes right of a LEFT-facing bird"
     assert mirror_caption("turning anticlockwise, / then \\") == "turning clockwise, \\ then /"
@@ -402,8 +402,8 @@ def test_a_flip_mirrors_the_caption_or_is_not_applied():
 
 
 def test_flipped_samples_carry_the_mirrored_caption(tmp_path):
-    from clipsr_cli.data import SRDataset
-    from stages.datasets import Record
+    from clipsr_cli.train.data import SRDataset
+    from stages.data.datasets import Record
 
     arr = np.zeros((16, 16, 3), np.uint8)
     arr[:, :8] = 255  # white on the left

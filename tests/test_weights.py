@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from clipsr_cli import weights as W
-from clipsr_cli.clip import build_clip
+from clipsr_cli.model import weights as W
+from clipsr_cli.model.clip import build_clip
 
 
 def test_clip_loaded_from_local_file_through_open_clip(tiny_cfg, tiny_clip, tmp_path):
@@ -24,7 +24,7 @@ def test_named_open_clip_model_loads_a_state_dict_file(tmp_path):
     # the paper preset's path: open_clip.create_model(name, pretrained=<file>)
     import open_clip
 
-    from clipsr_cli.config import load_preset
+    from clipsr_cli.model.config import load_preset
 
     cfg = load_preset("paper")
     src = open_clip.create_model("ViT-B-32-quickgelu")

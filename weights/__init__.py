@@ -1,6 +1,6 @@
 """What weights clipsr knows: `manifest.toml` (name, file, source URL, sha256),
 and the bundled checkpoints beside it.  Resolution and caching live in
-`clipsr_cli.weights`."""
+`clipsr_cli.model.weights`."""
 
 from pathlib import Path
 

@@ -1,0 +1,117 @@
+"""Caption lookup for the pipeline: caption files (through the registered
+caption sources), `.txt` sidecars, and the missing-caption policy."""
+
+from __future__ import annotations
+
+from collections import Counter
+from enum import Enum
+from pathlib import Path, PurePosixPath
+
+from clipsr_cli.plugins.registry import registry
+from stages.data.captions import CaptionError
+
+
+class MissingPolicy(str, Enum):
+    error = "error"
+    empty = "empty"
+    default = "default"
+
+
+def read_caption_file(path: Path) -> dict[str, list[str]]:
+    sources = registry("caption_source")
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in sources:
+        raise CaptionError(f"{path}: unknown caption format {fmt!r}; known: {', '.join(sorted(sources))}")
+    if not path.is_file():
+        raise CaptionError(f"{path}: caption file not found")
+    try:
+        return sources[fmt].factory(path)
+    except UnicodeDecodeError as e:
+        raise CaptionError(f"{path}: {not_utf8(e)}") from None
+
+
+def not_utf8(e: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
+
+
+def unique_stems(keys) -> dict[str, str]:
+    """Caption-file keys by file stem, where no other key has that stem: a flat
+    folder of LR copies finds its captions in a file keyed by the dataset's
+    tree (`Set5/baby.png` for `lr/baby.png`)."""
+    stems = Counter(PurePosixPath(k).stem for k in keys)
+    return {PurePosixPath(k).stem: k for k in keys if stems[PurePosixPath(k).stem] == 1}
+
+
+class Captions:
+    """Captions for images under an input root.  Order of precedence: `--caption`
+    text, the caption file, a `.txt` sidecar next to the image, the policy."""
+
+    def __init__(self, root: Path, file: Path | None = None, text: str | None = None,
+                 policy: MissingPolicy = MissingPolicy.error, default: str = ""):
+        self.root = root
+        self.table = read_caption_file(file) if file else {}
+        self.text = text
+        self.policy = policy
+        self.default = default
+        self._by_stem = unique_stems(self.table)
+
+    def _keys(self, image: Path) -> list[str]:
+        """The caption file keys that name `image`, in order of precedence: its
+        path relative to the root, its file name, its stem, then the one key
+        in any folder with its stem."""
+        rel = image.relative_to(self.root).as_posix() if image.is_relative_to(self.root) else image.name
+        stem = Path(rel).stem
+        return [rel, image.name, stem] + ([self._by_stem[stem]] if stem in self._by_stem else [])
+
+    def check_file_names(self, images: list[Path], file: Path) -> None:
+        """Raise CaptionError when the caption file (read from `file`) names none
+        of the images: its keys are relative to another folder, or it belongs to
+        other images; every image would fail or get the fallback caption."""
+        if self.text is not None or not images or any(k in self.table for i in images for k in self._keys(i)):
+            return
+        if not self.table:
+            raise CaptionError(f"{file}: holds no captions")
+        raise CaptionError(f"{file}: none of its {len(self.table)} entries names an input image; keys are paths "
+                           f"relative to {self.root} (such as {self._keys(images[0])[0]!r}), file names, or "
+                           f"paths whose file name no other key has, and it has {next(iter(self.table))!r}")
+
+    def check_some_source(self, images: list[Path]) -> None:
+        """Raise CaptionError when, under the 'error' policy, nothing gives any
+        image a caption (no --caption, no caption file, no sidecar): every
+        image would fail, one line each, after the model had loaded."""
+        if (self.policy is not MissingPolicy.error or self.text is not None or self.table or not images
+                or any(image.with_suffix(".txt").is_file() for image in images)):
+            return
+        raise CaptionError(f"no caption for any of the {len(images)} input(s): give --captions FILE (.json, .jsonl, "
+                           f".csv), --caption TEXT, a .txt sidecar beside each image (such as "
+                           f"{images[0].with_suffix('.txt')}), or --missing-caption empty to upscale without one")
+
+    def get(self, image: Path) -> list[str] | None:
+        """Captions of `image`, else the policy's (None under 'error')."""
+        own = self.own(image)
+        return own if own is not None else self.fallback()
+
+    def fallback(self) -> list[str] | None:
+        """What an image without a caption gets under the policy: None under 'error'."""
+        if self.policy is MissingPolicy.error:
+            return None
+        return [self.default if self.policy is MissingPolicy.default else ""]
+
+    def own(self, image: Path) -> list[str] | None:
+        """The captions given for `image` (`--caption`, the file, its sidecar),
+        or None.  Raises CaptionError for a sidecar that cannot be read as text."""
+        if self.text is not None:
+            return [self.text]
+        for key in self._keys(image):
+            if self.table.get(key):  # an empty list is no caption: the policy decides
+                return self.table[key]
+        sidecar = image.with_suffix(".txt")
+        if sidecar.is_file():
+            try:  # utf-8-sig: Windows editors start UTF-8 files with a byte-order mark
+                text = sidecar.read_text(encoding="utf-8-sig")
+            except UnicodeDecodeError as e:
+                raise CaptionError(f"{sidecar}: {not_utf8(e)}") from None
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+            if lines:
+                return lines
+        return None

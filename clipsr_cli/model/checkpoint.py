@@ -1,0 +1,93 @@
+"""Self-describing generator checkpoints: safetensors + metadata.
+
+The metadata holds the full model config, the scale and the clipsr version, so
+`upscale --weights FILE` needs nothing else.  The frozen CLIP is stored in the
+file only when it is a random (seeded) tower that no manifest file can provide.
+No pickle anywhere: safetensors cannot run code on load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from clipsr_cli import __version__
+from clipsr_cli.model.config import ConfigError, ModelConfig
+from clipsr_cli.errors import UserError
+from clipsr_cli.io.files import atomic_write
+
+FORMAT = "clipsr-generator"
+
+
+class CheckpointError(UserError, RuntimeError):
+    pass
+
+
+def save_generator(path: str | Path, gen, extra: dict[str, str] | None = None, half: bool = False) -> None:
+    """`half`: float tensors stored as fp16 (half the file; loading casts back to fp32)."""
+    cfg: ModelConfig = gen.cfg
+    tensors = gen.own_state_dict()
+    if not cfg.clip.weights:
+        tensors.update({f"clip.{k}": v for k, v in gen.clip.state_dict().items()})
+    tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in tensors.items()}
+    metadata = {
+        "format": FORMAT,
+        "clipsr_version": __version__,
+        "preset": cfg.name,
+        "scale": str(gen.scale),
+        "model_config": cfg.to_json(),
+        **(extra or {}),
+    }
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e}); it may be truncated: "
+                              "copy or export it again") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a clipsr generator checkpoint (metadata format "
+                              f"{meta.get('format')!r}, expected {FORMAT!r})")
+    return meta
+
+
+def checkpoint_config(meta: dict[str, str]) -> tuple[ModelConfig, int]:
+    try:
+        cfg = ModelConfig.from_dict(json.loads(meta["model_config"]), origin="checkpoint model_config")
+        return cfg, int(meta["scale"])
+    except (KeyError, json.JSONDecodeError, ValueError, ConfigError) as e:
+        raise CheckpointError(f"checkpoint metadata is incomplete or invalid: {e}") from None
+
+
+def load_generator(path: str | Path, weights_dir=None, map_location="cpu"):
+    """Generator described by and loaded from a checkpoint file."""
+    from safetensors.torch import load_file
+
+    from clipsr_cli.model.clip import load_clip
+    from clipsr_cli.model.generator import Generator
+
+    path = Path(path)
+    cfg, scale = checkpoint_config(read_metadata(path))
+    try:
+        tensors = load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot read tensors ({e}); the file may be truncated") from None
+    has_clip = any(k.startswith("clip.") for k in tensors)
+    clip = load_clip(cfg, weights_dir=weights_dir, pretrained=not has_clip)
+    gen = Generator(cfg, clip, scale)
+    result = gen.load_state_dict(tensors, strict=False)
+    clip_keys = set(gen.state_dict()) - set(gen.own_state_dict())
+    missing = [k for k in result.missing_keys if k not in clip_keys]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"{path}: does not match preset {cfg.name!r} x{scale}: "
+                              f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+    return gen.eval()

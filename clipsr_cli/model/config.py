@@ -1,0 +1,161 @@
+"""Model configuration: presets are TOML data files, parsed strictly.
+
+Every key a preset may hold is a field below; an unknown key is an error
+(a config flag that is never read is a bug, not a feature).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipsr_cli.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(UserError, ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    model: str = "ViT-B-32"  # open_clip model name
+    weights: str = ""  # weights manifest entry; "" = random init (no download)
+    config: str = ""  # open_clip model JSON for custom towers, relative to the preset file
+    arch: str = ""  # that JSON's content, filled in on load, so checkpoints carry it
+    seed: int = 0  # seed of the random init, so an untrained tower is reproducible
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    base_channels: int = 64
+    max_channels: int = 512
+    prompt_tokens: int = 8  # one deep prompt before each of the first N ViT blocks
+    prompt_heads: int = 8
+    iterations: int = 4  # Conv-TIFBlock refinement iterations (paper Fig. 9)
+    grid: int = 8  # the encoder brings a training-size LR down to grid x grid
+    hr_crop: int = 256  # training HR crop: LR size = hr_crop / scale
+    global_residual: bool = True  # add bicubic(LR) to the output
+    upsampler_text: bool = False  # the caption also modulates each upsampling step (TIFBlock affines)
+    affine_text: bool = True  # false: the TIFBlocks get a learned constant instead of the caption (ablation)
+
+
+@dataclass(frozen=True)
+class DiscriminatorSpec:
+    blocks: tuple[int, ...] = (1, 4, 8)  # 0-based ViT blocks whose tokens D mixes
+    channels: int = 512
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    text_encoder: str = "clip"
+    refiner: str = "tifblock"
+    upsampler: str = "pixelshuffle"
+    clip_vit: bool = True  # run fused features through the frozen CLIP-ViT
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "custom"
+    description: str = ""
+    clip: ClipSpec = field(default_factory=ClipSpec)
+    generator: GeneratorSpec = field(default_factory=GeneratorSpec)
+    discriminator: DiscriminatorSpec = field(default_factory=DiscriminatorSpec)
+    stages: StageSpec = field(default_factory=StageSpec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base_dir: str = "", origin: str = "config") -> "ModelConfig":
+        sections = {"clip": ClipSpec, "generator": GeneratorSpec,
+                    "discriminator": DiscriminatorSpec, "stages": StageSpec}
+        top = {"name", "description", "train", *sections}  # [train]: training defaults, see preset_train_defaults
+        _check_keys(data, top, origin)
+        kwargs: dict[str, Any] = {}
+        for key in ("name", "description"):
+            if key in data:
+                kwargs[key] = data[key]
+        for key, typ in sections.items():
+            sub = data.get(key, {})
+            names = {f.name for f in dataclasses.fields(typ)}
+            _check_keys(sub, names, f"{origin} [{key}]")
+            sub = {k: tuple(v) if isinstance(v, list) else v for k, v in sub.items()}
+            kwargs[key] = typ(**sub)
+        clip = kwargs["clip"]
+        if clip.config and not clip.arch:
+            path = Path(base_dir) / clip.config
+            if not path.is_file():
+                raise ConfigError(f"{origin}: clip.config file {path} is missing")
+            arch = json.dumps(json.loads(path.read_text()), sort_keys=True)
+            kwargs["clip"] = dataclasses.replace(clip, arch=arch)
+        cfg = cls(**kwargs)
+        cfg.validate(origin)
+        return cfg
+
+    def validate(self, origin: str = "config") -> None:
+        g = self.generator
+        if g.iterations < 1 or g.prompt_tokens < 0 or g.base_channels < 1:
+            raise ConfigError(f"{origin}: iterations and base_channels must be >= 1, prompt_tokens >= 0")
+        if g.grid < 1 or g.hr_crop % g.grid:
+            raise ConfigError(f"{origin}: hr_crop ({g.hr_crop}) must be a multiple of grid ({g.grid})")
+
+
+def _check_keys(data: dict, allowed: set[str], origin: str) -> None:
+    unknown = set(data) - allowed
+    if unknown:
+        raise ConfigError(
+            f"{origin}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+
+
+def preset_path(name_or_path: str) -> Path:
+    """A preset TOML file by path, or the file of a registered preset by name."""
+    from clipsr_cli.plugins.registry import lookup
+
+    path = Path(name_or_path)
+    if not (path.suffix == ".toml" and path.is_file()):
+        path = Path(lookup("preset", name_or_path).factory)
+    return path
+
+
+def load_preset(name_or_path: str) -> ModelConfig:
+    """A registered preset by name, or a preset TOML file by path."""
+    path = preset_path(name_or_path)
+    return ModelConfig.from_dict(read_toml(path), base_dir=str(path.parent), origin=str(path))
+
+
+def preset_train_defaults(name_or_path: str) -> tuple[dict[str, Any], str]:
+    """The preset's `[train]` table: training keys that replace TrainConfig's
+    defaults for this preset (as timm's pretrained configs carry theirs), with
+    the file they come from.  A config file and the command line still win."""
+    path = preset_path(name_or_path)
+    return read_toml(path).get("train", {}), f"{path} [train]"
+
+
+SCALES = (2, 4, 8, 16)
+
+
+def check_scale(scale: int) -> int:
+    if scale not in SCALES:
+        raise ConfigError(f"scale {scale} is not supported; choose one of {', '.join(map(str, SCALES))}")
+    return scale

@@ -1,0 +1,161 @@
+"""Training samples and their order, both reproducible from (seed, epoch, index).
+
+Every random choice a sample needs (crop, flip, caption) comes from a generator
+seeded by (seed, epoch, index), and the order of an epoch from (seed, epoch): a
+resumed run sees exactly the samples an uninterrupted run would have seen,
+whatever the number of data workers.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset, Sampler
+
+from stages.data.datasets import Record
+
+
+# Words a horizontal flip turns into their mirror image, both ways.
+MIRRORED_WORDS = {
+    "left": "right", "leftward": "rightward", "leftwards": "rightwards", "leftmost": "rightmost",
+    "rising": "falling", "ascending": "descending", "clockwise": "counterclockwise",
+    "anticlockwise": "clockwise", "east": "west", "eastward": "westward", "northeast": "northwest",
+    "southeast": "southwest",
+}
+_MIRROR = {**MIRRORED_WORDS, **{v: k for k, v in MIRRORED_WORDS.items() if k != "anticlockwise"}}
+_MIRROR_RE = re.compile(r"\b(" + "|".join(sorted(_MIRROR, key=len, reverse=True)) + r")\b|[/\\]", re.IGNORECASE)
+# Writing reads backwards in a mirror: no rewrite makes such a caption true again.
+_WRITING_RE = re.compile(r"\b(text|letters?|words?|written|writing|reads|says|digits?|numbers?|logo)\b", re.IGNORECASE)
+
+
+def mirror_caption(caption: str) -> str | None:
+    """The caption of the horizontally flipped image: left/right, rising/falling,
+    clockwise, east/west and '/' '\\' swapped (case kept); None where no rewrite
+    can make it true (it names writing, which a mirror reverses)."""
+    if _WRITING_RE.search(caption):
+        return None
+
+    def swap(m: re.Match) -> str:
+        word = m.group(0)
+        if word in "/\\":
+            return "\\" if word == "/" else "/"
+        new = _MIRROR[word.lower()]
+        return new.upper() if word.isupper() and len(word) > 1 else new.capitalize() if word[0].isupper() else new
+
+    return _MIRROR_RE.sub(swap, caption)
+
+
+def to_tensor(im: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def downsample(hr: Image.Image, scale: int) -> Image.Image:
+    """LR by bicubic downsampling; PIL's bicubic widens its kernel by the factor
+    when shrinking (antialiased, as MATLAB's imresize)."""
+    return hr.resize((hr.width // scale, hr.height // scale), Image.BICUBIC)
+
+
+def open_rgb(record: Record) -> Image.Image:
+    with Image.open(record.path) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+    return im.crop(record.box) if record.box else im
+
+
+@dataclass
+class Sample:
+    hr: torch.Tensor
+    lr: torch.Tensor
+    caption: str
+    index: int
+
+
+class SRDataset(Dataset):
+    """(HR crop, bicubic LR, one random caption) per record."""
+
+    def __init__(self, records: list[Record], hr_crop: int, scale: int, seed: int = 0,
+                 hflip: bool = True, cache: bool = False, caption_dropout: float = 0.0):
+        if hr_crop % scale:
+            raise ValueError(f"hr_crop {hr_crop} is not a multiple of scale {scale}")
+        self.records = records
+        self.hr_crop, self.scale, self.seed, self.hflip = hr_crop, scale, seed, hflip
+        self.caption_dropout = caption_dropout
+        self._cache: dict[int, Image.Image] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _image(self, index: int) -> Image.Image:
+        if self._cache is None:
+            return open_rgb(self.records[index])
+        if index not in self._cache:
+            self._cache[index] = open_rgb(self.records[index])
+        return self._cache[index]
+
+    def __getitem__(self, key: tuple[int, int]) -> Sample:
+        """`key` = (epoch, index), as ResumableSampler yields them."""
+        epoch, index = key
+        rng = random.Random(f"{self.seed}/{epoch}/{index}")
+        im = self._image(index)
+        c = self.hr_crop
+        if min(im.size) < c:  # too small for the crop: enlarge, keeping the aspect ratio
+            f = c / min(im.size)
+            im = im.resize((max(c, round(im.width * f)), max(c, round(im.height * f))), Image.BICUBIC)
+        x, y = rng.randint(0, im.width - c), rng.randint(0, im.height - c)
+        hr = im.crop((x, y, x + c, y + c))
+        flip = self.hflip and rng.random() < 0.5
+        caption = rng.choice(self.records[index].captions)
+        if flip and (mirrored := mirror_caption(caption)) is not None:
+            # the caption rewritten with the image, so a flip never makes it false
+            hr, caption = hr.transpose(Image.FLIP_LEFT_RIGHT), mirrored
+        if self.caption_dropout and rng.random() < self.caption_dropout:
+            caption = ""  # so that an image upscaled without a caption gets the caption-free estimate
+        return Sample(to_tensor(hr), to_tensor(downsample(hr, self.scale)), caption, index)
+
+
+def collate(samples: list[Sample]) -> dict:
+    return {
+        "hr": torch.stack([s.hr for s in samples]),
+        "lr": torch.stack([s.lr for s in samples]),
+        "captions": [s.caption for s in samples],
+        "index": torch.tensor([s.index for s in samples]),
+    }
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """The epoch's permutation, this rank's share of it, from batch `start` on.
+
+    Each rank takes every world-th full batch-sized slice, so ranks see
+    disjoint samples and an epoch has the same number of steps on every rank
+    (the incomplete tail is dropped, as drop_last does).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.epoch, self.start = 0, 0
+
+    def steps_per_epoch(self) -> int:
+        return self.n // (self.batch_size * self.world)
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        order = epoch_order(self.n, self.seed, self.epoch)
+        b, w = self.batch_size, self.world
+        for step in range(self.start, self.steps_per_epoch()):
+            first = (step * w + self.rank) * b
+            for index in order[first : first + b]:
+                yield self.epoch, index
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch() - self.start) * self.batch_size

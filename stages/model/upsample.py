@@ -1,0 +1,79 @@
+"""Upsamplers G: refined LR-size features -> SR image."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipsr_cli.model.config import ModelConfig
+from clipsr_cli.plugins.hookspecs import hookimpl
+from clipsr_cli.model.kernels import bicubic_upsample, conv_pixel_shuffle
+from stages.model.tifblock import Affine, TextReweight
+
+
+class PixelShuffleUpsampler(nn.Module):
+    """log2(scale) blocks of conv3x3 (stride 1, pad 1) + PixelShuffle(2), then a
+    conv3x3 to RGB (paper §III-B4).  With `global_residual`, the network predicts
+    the difference to bicubic: the same function class, but training starts
+    from bicubic quality instead of from noise.
+
+    With `text_dim` (the preset's `upsampler_text`), each upsampling step's
+    output is modulated by the caption as in a TIFBlock (re-weighting, then a
+    channel-wise affine before the activation): the detail a caption names
+    lives at the output's resolution, where the refiner's LR-size features
+    would otherwise have to encode it for a text-blind decoder."""
+
+    uses_features = True
+    takes_text = True  # built with text_dim when the preset sets upsampler_text
+
+    def __init__(self, cfg: ModelConfig, scale: int, in_channels: int, text_dim: int | None = None):
+        super().__init__()
+        self.scale = scale
+        self.residual = cfg.generator.global_residual
+        steps = int(math.log2(scale))
+        blocks = []
+        for _ in range(steps):
+            blocks += [nn.Conv2d(in_channels, 4 * in_channels, 3, 1, 1), nn.PixelShuffle(2), nn.LeakyReLU(0.2, True)]
+        self.body = nn.Sequential(*blocks)  # kept as a Sequential: checkpoint keys body.0, body.3, ...
+        self.uses_text = text_dim is not None
+        if self.uses_text:
+            self.reweight = TextReweight(text_dim)
+            self.fuse = nn.ModuleList(Affine(text_dim, in_channels) for _ in range(steps))
+        self.to_rgb = nn.Conv2d(in_channels, 3, 3, 1, 1)
+        if self.residual:  # start close to bicubic: a small correction, not noise on top of it
+            with torch.no_grad():
+                self.to_rgb.weight.mul_(0.1)
+                self.to_rgb.bias.zero_()
+
+    def forward(self, features: torch.Tensor, lr: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        x = features
+        text = self.reweight(text) if self.uses_text else None
+        for i, conv in enumerate(self.body[::3]):  # conv, shuffle, activation
+            x = conv_pixel_shuffle(x, conv, 2)
+            if text is not None:
+                x = self.fuse[i](x, text)
+            x = F.leaky_relu_(x, 0.2)
+        out = self.to_rgb(x)
+        return out.add_(bicubic_upsample(lr, self.scale)) if self.residual else out
+
+
+class BicubicUpsampler(nn.Module):
+    """Baseline: plain bicubic interpolation; the generator skips the feature path."""
+
+    uses_features = False
+
+    def __init__(self, cfg: ModelConfig, scale: int, in_channels: int):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, features, lr: torch.Tensor) -> torch.Tensor:
+        return bicubic_upsample(lr, self.scale)
+
+
+@hookimpl
+def register_upsamplers(register):
+    register("pixelshuffle", PixelShuffleUpsampler)
+    register("bicubic", BicubicUpsampler)
