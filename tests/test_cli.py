@@ -809,7 +809,7 @@ def test_help_answers_without_importing_torch():
 def test_every_user_facing_error_is_one_line_with_exit_2(capsys):
     import typer
 
-    from clipsr_cli.cli import user_errors
+    from clipsr_cli.cli.app import user_errors
     from clipsr_cli.errors import UserError
 
     for error in _user_error_classes():

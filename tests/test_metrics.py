@@ -168,29 +168,48 @@ def test_clip_score_is_the_cosine_of_open_clip_embeddings(tiny_clip, tmp_path):
 
     from stages.metrics import clip_score as cs
 
-    cs.PRESET["name"] = "tiny"
-    try:
-        img = torch.rand(1, 3, 80, 120)
-        got = float(cs.clip_score(img, [["a red bird", "a bird on a branch"]])[0])
-        clip, text = cs._towers("tiny")
-        e_img = F.normalize(clip.encode_image(cs._preprocess(img, 64)), dim=-1)[0]
-        e_txt = F.normalize(clip.encode_text(text.tokenizer(["a red bird", "a bird on a branch"])), dim=-1)
-        assert got == pytest.approx(float((e_txt @ e_img).mean()), abs=1e-6)
-        assert -1 <= got <= 1
-    finally:
-        cs.PRESET["name"] = "paper"
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    img = torch.rand(1, 3, 64, 64)  # the tiny CLIP's own input size: preprocessing only normalises
+    got = float(cs.clip_score(img, [["a red bird", "a bird on a branch"]], preset="tiny")[0])
+    clip, text = cs._towers("tiny")
+    mean, std = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    e_img = F.normalize(clip.encode_image((img - mean) / std), dim=-1)[0]
+    e_txt = F.normalize(clip.encode_text(text.tokenizer(["a red bird", "a bird on a branch"])), dim=-1)
+    assert got == pytest.approx(float((e_txt @ e_img).mean()), abs=1e-6)
+    assert -1 <= got <= 1
+
+
+def test_clip_preprocessing_is_open_clips_own_transform(tiny_clip):
+    """Discriminator and CLIP score feed CLIP what open_clip's evaluation transform
+    (resize the shorter side, centre crop, normalise) makes of the same picture."""
+    import open_clip
+    from PIL import Image
+
+    from clipsr_cli.model.clip import clip_preprocess, preprocess_cfg
+
+    y, x = torch.meshgrid(torch.linspace(0, 1, 90), torch.linspace(0, 1, 150), indexing="ij")
+    img = torch.stack([x, y, (x * y).sqrt()])[None]  # smooth, so resampling kernels agree closely
+    cfg = preprocess_cfg(tiny_clip)
+    pil = Image.fromarray((img[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+    want = open_clip.image_transform(cfg["size"], is_train=False, mean=cfg["mean"], std=cfg["std"])(pil)[None]
+    got = clip_preprocess(torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)[None] / 255.0, cfg)
+    assert got.shape == want.shape == (1, 3, 64, 64)
+    assert (got - want).abs().mean() < 0.02
 
 
 def test_caption_lookup_follows_upscale_names(tmp_path):
+    from clipsr_cli.io.captions import CaptionTable
     from clipsr_cli.pipeline.score import caption_lookup
 
-    get = caption_lookup({"a.png": ["one", "two"], "sub/b.jpg": ["three"]}, tmp_path, "_x4")
+    get = caption_lookup(CaptionTable({"a.png": ["one", "two"], "sub/b.jpg": ["three"]}), tmp_path, "_x4")
     assert get(tmp_path / "a_x4_c1.png") == ["two"]
     assert get(tmp_path / "a_x4.png") == ["one", "two"]
     assert get(tmp_path / "sub" / "b_x4.png") == ["three"]
     assert get(tmp_path / "zzz.png") is None
     # a flat folder scored against a file keyed by the dataset's tree: the one key with that file stem
-    get = caption_lookup({"Set5/baby.png": ["b0", "b1"], "x/dup.png": ["x"], "y/dup.png": ["y"]}, tmp_path, "")
+    get = caption_lookup(CaptionTable({"Set5/baby.png": ["b0", "b1"], "x/dup.png": ["x"], "y/dup.png": ["y"]}),
+                         tmp_path, "")
     assert get(tmp_path / "baby_c1.png") == ["b1"] and get(tmp_path / "baby.png") == ["b0", "b1"]
     assert get(tmp_path / "dup.png") is None  # two keys have that stem: neither is guessed
 

@@ -403,7 +403,7 @@ def test_a_flip_mirrors_the_caption_or_is_not_applied():
 
 def test_flipped_samples_carry_the_mirrored_caption(tmp_path):
     from clipsr_cli.train.data import SRDataset
-    from stages.data.datasets import Record
+    from clipsr_cli.plugins.protocols import Record
 
     arr = np.zeros((16, 16, 3), np.uint8)
     arr[:, :8] = 255  # white on the left

@@ -12,13 +12,15 @@ from pathlib import Path
 
 import open_clip
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 import torch.nn.functional as F
 from torch import nn
 
 from clipsr_cli.model.config import ModelConfig
 from clipsr_cli.model.kernels import vit_block
 
-CONTEXT_LENGTH = 77
+CONTEXT_LENGTH = 77  # CLIP's text positions
+MAX_CAPTION_TOKENS = CONTEXT_LENGTH - 2  # without the start and end markers
 
 
 def build_clip(cfg: ModelConfig, weights_path: str | Path | None = None, device="cpu") -> nn.Module:
@@ -94,7 +96,7 @@ class TextTower(nn.Module):
         return tokens[:, : min(longest, tokens.shape[1])]
 
     def n_tokens(self, caption: str) -> int:
-        """BPE tokens of a caption, without start/end markers (CLIP keeps 75)."""
+        """BPE tokens of a caption, without start/end markers (CLIP keeps MAX_CAPTION_TOKENS)."""
         return len(self.tokenizer.encode(caption))
 
     @torch.no_grad()
@@ -128,26 +130,66 @@ def interpolate_pos_embed(pos: torch.Tensor, grid: int, size: tuple[int, int]) -
     return torch.cat([cls, table.flatten(2).transpose(1, 2)[0]], dim=0)
 
 
-class PromptedViT(nn.Module):
-    """Token maps through the frozen CLIP-ViT with VPT/GALIP-style deep prompts:
-    prompt i is appended before block i and dropped after it."""
+def vit_tokens(visual: nn.Module, tokens: torch.Tensor, size: tuple[int, int],
+               prompts: dict[int, torch.Tensor] | None = None, taps: tuple[int, ...] = ()):
+    """The frozen CLIP-ViT over patch tokens (B, h*w, W): class token and
+    positional table (resampled to (h, w)) added, then every block.  `prompts`
+    maps a 0-based block to a (B, W) deep prompt appended before that block and
+    dropped after it (VPT / GALIP).  Returns all tokens after the last block
+    (class token first) and the patch tokens after each block in `taps`."""
+    b = tokens.shape[0]
+    cls = visual.class_embedding.to(tokens.dtype).expand(b, 1, -1)
+    x = torch.cat([cls, tokens], dim=1)
+    x = x + interpolate_pos_embed(visual.positional_embedding, int(visual.grid_size[0]), size).to(x.dtype)
+    x = visual.ln_pre(x)
+    prompts = prompts or {}
+    tapped = []
+    for i, block in enumerate(visual.transformer.resblocks):
+        if i in prompts:
+            x = vit_block(block, torch.cat([x, prompts[i][:, None].to(x.dtype)], dim=1))[:, :-1]
+        else:
+            x = vit_block(block, x)
+        if i in taps:
+            tapped.append(x[:, 1:])
+    return x, tapped
 
-    def __init__(self, clip: nn.Module):
+
+class PromptedViT(nn.Module):
+    """Token maps through the frozen CLIP-ViT with deep prompts: prompt j is
+    appended before block `blocks[j]` (the preset's `prompt_blocks`)."""
+
+    def __init__(self, clip: nn.Module, blocks: tuple[int, ...]):
         super().__init__()
         self.visual = clip.visual
-        self.grid = int(self.visual.grid_size[0])
+        self.blocks = tuple(blocks)
 
     def forward(self, tokens: torch.Tensor, size: tuple[int, int], prompts: torch.Tensor | None) -> torch.Tensor:
-        v = self.visual
-        b = tokens.shape[0]
-        cls = v.class_embedding.to(tokens.dtype).expand(b, 1, -1)
-        x = torch.cat([cls, tokens], dim=1)
-        x = x + interpolate_pos_embed(v.positional_embedding, self.grid, size).to(x.dtype)
-        x = v.ln_pre(x)
-        n_prompts = 0 if prompts is None else prompts.shape[1]
-        for i, block in enumerate(v.transformer.resblocks):
-            if i < n_prompts:
-                x = vit_block(block, torch.cat([x, prompts[:, i : i + 1].to(x.dtype)], dim=1))[:, :-1]
-            else:
-                x = vit_block(block, x)
-        return x[:, 1:]
+        by_block = None if prompts is None else {blk: prompts[:, j] for j, blk in enumerate(self.blocks)}
+        return vit_tokens(self.visual, tokens, size, by_block)[0][:, 1:]
+
+
+def preprocess_cfg(clip: nn.Module) -> dict:
+    """open_clip's own evaluation preprocessing for the model in hand (its
+    image size, mean and std; OpenAI's where the model names none)."""
+    cfg = open_clip.get_model_preprocess_cfg(clip)
+    size = cfg.get("size", clip.visual.image_size)
+    return {"size": size if isinstance(size, int) else int(size[0]),
+            "mean": tuple(cfg.get("mean", OPENAI_DATASET_MEAN)), "std": tuple(cfg.get("std", OPENAI_DATASET_STD))}
+
+
+def clip_preprocess(img: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> CLIP's input, as open_clip's evaluation transform
+    makes it: shorter side to `size` (bicubic, antialiased), centre crop,
+    normalise.  In fp32 whatever the autocast (the CPU has no bf16 antialiased
+    kernel); differentiable, so the discriminator's gradients reach the image."""
+    size = cfg["size"]
+    img = img.float()
+    h, w = img.shape[-2:]
+    s = size / min(h, w)
+    img = F.interpolate(img, size=(max(size, round(h * s)), max(size, round(w * s))), mode="bicubic",
+                        align_corners=False, antialias=True).clamp(0, 1)
+    top, left = (img.shape[-2] - size) // 2, (img.shape[-1] - size) // 2
+    img = img[..., top : top + size, left : left + size]
+    mean = torch.tensor(cfg["mean"], device=img.device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"], device=img.device).view(1, 3, 1, 1)
+    return (img - mean) / std

@@ -38,7 +38,10 @@ class ClipSpec:
 class GeneratorSpec:
     base_channels: int = 64
     max_channels: int = 512
-    prompt_tokens: int = 8  # one deep prompt before each of the first N ViT blocks
+    prompt_tokens: int = 8  # deep prompt tokens, one per prompted ViT block
+    # 0-based ViT blocks that get a prompt, in order; empty: the first prompt_tokens
+    # blocks (what checkpoints written before this key were trained with)
+    prompt_blocks: tuple[int, ...] = ()
     prompt_heads: int = 8
     iterations: int = 4  # Conv-TIFBlock refinement iterations (paper Fig. 9)
     grid: int = 8  # the encoder brings a training-size LR down to grid x grid
@@ -46,6 +49,10 @@ class GeneratorSpec:
     global_residual: bool = True  # add bicubic(LR) to the output
     upsampler_text: bool = False  # the caption also modulates each upsampling step (TIFBlock affines)
     affine_text: bool = True  # false: the TIFBlocks get a learned constant instead of the caption (ablation)
+
+    @property
+    def prompted_blocks(self) -> tuple[int, ...]:
+        return self.prompt_blocks or tuple(range(self.prompt_tokens))
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,10 @@ class ModelConfig:
         g = self.generator
         if g.iterations < 1 or g.prompt_tokens < 0 or g.base_channels < 1:
             raise ConfigError(f"{origin}: iterations and base_channels must be >= 1, prompt_tokens >= 0")
+        b = g.prompt_blocks
+        if b and (len(b) != g.prompt_tokens or min(b) < 0 or list(b) != sorted(set(b))):
+            raise ConfigError(f"{origin}: prompt_blocks {list(b)} must be {g.prompt_tokens} distinct "
+                              "increasing 0-based ViT block indices, one per prompt token")
         if g.grid < 1 or g.hr_crop % g.grid:
             raise ConfigError(f"{origin}: hr_crop ({g.hr_crop}) must be a multiple of grid ({g.grid})")
 

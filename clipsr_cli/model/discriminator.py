@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
-from clipsr_cli.model.clip import clip_widths
+from clipsr_cli.model.clip import clip_preprocess, clip_widths, preprocess_cfg, vit_tokens
 from clipsr_cli.model.config import ConfigError, ModelConfig
 
 
@@ -22,25 +20,14 @@ class ClipImageFeatures(nn.Module):
         if max(blocks) >= w["vision_layers"]:
             raise ConfigError(f"discriminator blocks {blocks} exceed the ViT's {w['vision_layers']} blocks")
         self.blocks = tuple(blocks)
-        self.size = w["image_size"]
-        self.register_buffer("mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1), persistent=False)
+        self.preprocess = preprocess_cfg(clip)
 
     def forward(self, img: torch.Tensor):
         v = self.visual
-        # resized in fp32 whatever the autocast: the CPU has no bf16 antialiased kernel
-        x = F.interpolate(img.float(), size=(self.size, self.size), mode="bilinear", align_corners=False,
-                          antialias=True)
-        x = v.conv1((x - self.mean) / self.std)
+        x = v.conv1(clip_preprocess(img, self.preprocess))
         b, c, gh, gw = x.shape
-        x = x.flatten(2).transpose(1, 2)
-        x = torch.cat([v.class_embedding.to(x.dtype).expand(b, 1, -1), x], dim=1) + v.positional_embedding
-        x = v.ln_pre(x)
-        maps = []
-        for i, block in enumerate(v.transformer.resblocks):
-            x = block(x)
-            if i in self.blocks:
-                maps.append(x[:, 1:].transpose(1, 2).reshape(b, c, gh, gw))
+        x, taps = vit_tokens(v, x.flatten(2).transpose(1, 2), (gh, gw), taps=self.blocks)
+        maps = [t.transpose(1, 2).reshape(b, c, gh, gw) for t in taps]
         embedding = v.ln_post(x[:, 0]) @ v.proj
         return torch.cat(maps, dim=1), embedding
 

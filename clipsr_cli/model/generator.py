@@ -26,11 +26,10 @@ class Generator(nn.Module):
         stages = cfg.stages
         self.text = lookup("text_encoder", stages.text_encoder).factory(cfg, clip)
         refiner = lookup("refiner", stages.refiner).factory(cfg, clip, scale)
-        upsampler = lookup("upsampler", stages.upsampler).factory
-        # an upsampler that can fuse the caption says so (`takes_text`); others are built as before
-        self.upsampler_text = cfg.generator.upsampler_text and getattr(upsampler, "takes_text", False)
-        text_dim = {"text_dim": self.text.embed_dim} if self.upsampler_text else {}
-        self.upsampler = upsampler(cfg, scale, refiner.out_channels, **text_dim)
+        # the upsampler fuses the caption when the preset asks (`upsampler_text`)
+        self.upsampler_text = cfg.generator.upsampler_text
+        text_dim = self.text.embed_dim if self.upsampler_text else None
+        self.upsampler = lookup("upsampler", stages.upsampler).factory(cfg, scale, refiner.out_channels, text_dim)
         # A baseline upsampler that ignores features needs no refiner at all.
         self.refiner = refiner if self.upsampler.uses_features else None
         self.multiple = refiner.multiple if self.refiner is not None else 1
@@ -44,7 +43,7 @@ class Generator(nn.Module):
         pad_h, pad_w = (-h) % m, (-w) % m
         x = F.pad(lr, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else lr
         features = self.refiner(x, cond) if self.refiner is not None else None
-        sr = self.upsampler(features, x, cond.sentence) if self.upsampler_text else self.upsampler(features, x)
+        sr = self.upsampler(features, x, cond.sentence if self.upsampler_text else None)
         return sr[..., : h * self.scale, : w * self.scale]
 
     # --- parameters that are ours (not the frozen CLIP) ---------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from clipsr_cli.io.captions import unique_stems
+from clipsr_cli.io.captions import CaptionTable
 from clipsr_cli.io.images import ImageError, image_files, load_image
 
 _CAPTION_TAG = re.compile(r"_c\d+$")  # upscale's one-output-per-caption names
@@ -81,18 +81,15 @@ def load_pair(sr: Path, ref: Path | None, crop_to_common: bool) -> tuple[torch.T
     return a, b
 
 
-def caption_lookup(table: dict[str, list[str]], sr_dir: Path, suffix: str):
-    """Captions of an SR file: its caption-file key (extension free, upscale's
-    suffix stripped; or the one key in any folder with its file stem, as
-    upscale finds them); an `_c<i>` output is scored against caption i."""
-    by_stem = {str(Path(k).with_suffix("")): v for k, v in table.items()}
-    by_stem |= {stem: table[k] for stem, k in unique_stems(table).items() if stem not in by_stem}
+def caption_lookup(table: CaptionTable, sr_dir: Path, suffix: str):
+    """Captions of an SR file, found as upscale found its input's (`CaptionTable`),
+    with upscale's suffix stripped; an `_c<i>` output is scored against caption i."""
 
     def get(sr: Path) -> list[str] | None:
         key = sr.relative_to(sr_dir).with_suffix("").as_posix()
         for k in _candidates(key, suffix):
-            if k in by_stem:
-                caps = by_stem[k]
+            caps = table.lookup(k + sr.suffix)
+            if caps is not None:
                 tag = _CAPTION_TAG.search(key)
                 i = int(tag.group()[2:]) if tag else None
                 return [caps[i]] if i is not None and i < len(caps) and k != key else caps
@@ -115,10 +112,8 @@ def score_image(sr_img: torch.Tensor, hr_img: torch.Tensor | None, metrics: list
         if m.needs_captions and captions is None:
             continue
         try:
-            if m.needs_captions:
-                values[m.name] = float(m.fn(sr_img[None], [captions])[0])
-            else:
-                values[m.name] = float(m.fn(sr_img[None], None if hr_img is None else hr_img[None], crop_border)[0])
+            ref = None if hr_img is None else hr_img[None]
+            values[m.name] = float(m(sr_img[None], ref, crop_border, None if captions is None else [captions])[0])
         except WeightsError as e:
             on_unavailable(m, e)
             metrics.remove(m)
@@ -126,21 +121,20 @@ def score_image(sr_img: torch.Tensor, hr_img: torch.Tensor | None, metrics: list
 
 
 class SetLevelScores:
-    """Set-level metrics (FID): features of every SR and reference image, one
-    value per folder at the end."""
+    """Set-level metrics (FID): per-image statistics of every SR / reference
+    pair, reduced to one value per folder at the end."""
 
     def __init__(self, metrics: list, on_unavailable):
         self.metrics = [m for m in metrics if m.set_level]
         self.on_unavailable = on_unavailable
-        self.features = {m.name: ([], []) for m in self.metrics}
+        self.stats: dict[str, list[torch.Tensor]] = {m.name: [] for m in self.metrics}
 
     def add(self, sr_img: torch.Tensor, hr_img: torch.Tensor) -> None:
         from clipsr_cli.model.weights import WeightsError
 
         for m in list(self.metrics):
             try:
-                self.features[m.name][0].append(m.features(sr_img[None]))
-                self.features[m.name][1].append(m.features(hr_img[None]))
+                self.stats[m.name].append(m(sr_img[None], hr_img[None]))
             except WeightsError as e:
                 self.on_unavailable(m, e)
                 self.metrics.remove(m)
@@ -149,7 +143,67 @@ class SetLevelScores:
         out = {}
         for m in self.metrics:
             try:
-                out[m.name] = m.fn(*self.features[m.name])
+                out[m.name] = m.reduce(self.stats[m.name])
             except ValueError as e:  # e.g. fewer than 2 images
                 self.on_unavailable(m, e)
         return out
+
+
+@dataclass
+class FolderScores:
+    """What scoring a folder found: per-image rows, folder-level values, the
+    images that failed and the metrics that could not run (with why)."""
+
+    rows: list[dict] = field(default_factory=list)
+    folder_values: dict[str, float] = field(default_factory=dict)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    panels: dict[str, str] = field(default_factory=dict)  # image -> report HTML, with --report
+
+
+class FolderScoring:
+    """Scores every pair of a `Pairing` with the chosen metrics; `warn(text)` is
+    told of metrics that cannot run and images without captions."""
+
+    def __init__(self, metrics: list, crop_border: int, caption_of=None, crop_to_common: bool = False,
+                 report_scale: int | None = None, warn=print):
+        self.metrics, self.crop_border, self.caption_of = list(metrics), crop_border, caption_of
+        self.crop_to_common, self.report_scale, self.warn = crop_to_common, report_scale, warn
+        self.result = FolderScores()
+        self.set_level = SetLevelScores(self.metrics, self._unavailable)
+
+    def _unavailable(self, m, e) -> None:
+        self.result.unavailable[m.name] = str(e)
+        self.warn(f"[yellow]skipped {m.name}:[/yellow] {e}")
+
+    def run(self, sr_dir: Path, pairs: list[tuple[Path, Path | None]]) -> FolderScores:
+        from clipsr_cli.pipeline.prefetch import prefetch
+
+        for (sr, hr), loaded in prefetch(lambda pair: load_pair(*pair, self.crop_to_common), pairs):
+            if isinstance(loaded, ImageError):
+                self.result.failed.append((sr, str(loaded)))
+            elif isinstance(loaded, Exception):
+                raise loaded
+            else:
+                self.add(sr_dir, sr, hr, *loaded)
+        self.result.folder_values = self.set_level.results()
+        return self.result
+
+    def add(self, sr_dir: Path, sr: Path, hr: Path | None, a: torch.Tensor, b: torch.Tensor | None) -> None:
+        row = {"image": str(sr.relative_to(sr_dir)), "reference": str(hr) if hr else ""}
+        captions = self.caption_of(sr) if self.caption_of else None
+        if self.caption_of and captions is None:
+            self.warn(f"[yellow]no caption:[/yellow] {sr}: "
+                      f"{', '.join(m.name for m in self.metrics if m.needs_captions)} left out for it")
+        try:
+            row.update(score_image(a, b, self.metrics, self.crop_border, captions, self._unavailable))
+            if b is not None:
+                self.set_level.add(a, b)
+        except ValueError as e:  # e.g. an image too small for NIQE's blocks
+            self.result.failed.append((sr, f"{sr}: {e}"))
+            return
+        self.result.rows.append(row)
+        if self.report_scale is not None:
+            from clipsr_cli.pipeline.report import render_panels
+
+            self.result.panels[row["image"]] = render_panels(a, b, self.report_scale)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from clipsr_cli.io.captions import CaptionError, Captions
+from clipsr_cli.model.clip import MAX_CAPTION_TOKENS
 from clipsr_cli.pipeline.devices import pick_memory_format, release_cached_memory
 from clipsr_cli.errors import UsageError
 from clipsr_cli.io.files import remove_stale_temporaries
@@ -32,7 +33,6 @@ from clipsr_cli.pipeline.prefetch import prefetch
 from clipsr_cli.pipeline.tiling import (auto_batch, auto_tile, host_memory_shortfall, is_out_of_memory, output_host_bytes,
                                tiled)
 
-CLIP_MAX_TOKENS = 75  # 77 minus the start and end markers
 
 
 DEFAULT_MODELS = {4: "clipsr-default-x4", 8: "clipsr-default-x8"}  # weights manifest names
@@ -153,8 +153,8 @@ class Upscaler:
         if caption in self._tokens:
             return
         self._tokens[caption] = self.gen.text.n_tokens(caption)
-        if self._tokens[caption] > CLIP_MAX_TOKENS:
-            self.warn(f"{image}: caption longer than CLIP's {CLIP_MAX_TOKENS} tokens was truncated "
+        if self._tokens[caption] > MAX_CAPTION_TOKENS:
+            self.warn(f"{image}: caption longer than CLIP's {MAX_CAPTION_TOKENS} tokens was truncated "
                       f"({self._tokens[caption]} tokens; said once per caption, for its first image)")
 
     def conditions(self, captions: list[str]):
@@ -381,76 +381,99 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
     in this thread, where the CPU's cores compute; one per two lanes on an
     accelerator).  `report`: filled as the run goes (what was done so far,
     should it be interrupted), and returned."""
-    report = report if report is not None else Report()
-    earlier = earlier_outputs(images, root, out_dir, suffix)
-    claims = OutputClaims([image for image in images if image not in earlier], ext)
-    scale = upscaler.gen.scale
-    jobs = []
-    for image in images:
-        if image in earlier:  # the same command run again: it is an output, not an input
-            report.skip(image, "an earlier output of this command",
-                        f"an earlier output of {earlier[image]}, not upscaled again")
-            progress()
-            continue
-        job = _plan(image, root, out_dir, captions, claims, suffix, ext, skip_existing, report)
-        if job is None:
-            progress()
-        else:
-            jobs.append(job)
-    remaining = {id(j): len(j.captions) for j in jobs}  # outputs still to write, per job
-    failed: set[int] = set()
-    pending: list[_Item] = []
-    lanes = lanes or Lanes(*default_lanes(upscaler.device))
+    batch_run = BatchRun(upscaler, root, out_dir, captions, suffix, ext, skip_existing, progress, batch_size,
+                         lanes or Lanes(*default_lanes(upscaler.device)), report or Report())
+    batch_run.plan(images)
+    return batch_run.execute(decoders)
 
-    def finish(job: _Job, n: int = 1) -> None:
-        remaining[id(job)] -= n
-        if remaining[id(job)] == 0:
-            progress()
 
-    def fail(job: _Job, kind: str, reason: str) -> None:
-        if id(job) not in failed:
-            failed.add(id(job))
-            report.fail(job.image, kind, reason)
+class BatchRun:
+    """One `run`: the planned jobs, the outputs each still owes, the batch being
+    gathered, and the report.  Batches go to the lanes; their results come back
+    through `done`, in this thread."""
 
-    def fail_before_queued(job: _Job, kind: str, reason: str) -> None:
-        fail(job, kind, reason)
-        finish(job, len(job.captions))
+    def __init__(self, upscaler: Upscaler, root: Path, out_dir: Path, captions: Captions, suffix: str,
+                 ext: str | None, skip_existing: bool, progress: Callable[[], None], batch_size: int | None,
+                 lanes: Lanes, report: Report):
+        self.upscaler, self.root, self.out_dir, self.captions = upscaler, root, out_dir, captions
+        self.suffix, self.ext, self.skip_existing = suffix, ext, skip_existing
+        self.progress, self.batch_size, self.lanes, self.report = progress, batch_size, lanes, report
+        self.jobs: list[_Job] = []
+        self.remaining: dict[int, int] = {}  # outputs still to write, per job
+        self.failed: set[int] = set()
+        self.pending: list[_Item] = []
+        self.claims: OutputClaims | None = None
+        self.flattened_said = False  # the transparency warning is given once per run
+        self.limit = 1  # the batch size for the current LR size (the decoder reads ahead twice that)
 
-    def take_alpha_outputs(job: _Job, targets: list[Path]) -> bool:
+    def plan(self, images: list[Path]) -> None:
+        earlier = earlier_outputs(images, self.root, self.out_dir, self.suffix)
+        self.claims = OutputClaims([image for image in images if image not in earlier], self.ext)
+        for image in images:
+            if image in earlier:  # the same command run again: it is an output, not an input
+                self.report.skip(image, "an earlier output of this command",
+                                 f"an earlier output of {earlier[image]}, not upscaled again")
+                self.progress()
+                continue
+            job = _plan(image, self.root, self.out_dir, self.captions, self.claims, self.suffix, self.ext,
+                        self.skip_existing, self.report)
+            if job is None:
+                self.progress()
+            else:
+                self.jobs.append(job)
+        self.remaining = {id(j): len(j.captions) for j in self.jobs}
+
+    # --- bookkeeping ---------------------------------------------------------------
+    def finish(self, job: _Job, n: int = 1) -> None:
+        self.remaining[id(job)] -= n
+        if self.remaining[id(job)] == 0:
+            self.progress()
+
+    def fail(self, job: _Job, kind: str, reason: str) -> None:
+        if id(job) not in self.failed:
+            self.failed.add(id(job))
+            self.report.fail(job.image, kind, reason)
+
+    def fail_before_queued(self, job: _Job, kind: str, reason: str) -> None:
+        self.fail(job, kind, reason)
+        self.finish(job, len(job.captions))
+
+    def take_alpha_outputs(self, job: _Job, targets: list[Path]) -> bool:
         """Whether the job goes on with the outputs its alpha channel gave it
         (checked as planned outputs are), else reported as failed or skipped."""
-        refusal = output_refusal(job.image, targets, claims, skip_existing)
+        refusal = output_refusal(job.image, targets, self.claims, self.skip_existing)
         if refusal is None:
             return True
         outcome, kind, reason = refusal
         if outcome == "failed":
-            fail(job, kind, reason)
+            self.fail(job, kind, reason)
         else:
-            report.skip(job.image, kind, reason)
-        finish(job, len(job.captions))
+            self.report.skip(job.image, kind, reason)
+        self.finish(job, len(job.captions))
         return False
 
-    def done(batch: list[_Item], errors: list[Exception | None] | None, error: Exception | None) -> None:
+    def done(self, batch: list[_Item], errors: list[Exception | None] | None, error: Exception | None) -> None:
         if error is not None and not isinstance(error, (OSError, RuntimeError)):
             raise error  # a bug, not a bad input
         for it, e in zip(batch, errors or [error] * len(batch)):
             if e is None:
-                report.done.append(Written(it.job.image, it.target, it.caption))
+                self.report.done.append(Written(it.job.image, it.target, it.caption))
             else:
-                fail(it.job, getattr(e, "kind", None) or f"{type(e).__name__} while upscaling or writing",
-                     f"{type(e).__name__}: {e}")
+                self.fail(it.job, getattr(e, "kind", None) or f"{type(e).__name__} while upscaling or writing",
+                          f"{type(e).__name__}: {e}")
                 if isinstance(e, OSError) and e.errno in STOPPING_ERRNOS:
-                    report.stopped = (f"{e.strerror} writing {it.target}: make room (or fix the folder), then run "
-                                      "the same command with --skip-existing to go on")
+                    self.report.stopped = (f"{e.strerror} writing {it.target}: make room (or fix the folder), "
+                                           "then run the same command with --skip-existing to go on")
                     raise _Stop
-            finish(it.job)
+            self.finish(it.job)
 
-    def flush() -> None:
-        batch = [it for it in pending if id(it.job) not in failed]
-        pending.clear()
+    # --- batches -------------------------------------------------------------------
+    def flush(self) -> None:
+        batch = [it for it in self.pending if id(it.job) not in self.failed]
+        self.pending.clear()
         if not batch:
             return
-        on_done = partial(done, batch)
+        upscaler, lanes, on_done = self.upscaler, self.lanes, partial(self.done, batch)
         if upscaler.is_tiled(batch[0].rgb):
             # its tiles are sized for the whole machine's memory
             lanes.run_alone(partial(_upscale_and_write, upscaler, batch), on_done)
@@ -463,55 +486,60 @@ def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, capti
             srs = _outcome(_upscale, upscaler, batch, _plain(batch))
             lanes.submit(partial(_write_outputs, batch, srs), on_done)
 
-    try:
-        if decoders is None:
-            # CPU: this thread decodes the next batch while the lanes run the queued ones
-            # (a decoding thread measured 1.5-4% slower end to end on 2 cores: one more
-            # thread to switch to).  Accelerator: this thread launches the forward passes,
-            # so images decode in threads, up to two batches ahead (on an H100, 2 decoders
-            # for 4 lanes ended 1.2x faster than 4: they share the GIL)
-            decoders = 0 if upscaler.forward_in_lanes else max(1, lanes.n // 2)
-        limit, flattened_said = 1, False
-        for job, decoded in prefetch(lambda j: load_image(j.image), jobs, depth=lambda: max(4, 2 * limit),
-                                     workers=decoders):
-            if isinstance(decoded, ImageError):
-                fail_before_queued(job, decoded.kind, str(decoded).removeprefix(f"{job.image}: "))
-                continue
-            if isinstance(decoded, Exception):
-                fail_before_queued(job, f"{type(decoded).__name__} while decoding", f"{type(decoded).__name__}: {decoded}")
-                continue
-            refusal = upscaler.memory_refusal(decoded)
-            if refusal:
-                fail_before_queued(job, "output too large for the free memory", refusal)
-                continue
-            alpha_up, targets = None, job.outputs
-            if decoded.alpha is not None:
-                targets = job.targets(True)  # PNG where the kept format was chosen without alpha
-                if targets != job.outputs and not take_alpha_outputs(job, targets):
-                    continue
-                if not flattened_said and not all(holds_alpha(t) for t in targets):
-                    flattened_said = True
-                    upscaler.warn(f"{job.image} has transparency, which {targets[0].suffix[1:].upper()} cannot "
-                                  "hold: composited over white (so is any other such image); --ext png or webp "
-                                  "keeps it")
-                alpha_up = upscaler.resized(F.interpolate(decoded.alpha[None], scale_factor=scale,
-                                                          mode="bicubic"))[0].clamp(0, 1)
-            for caption, target in zip(job.captions, targets):
-                upscaler.check_caption(caption, job.image)
-                limit = upscaler.batch_limit(decoded.rgb, batch_size)
-                if pending and (len(pending) >= limit or pending[0].rgb.shape != decoded.rgb.shape):
-                    flush()
-                pending.append(_Item(job, decoded.rgb, caption, target, alpha_up, decoded.gray, decoded.bits))
-        flush()
-        lanes.close()
-    except _Stop:  # a full disk: every later output would fail the same way
-        lanes.cancel()
-        return report
-    except BaseException:
-        lanes.cancel()
-        raise
-    remove_stale_temporaries(claims.paths())  # what a killed run left beside these outputs
-    return report
+    def queue(self, job: _Job, decoded) -> None:
+        """A decoded input's outputs into the gathering batch (flushed when full
+        or when the LR size changes), or the input reported as failed."""
+        upscaler = self.upscaler
+        if isinstance(decoded, ImageError):
+            return self.fail_before_queued(job, decoded.kind, str(decoded).removeprefix(f"{job.image}: "))
+        if isinstance(decoded, Exception):
+            return self.fail_before_queued(job, f"{type(decoded).__name__} while decoding",
+                                           f"{type(decoded).__name__}: {decoded}")
+        refusal = upscaler.memory_refusal(decoded)
+        if refusal:
+            return self.fail_before_queued(job, "output too large for the free memory", refusal)
+        alpha_up, targets = None, job.outputs
+        if decoded.alpha is not None:
+            targets = job.targets(True)  # PNG where the kept format was chosen without alpha
+            if targets != job.outputs and not self.take_alpha_outputs(job, targets):
+                return
+            if not self.flattened_said and not all(holds_alpha(t) for t in targets):
+                self.flattened_said = True
+                upscaler.warn(f"{job.image} has transparency, which {targets[0].suffix[1:].upper()} cannot "
+                              "hold: composited over white (so is any other such image); --ext png or webp "
+                              "keeps it")
+            alpha_up = upscaler.resized(F.interpolate(decoded.alpha[None], scale_factor=upscaler.gen.scale,
+                                                      mode="bicubic"))[0].clamp(0, 1)
+        for caption, target in zip(job.captions, targets):
+            upscaler.check_caption(caption, job.image)
+            self.limit = upscaler.batch_limit(decoded.rgb, self.batch_size)
+            pending = self.pending
+            if pending and (len(pending) >= self.limit or pending[0].rgb.shape != decoded.rgb.shape):
+                self.flush()
+            self.pending.append(_Item(job, decoded.rgb, caption, target, alpha_up, decoded.gray, decoded.bits))
+
+    def execute(self, decoders: int | None) -> Report:
+        try:
+            if decoders is None:
+                # CPU: this thread decodes the next batch while the lanes run the queued ones
+                # (a decoding thread measured 1.5-4% slower end to end on 2 cores: one more
+                # thread to switch to).  Accelerator: this thread launches the forward passes,
+                # so images decode in threads, up to two batches ahead (on an H100, 2 decoders
+                # for 4 lanes ended 1.2x faster than 4: they share the GIL)
+                decoders = 0 if self.upscaler.forward_in_lanes else max(1, self.lanes.n // 2)
+            for job, decoded in prefetch(lambda j: load_image(j.image), self.jobs,
+                                         depth=lambda: max(4, 2 * self.limit), workers=decoders):
+                self.queue(job, decoded)
+            self.flush()
+            self.lanes.close()
+        except _Stop:  # a full disk: every later output would fail the same way
+            self.lanes.cancel()
+            return self.report
+        except BaseException:
+            self.lanes.cancel()
+            raise
+        remove_stale_temporaries(self.claims.paths())  # what a killed run left beside these outputs
+        return self.report
 
 
 def _upscale_and_write(upscaler: Upscaler, batch: list[_Item]) -> list[Exception | None]:

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import pluggy
 
 from clipsr_cli.plugins import hookspecs
+from clipsr_cli.plugins.protocols import check_registered
 from clipsr_cli.errors import UserError
 
 ENTRY_POINT_GROUP = "clipsr"
@@ -71,6 +72,7 @@ def registry(kind: str) -> dict[str, Entry]:
                 raise ValueError(
                     f"{kind} {name!r} is registered twice: by {found[name].plugin} and by {_p}"
                 )
+            check_registered(kind, name, factory, _p)
             found[name] = Entry(kind, name, factory, _p, _s)
 
         impl.function(register=register)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
-from stages.data.datasets import Record
+from clipsr_cli.plugins.protocols import Record
 
 
 # Words a horizontal flip turns into their mirror image, both ways.

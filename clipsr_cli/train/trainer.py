@@ -34,10 +34,10 @@ from clipsr_cli.errors import UserError
 from clipsr_cli.train.experiment import Experiment
 from clipsr_cli.train.losses import PerceptualLoss, d_hinge_loss, g_adversarial, load_vgg19_features, ma_gp
 from clipsr_cli.model.generator import Generator, state_without
+from clipsr_cli.plugins.protocols import Record
 from clipsr_cli.plugins.registry import lookup, registry
 from clipsr_cli.train.config import TrainConfig
 from clipsr_cli.model.weights import WeightsError
-from stages.data.datasets import Record
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -123,7 +123,7 @@ class Trainer:
     # --- one step --------------------------------------------------------------
     def sentence(self, captions: list[str], feats) -> torch.Tensor:
         """CLIP_text(T) for D and the cosine term, whatever the generator's text stage."""
-        if feats.sentence.shape[-1] == self.gen.text.embed_dim and feats.tokens.shape[1]:
+        if self.gen.text.clip_sentence:
             return feats.sentence
         return self.tower(self.tower.tokenize(captions).to(self.device))[0]
 
@@ -233,7 +233,7 @@ class Trainer:
                 sr = gen(v.lr[None].to(self.device), cond).float().clamp(0, 1)
             for m in list(metrics):
                 try:
-                    value = float(m.fn(sr.cpu(), v.hr[None], self.cfg.scale)[0])
+                    value = float(m(sr.cpu(), v.hr[None], self.cfg.scale)[0])
                 except WeightsError as e:  # a metric without its weights offline: leave it out
                     self.exp.log.warning("validation without %s: %s", m.name, e)
                     metrics.remove(m)

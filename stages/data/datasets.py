@@ -19,23 +19,16 @@ is missing and what the layout should be.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from clipsr_cli.errors import UserError
 from clipsr_cli.plugins.hookspecs import hookimpl
+from clipsr_cli.plugins.protocols import Record
 from clipsr_cli.io.images import IMAGE_EXTS, image_files
 
 
 class DatasetError(UserError, ValueError):
     pass
-
-
-@dataclass(frozen=True)
-class Record:
-    path: Path
-    captions: tuple[str, ...]
-    box: tuple[int, int, int, int] | None = None  # crop (left, top, right, bottom) before sampling
 
 
 def _need(root: Path, parts: list[str], layout: str) -> None:

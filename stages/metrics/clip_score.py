@@ -8,12 +8,9 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from clipsr_cli.model.clip import TextTower, clip_widths, load_clip
+from clipsr_cli.model.clip import TextTower, clip_preprocess, load_clip, preprocess_cfg
 from clipsr_cli.model.config import load_preset
-
-PRESET = {"name": "paper"}  # which preset's CLIP scores; set by `score --clip-preset`
 
 
 @functools.lru_cache(maxsize=2)
@@ -22,24 +19,12 @@ def _towers(preset: str):
     return clip, TextTower(clip)
 
 
-def _preprocess(img: torch.Tensor, size: int) -> torch.Tensor:
-    """CLIP's own preprocessing: shorter side to `size` (bicubic), centre crop, normalise."""
-    h, w = img.shape[-2:]
-    s = size / min(h, w)
-    img = F.interpolate(img, size=(max(size, round(h * s)), max(size, round(w * s))), mode="bicubic",
-                        align_corners=False, antialias=True).clamp(0, 1)
-    top, left = (img.shape[-2] - size) // 2, (img.shape[-1] - size) // 2
-    img = img[..., top : top + size, left : left + size]
-    mean = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
-    return (img - mean) / std
-
-
 @torch.no_grad()
-def clip_score(sr: torch.Tensor, captions: list[list[str]]) -> torch.Tensor:
-    """Per image: mean cosine between its embedding and those of its captions."""
-    clip, text = _towers(PRESET["name"])
-    image = F.normalize(clip.encode_image(_preprocess(sr.float(), clip_widths(clip)["image_size"])), dim=-1)
+def clip_score(sr: torch.Tensor, captions: list[list[str]], preset: str = "paper") -> torch.Tensor:
+    """Per image: mean cosine between its embedding and those of its captions,
+    by the CLIP of `preset`."""
+    clip, text = _towers(preset)
+    image = F.normalize(clip.encode_image(clip_preprocess(sr, preprocess_cfg(clip))), dim=-1)
     scores = []
     for emb, caps in zip(image, captions):
         sentence, _, _ = text(text.tokenize(caps))

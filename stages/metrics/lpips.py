@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from clipsr_cli.plugins.conventions import crop_border as _crop
 
 SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
@@ -77,7 +78,4 @@ def _model(weights_dir: str | None = None) -> LPIPS:
 @torch.no_grad()
 def lpips(sr: torch.Tensor, hr: torch.Tensor, crop_border: int = 0) -> torch.Tensor:
     """LPIPS (AlexNet, v0.1) on RGB, `crop_border` pixels removed from each edge."""
-    if crop_border:
-        sr = sr[..., crop_border:-crop_border, crop_border:-crop_border]
-        hr = hr[..., crop_border:-crop_border, crop_border:-crop_border]
-    return _model()(sr.float(), hr.float()).double()
+    return _model()(_crop(sr, crop_border).float(), _crop(hr, crop_border).float()).double()

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stages.metrics.fullref import to_y
+from clipsr_cli.plugins.conventions import crop_border as _crop
+from clipsr_cli.plugins.conventions import to_y
 
 BLOCK = 96
 _GAM = torch.arange(0.2, 10.001, 0.001, dtype=torch.float64)
@@ -137,10 +138,8 @@ def niqe_y(y: torch.Tensor, mu_p, cov_p, window) -> float:
     return float(torch.sqrt(diff @ inv @ diff.T))
 
 
-def niqe(sr: torch.Tensor, hr=None, crop_border: int = 0) -> torch.Tensor:
+def niqe(sr: torch.Tensor, crop_border: int = 0) -> torch.Tensor:
     """NIQE of each image of a (B, 3, H, W) batch in [0, 1]; lower is better."""
     mu_p, cov_p, window = pristine_params()
-    y = to_y(sr)[:, 0].round()
-    if crop_border:
-        y = y[:, crop_border:-crop_border, crop_border:-crop_border]
+    y = _crop(to_y(sr)[:, 0].round(), crop_border)
     return torch.tensor([niqe_y(img, mu_p, cov_p, window) for img in y], dtype=torch.float64)

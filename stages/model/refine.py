@@ -17,7 +17,7 @@ from torch import nn
 from clipsr_cli.model.clip import PromptedViT, clip_widths
 from clipsr_cli.model.config import ConfigError, ModelConfig
 from clipsr_cli.plugins.hookspecs import hookimpl
-from stages.model.text import TextCondition
+from clipsr_cli.plugins.protocols import TextCondition
 from stages.model.tifblock import TextReweight, TIFBlock
 
 
@@ -50,11 +50,11 @@ class ImageEncoder(nn.Module):
 class ClipViTMapper(nn.Module):
     """Feature map -> CLIP-ViT tokens (1x1 projection) -> prompted frozen ViT -> feature map."""
 
-    def __init__(self, clip: nn.Module, channels: int):
+    def __init__(self, clip: nn.Module, channels: int, prompt_blocks: tuple[int, ...]):
         super().__init__()
         width = clip_widths(clip)["vision"]
         self.proj_in = nn.Conv2d(channels, width, 1)
-        self.vit = PromptedViT(clip)
+        self.vit = PromptedViT(clip, prompt_blocks)
         self.proj_out = nn.Conv2d(width, channels, 1)
 
     def forward(self, x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
@@ -70,9 +70,10 @@ class TIFRefiner(nn.Module):
         g = cfg.generator
         depth = encoder_depth(cfg, scale)
         widths = clip_widths(clip)
-        if cfg.stages.clip_vit and g.prompt_tokens > widths["vision_layers"]:
-            raise ConfigError(f"preset {cfg.name!r}: {g.prompt_tokens} prompt tokens but the ViT has "
-                              f"{widths['vision_layers']} blocks")
+        blocks = g.prompted_blocks
+        if cfg.stages.clip_vit and blocks and max(blocks) >= widths["vision_layers"]:
+            raise ConfigError(f"preset {cfg.name!r}: prompts before ViT blocks {list(blocks)} but the ViT has "
+                              f"{widths['vision_layers']} blocks (0 to {widths['vision_layers'] - 1})")
         ch = [min(g.base_channels * 2**level, g.max_channels) for level in range(depth + 1)]
         cond = widths["embed"]
         self.multiple = 2**depth  # input sides must be multiples of this
@@ -82,7 +83,7 @@ class TIFRefiner(nn.Module):
         # ablation "prompts only": the TIFBlocks see a learned constant, not the caption
         self.constant_text = None if g.affine_text else nn.Parameter(torch.randn(cond) * 0.02)
         self.fuse_in = TIFBlock(ch[-1], ch[-1], cond)
-        self.vit = ClipViTMapper(clip, ch[-1]) if cfg.stages.clip_vit else None
+        self.vit = ClipViTMapper(clip, ch[-1], blocks) if cfg.stages.clip_vit else None
         self.levels = [max(depth - 1 - i, 0) for i in range(g.iterations)]
         inputs = [depth] + self.levels[:-1]
         self.blocks = nn.ModuleList(TIFBlock(ch[a], ch[b], cond) for a, b in zip(inputs, self.levels))

@@ -9,30 +9,12 @@ condition of the same shape.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from clipsr_cli.model.clip import TextTower, clip_widths
 from clipsr_cli.plugins.hookspecs import hookimpl
-
-
-@dataclass
-class TextFeatures:
-    """Frozen-encoder output for a batch of captions (cacheable per caption)."""
-
-    sentence: torch.Tensor  # (B, E)
-    tokens: torch.Tensor  # (B, L, W_text)
-    pad_mask: torch.Tensor  # (B, L), True where there is no token
-
-
-@dataclass
-class TextCondition:
-    """What the generator consumes: sentence vector and deep prompt tokens."""
-
-    sentence: torch.Tensor  # (B, E)
-    prompts: torch.Tensor  # (B, n_prompts, W_vision)
+from clipsr_cli.plugins.protocols import TextCondition, TextFeatures
 
 
 class PromptPredictor(nn.Module):
@@ -60,6 +42,8 @@ class PromptPredictor(nn.Module):
 
 
 class ClipTextEncoder(nn.Module):
+    clip_sentence = True
+
     def __init__(self, clip: nn.Module, n_prompts: int, heads: int):
         super().__init__()
         w = clip_widths(clip)
@@ -81,6 +65,8 @@ class ClipTextEncoder(nn.Module):
 
 class NoText(nn.Module):
     """Ablation: the caption is ignored; a learned constant takes its place."""
+
+    clip_sentence = False
 
     def __init__(self, clip: nn.Module, n_prompts: int):
         super().__init__()

@@ -27,7 +27,6 @@ class PixelShuffleUpsampler(nn.Module):
     would otherwise have to encode it for a text-blind decoder."""
 
     uses_features = True
-    takes_text = True  # built with text_dim when the preset sets upsampler_text
 
     def __init__(self, cfg: ModelConfig, scale: int, in_channels: int, text_dim: int | None = None):
         super().__init__()
@@ -48,9 +47,9 @@ class PixelShuffleUpsampler(nn.Module):
                 self.to_rgb.weight.mul_(0.1)
                 self.to_rgb.bias.zero_()
 
-    def forward(self, features: torch.Tensor, lr: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, lr: torch.Tensor, sentence: torch.Tensor | None = None) -> torch.Tensor:
         x = features
-        text = self.reweight(text) if self.uses_text else None
+        text = self.reweight(sentence) if self.uses_text else None
         for i, conv in enumerate(self.body[::3]):  # conv, shuffle, activation
             x = conv_pixel_shuffle(x, conv, 2)
             if text is not None:
@@ -65,11 +64,11 @@ class BicubicUpsampler(nn.Module):
 
     uses_features = False
 
-    def __init__(self, cfg: ModelConfig, scale: int, in_channels: int):
+    def __init__(self, cfg: ModelConfig, scale: int, in_channels: int, text_dim: int | None = None):
         super().__init__()
         self.scale = scale
 
-    def forward(self, features, lr: torch.Tensor) -> torch.Tensor:
+    def forward(self, features, lr: torch.Tensor, sentence: torch.Tensor | None = None) -> torch.Tensor:
         return bicubic_upsample(lr, self.scale)
 
 

@@ -1,0 +1,106 @@
+"""`clipsr train` (its options generated from TrainConfig) and `clipsr export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+from clipsr_cli.cli.app import app, console, out, user_errors
+
+
+def _train(config: Optional[Path], quiet: bool, **options):
+    """Train CLIP-SR (GAN loop of the paper) on a dataset; every option is also a config key."""
+
+    from clipsr_cli.train import distributed
+    from clipsr_cli.pipeline.devices import pick_device
+    from clipsr_cli.train.experiment import Experiment
+    from clipsr_cli.train.config import run_config
+    from clipsr_cli.train.trainer import fit
+
+    cfg = run_config(config, options)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    dist = distributed.init_from_env(device.type)
+    device = distributed.rank_device(device, dist)
+    exp = Experiment(Path(cfg.exp_dir), main=dist.main)
+    if not cfg.resume and dist.main:
+        exp.check_new()
+    distributed.barrier(dist)
+    show = dist.main and not quiet
+    try:
+        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      "{task.fields[rate]}", TimeRemainingColumn(), "{task.fields[losses]}",
+                      console=console, disable=not show) as progress:
+            task = progress.add_task("train", total=None, rate="", losses="")
+
+            def on_step(step: int, total: int, logs: dict) -> None:
+                shown = {k: v for k, v in logs.items() if k in ("loss_g", "l1", "perceptual", "adv", "loss_d")}
+                progress.update(task, completed=step, total=total, rate=f"{logs['it_per_s']:.2f} it/s",
+                                losses=" ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+
+            trainer = fit(cfg, device, dist, exp, on_step=on_step)
+        if show:
+            out.print(f"generator written to {exp.root / 'model.safetensors'} (step {trainer.step}); "
+                      f"log: {exp.root / 'train.log'}")
+    finally:
+        exp.close()
+        distributed.shutdown(dist)
+
+
+def _register_train() -> None:
+    """`clipsr train`: its options are generated from TrainConfig, so every
+    config key is an option and no option lacks a key."""
+    import dataclasses
+    import inspect
+    import typing
+
+    from clipsr_cli.train.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    params = [
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                          default=typer.Option(None, "--config", help="TOML file of training keys (see EXP/config.toml).")),
+        inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                          default=typer.Option(False, "-q", "--quiet", help="No live display.")),
+    ]
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        decls = [f"{flag}/--no-{flag[2:]}"] if hints[f.name] is bool else [flag]
+        help_text = f"{f.metadata['help']} [config: {f.name}, default: {f.default!r}]"
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[hints[f.name]],
+                                        default=typer.Option(None, *decls, help=help_text, show_default=False)))
+
+    @user_errors
+    def train(**kwargs):
+        config, quiet = kwargs.pop("config"), kwargs.pop("quiet")
+        _train(config, quiet, **kwargs)
+
+    train.__signature__ = inspect.Signature(params)
+    train.__annotations__ = {p.name: p.annotation for p in params}
+    train.__doc__ = _train.__doc__
+    app.command("train")(train)
+
+
+_register_train()
+
+
+@app.command()
+@user_errors
+def export(
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (EXP/checkpoints/step_*.safetensors)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Generator file to write (.safetensors)."),
+    raw: bool = typer.Option(False, "--raw", help="Export the raw weights instead of the EMA."),
+    half: bool = typer.Option(False, "--half", help="Store weights as fp16 (half the size; loaded as fp32)."),
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder holding the CLIP weights."),
+):
+    """Write the generator file `upscale --weights` loads from a training checkpoint."""
+    from clipsr_cli.train.trainer import export_generator
+
+    path = export_generator(checkpoint, output, ema=not raw, weights_dir=weights_dir, half=half)
+    out.print(f"wrote {path}")
