@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from clipsr_cli.model.bundled import default_model
 from clipsr_cli.model.checkpoint import load_generator
 from clipsr_cli.train.data import downsample, to_tensor
-from clipsr_cli.pipeline.upscale import default_model
 from stages.metrics.fullref import psnr
 
 

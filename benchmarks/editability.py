@@ -44,7 +44,7 @@ def make_examples(n: int = 3, seed: int = 7) -> None:
     (EXAMPLES / "lr").mkdir(parents=True, exist_ok=True)
     (EXAMPLES / "hr").mkdir(parents=True, exist_ok=True)
     captions = {}
-    for i in range(n):
+    for _i in range(n):
         a = attributes(rng) | {"phrasing": 0, "cx": 32.0, "cy": 32.0, "r": 26.0}
         others = rng.sample([p for p in sorted(PATTERNS) if p != a["pattern"]], 2)
         name = f"{a['fg']}_{a['shape']}.png"

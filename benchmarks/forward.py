@@ -30,9 +30,9 @@ def seconds_per_image(preset: str, scale: int, batch: int, mode: str, repeats: i
     from clipsr_cli.model import kernels
     from clipsr_cli.model.clip import build_clip
     from clipsr_cli.model.config import load_preset
+    from clipsr_cli.model.generator import Generator
     from clipsr_cli.pipeline.devices import pick_memory_format
     from clipsr_cli.pipeline.memory import keep_freed_memory
-    from clipsr_cli.model.generator import Generator
 
     if mode != "fast":
         kernels.BICUBIC_MATRIX_MAX_SIDE = 0  # F.interpolate's bicubic
@@ -61,7 +61,6 @@ def gemm_ceiling(n: int = 2048, repeats: int = 5) -> dict[str, float]:
     """Best GFLOP/s of an n^3 fp32 product through MKL (torch.mm) and through oneDNN."""
     import torch
     import torch.nn.functional as F
-
     from kernels import best_ms  # benchmarks/kernels.py, beside this script
 
     from clipsr_cli.model.kernels import dense

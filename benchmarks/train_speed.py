@@ -40,10 +40,10 @@ def offline_preset(name: str, folder: Path) -> str:
 def one(preset: str, scale: int, batch: int, steps: int) -> dict:
     import torch
 
+    from clipsr_cli.train.config import TrainConfig
     from clipsr_cli.train.distributed import Dist
     from clipsr_cli.train.experiment import Experiment
     from clipsr_cli.train.losses import PerceptualLoss, vgg19_features
-    from clipsr_cli.train.config import TrainConfig
     from clipsr_cli.train.trainer import Trainer
 
     class RandomVGGTrainer(Trainer):

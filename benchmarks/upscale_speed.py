@@ -80,11 +80,12 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
     import torch
 
     from clipsr_cli.io.captions import Captions
-    from clipsr_cli.pipeline.devices import pick_device, pick_precision
     from clipsr_cli.io.images import load_image
+    from clipsr_cli.pipeline.devices import pick_device, pick_precision
     from clipsr_cli.pipeline.lanes import Lanes, default_lanes
     from clipsr_cli.pipeline.memory import keep_freed_memory
-    from clipsr_cli.pipeline.upscale import Upscaler, run
+    from clipsr_cli.pipeline.upscale import run
+    from clipsr_cli.pipeline.upscaler import Upscaler
 
     keep_freed_memory()  # as the CLI does
     gen = build(preset, scale)
@@ -243,7 +244,8 @@ def host_ceiling(n: int, batch: int, lanes: int, caller_driven: bool, repeats: i
     from clipsr_cli.io.captions import Captions
     from clipsr_cli.pipeline.lanes import Lanes
     from clipsr_cli.pipeline.memory import keep_freed_memory
-    from clipsr_cli.pipeline.upscale import Upscaler, quantise, run
+    from clipsr_cli.pipeline.upscale import run
+    from clipsr_cli.pipeline.upscaler import Upscaler, quantise
 
     keep_freed_memory()
     upscaler = Upscaler(build("tiny", 4), torch.device("cpu"), tile=0)
@@ -302,8 +304,8 @@ def compare_folders(preset: str, scale: int, n: int, batch: int, repeats: int, f
     the file system's.  The inputs are decoded from the first folder."""
     import torch
 
-    from clipsr_cli.pipeline import upscale
     from clipsr_cli.io.captions import Captions
+    from clipsr_cli.pipeline import upscale
     from clipsr_cli.pipeline.lanes import default_lanes
     from clipsr_cli.pipeline.memory import keep_freed_memory
 
@@ -352,8 +354,8 @@ def ablate(preset: str, scale: int, n: int, batch: int, repeats: int) -> dict:
 
     import torch
 
-    from clipsr_cli.pipeline import upscale
     from clipsr_cli.io.captions import Captions
+    from clipsr_cli.pipeline import upscale
     from clipsr_cli.pipeline.lanes import default_lanes
     from clipsr_cli.pipeline.memory import keep_freed_memory
 

@@ -44,8 +44,7 @@ def main() -> None:
     p.add_argument("--against", metavar="COMMIT", help="compare with this commit's png.py and files.py")
     p.add_argument("--rounds", type=int, default=9)
     args = p.parse_args()
-    from clipsr_cli.io import files
-    from clipsr_cli.io import png
+    from clipsr_cli.io import files, png
 
     arrays = outputs()
     with tempfile.TemporaryDirectory() as tmp:

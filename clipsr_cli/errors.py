@@ -11,3 +11,7 @@ class UserError(Exception):
 
 class UsageError(UserError, ValueError):
     """A bad option or argument: found before any work starts."""
+
+
+class CaptionError(UserError, ValueError):
+    """A caption file or sidecar that cannot be read as captions."""

@@ -695,9 +695,9 @@ def test_a_cuda_index_beyond_the_machines_devices_is_a_usage_error(monkeypatch, 
 def test_precision_choice(tiny_cfg, tiny_clip):
     import torch
 
-    from clipsr_cli.pipeline.devices import pick_precision
     from clipsr_cli.model.generator import Generator
-    from clipsr_cli.pipeline.upscale import Upscaler
+    from clipsr_cli.pipeline.devices import pick_precision
+    from clipsr_cli.pipeline.upscaler import Upscaler
 
     cpu = torch.device("cpu")
     assert pick_precision(None, cpu) == torch.float32  # bf16 is slower than fp32 on this kind of CPU
@@ -718,10 +718,10 @@ def test_fp16_on_cpu_is_a_usage_error(folder, tmp_path):
 
 
 def test_upscale_without_weights_uses_the_bundled_default_once(tmp_path):
-    from clipsr_cli.pipeline.upscale import DEFAULT_MODELS
+    from clipsr_cli.model.bundled import DEFAULT_MODELS
     from clipsr_cli.model.weights import get_entry, resolve
 
-    for scale, name in DEFAULT_MODELS.items():  # shipped, and verified against the manifest
+    for _scale, name in DEFAULT_MODELS.items():  # shipped, and verified against the manifest
         assert resolve(name).name == get_entry(name).filename
     folder = tmp_path / "lr"
     folder.mkdir()
@@ -752,7 +752,7 @@ def test_long_caption_is_truncated_with_a_warning_naming_the_image(tiny_cfg, tin
     import torch
 
     from clipsr_cli.model.generator import Generator
-    from clipsr_cli.pipeline.upscale import Upscaler
+    from clipsr_cli.pipeline.upscaler import Upscaler
 
     warnings = []
     up = Upscaler(Generator(tiny_cfg, tiny_clip, 2).eval(), torch.device("cpu"), warn=warnings.append, tile=0)
@@ -772,7 +772,7 @@ def test_new_captions_of_a_batch_are_encoded_together_once(tiny_cfg, tiny_clip):
     import torch
 
     from clipsr_cli.model.generator import Generator
-    from clipsr_cli.pipeline.upscale import Upscaler
+    from clipsr_cli.pipeline.upscaler import Upscaler
 
     gen = Generator(tiny_cfg, tiny_clip, 2).eval()
     calls = []
@@ -826,14 +826,13 @@ def test_every_user_facing_error_is_one_line_with_exit_2(capsys):
 
 
 def _user_error_classes():
+    from clipsr_cli.errors import CaptionError, UsageError
     from clipsr_cli.model.checkpoint import CheckpointError
     from clipsr_cli.model.config import ConfigError
+    from clipsr_cli.model.weights import WeightsError
     from clipsr_cli.plugins.registry import UnknownStage
     from clipsr_cli.train.state import StateError
     from clipsr_cli.train.trainer import TrainingDiverged
-    from clipsr_cli.errors import UsageError
-    from clipsr_cli.model.weights import WeightsError
-    from stages.data.captions import CaptionError
     from stages.data.datasets import DatasetError
 
     return (CheckpointError, ConfigError, UnknownStage, UsageError, WeightsError, CaptionError, DatasetError,

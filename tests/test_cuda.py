@@ -14,13 +14,14 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from clipsr_cli.io.captions import Captions
 from clipsr_cli.cli import app
+from clipsr_cli.io.captions import Captions
+from clipsr_cli.model.generator import Generator
 from clipsr_cli.pipeline.devices import pick_device, pick_precision
 from clipsr_cli.pipeline.graphs import GraphedForward
 from clipsr_cli.pipeline.lanes import Lanes
-from clipsr_cli.model.generator import Generator
-from clipsr_cli.pipeline.upscale import Upscaler, run
+from clipsr_cli.pipeline.upscale import run
+from clipsr_cli.pipeline.upscaler import Upscaler
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device here: the GPU paths are checked on a GPU machine")
@@ -227,12 +228,12 @@ def test_cli_upscale_on_cuda_writes_what_the_cpu_writes(tmp_path):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_training_steps_on_cuda(tmp_path, precision):
+    from test_train import final_state, tiny_run
+
     from clipsr_cli.model.checkpoint import load_generator
     from clipsr_cli.train.distributed import Dist
     from clipsr_cli.train.experiment import Experiment
     from clipsr_cli.train.trainer import fit
-
-    from test_train import final_state, tiny_run
 
     cfg = tiny_run(tmp_path, max_steps=4, precision=precision, device="cuda")
     exp = Experiment(tmp_path / "exp")
@@ -249,12 +250,12 @@ def test_training_steps_on_cuda(tmp_path, precision):
 
 
 def test_resume_on_cuda_continues_the_same_run(tmp_path):
+    from test_train import final_state, tiny_run
+
+    from clipsr_cli.train.config import run_config
     from clipsr_cli.train.distributed import Dist
     from clipsr_cli.train.experiment import Experiment
-    from clipsr_cli.train.config import run_config
     from clipsr_cli.train.trainer import fit
-
-    from test_train import final_state, tiny_run
 
     def train(cfg):
         exp = Experiment(Path(cfg.exp_dir))

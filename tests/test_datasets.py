@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clipsr_cli.train.data import ResumableSampler, SRDataset, downsample, to_tensor
 from clipsr_cli.plugins.registry import registry
+from clipsr_cli.train.data import ResumableSampler, SRDataset, downsample, to_tensor
 from stages.data.datasets import DatasetError, bird_box, load_celeba, load_coco, load_cub, load_folder
 
 

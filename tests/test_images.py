@@ -306,7 +306,7 @@ def test_outputs_get_the_usual_file_mode(tmp_path):
 
 def test_quantising_on_the_device_gives_the_hosts_bytes(tmp_path):
     from clipsr_cli.io.images import is_plain_8bit, output_array
-    from clipsr_cli.pipeline.upscale import quantise
+    from clipsr_cli.pipeline.upscaler import quantise
 
     k = torch.arange(256.0)
     # every level, the halfway points between levels (ties round to even) and values a hair either side

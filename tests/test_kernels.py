@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipsr_cli.model.clip import build_clip
-from clipsr_cli.pipeline.devices import pick_memory_format
+from clipsr_cli.model.generator import Generator
 from clipsr_cli.model.kernels import (
     BICUBIC_MATRIX_MAX_SIDE,
     bicubic_upsample,
@@ -18,9 +18,9 @@ from clipsr_cli.model.kernels import (
     is_channels_last,
     vit_block,
 )
+from clipsr_cli.pipeline.devices import pick_memory_format
 from clipsr_cli.pipeline.memory import keep_freed_memory
-from clipsr_cli.model.generator import Generator
-from clipsr_cli.pipeline.upscale import Upscaler
+from clipsr_cli.pipeline.upscaler import Upscaler
 
 
 @pytest.mark.parametrize("shape", [(7, 12), (2, 9, 12), (600, 12), (2, 300, 12)])  # below / above ONEDNN_MIN_ROWS
@@ -175,7 +175,7 @@ def test_upscaler_runs_the_cpu_in_channels_last(tiny_cfg):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
 def test_keep_freed_memory_is_accepted_by_glibc():
     try:
-        ctypes.CDLL(None).gnu_get_libc_version
+        _ = ctypes.CDLL(None).gnu_get_libc_version
     except AttributeError:
         pytest.skip("not glibc")
     assert keep_freed_memory() is True
@@ -218,7 +218,7 @@ def test_worker_threads_reuse_freed_memory_after_keep_freed_memory():
     from pathlib import Path
 
     try:
-        ctypes.CDLL(None).gnu_get_libc_version
+        _ = ctypes.CDLL(None).gnu_get_libc_version
     except AttributeError:
         pytest.skip("not glibc")
     root = str(Path(__file__).resolve().parents[1])

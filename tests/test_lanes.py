@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from clipsr_cli.io.captions import Captions
-from clipsr_cli.pipeline.lanes import Lanes, default_lanes
 from clipsr_cli.model.generator import Generator
-from clipsr_cli.pipeline.upscale import Upscaler, run
+from clipsr_cli.pipeline.lanes import Lanes, default_lanes
+from clipsr_cli.pipeline.upscale import run
+from clipsr_cli.pipeline.upscaler import Upscaler
 
 
 def test_results_come_back_in_submission_order_with_errors():
@@ -115,10 +116,11 @@ def test_an_accelerator_is_driven_from_the_callers_thread_and_lanes_write(tiny_c
             raise RuntimeError("device error on this batch")
 
     import clipsr_cli.pipeline.upscale as upscale_module
+    import clipsr_cli.pipeline.upscaler as upscaler_module
 
-    real_write, real_quantise = upscale_module.write_image, upscale_module.quantise
+    real_write, real_quantise = upscale_module.write_image, upscaler_module.quantise
     quantised = []
-    monkeypatch.setattr(upscale_module, "quantise", lambda x: (quantised.append(len(x)), real_quantise(x))[1])
+    monkeypatch.setattr(upscaler_module, "quantise", lambda x: (quantised.append(len(x)), real_quantise(x))[1])
     monkeypatch.setattr(upscale_module, "write_image",
                         lambda *a: (write_threads.add(threading.current_thread().name), real_write(*a))[1])
     caps = Captions(folder, text="a photo")
@@ -138,7 +140,7 @@ def test_an_accelerator_is_driven_from_the_callers_thread_and_lanes_write(tiny_c
     assert [o.image.name for o in report.failed] == ["4.png", "5.png"]  # the batch whose forward failed
     assert "device error on this batch" in report.failed[0].reason
     assert [i.name for i, *_ in report.done] == [i.name for i, *_ in reference.done if i.name not in ("4.png", "5.png")]
-    for i, out, _ in report.done:
+    for _, out, _ in report.done:
         a = np.asarray(Image.open(out), dtype=np.int16)
         b = np.asarray(Image.open(tmp_path / "ref" / out.name), dtype=np.int16)
         assert a.shape == b.shape and np.abs(a - b).max() <= 1

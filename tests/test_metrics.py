@@ -165,10 +165,9 @@ def test_niqe_without_reference_in_cli(shared_dir, tmp_path):
 
 def test_clip_score_is_the_cosine_of_open_clip_embeddings(tiny_clip, tmp_path):
     import torch.nn.functional as F
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     from stages.metrics import clip_score as cs
-
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     img = torch.rand(1, 3, 64, 64)  # the tiny CLIP's own input size: preprocessing only normalises
     got = float(cs.clip_score(img, [["a red bird", "a bird on a branch"]], preset="tiny")[0])
@@ -355,13 +354,32 @@ def test_lpips_loads_both_files_through_the_resolver(tmp_path, monkeypatch):
     assert torch.allclose(model(x, x), torch.zeros(2), atol=1e-7)
     d = model(x, y)
     assert (d > 0).all() and torch.allclose(d, model(y, x))
-    # the first layer's term by hand: unit-normalised relu1 features of the scaled input
-    f = lambda img: model.slices[0](((2 * img - 1) - model.shift) / model.scale)  # noqa: E731
-    n = lambda t: t / (t.square().sum(1, keepdim=True).sqrt() + 1e-10)  # noqa: E731
-    first = (lins["lin0.model.1.weight"] * (n(f(x)) - n(f(y))).square()).sum(1).mean(dim=(1, 2))
-    rest = sum(lin((a - b).square()).mean(dim=(1, 2, 3)) for lin, a, b in
-               zip(model.lins[1:], model._features(x)[1:], model._features(y)[1:]))
-    assert torch.allclose(d, first + rest, atol=1e-6)
+    assert torch.allclose(d, _lpips_by_hand(alex, lins, x, y), atol=1e-6)
+
+
+def _lpips_by_hand(alex_path, lins, x, y):
+    """LPIPS v0.1 as Zhang et al. define it, from torchvision's AlexNet alone:
+    inputs to [-1, 1] then LPIPS's scaling layer, relu1..relu5, each unit-normalised
+    over channels, squared difference weighted by the lin layer, spatial mean, summed."""
+    from torchvision.models import alexnet
+
+    net = alexnet(weights=None)
+    net.load_state_dict(torch.load(alex_path, weights_only=True))
+    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+    relus = {1, 4, 7, 9, 11}  # the ReLUs after conv1..conv5 in `features`
+
+    def feats(img):
+        h, out = ((2 * img - 1) - shift) / scale, []
+        for i, layer in enumerate(net.features[:12]):
+            h = layer(h)
+            if i in relus:
+                out.append(h / (h.square().sum(1, keepdim=True).sqrt() + 1e-10))
+        return out
+
+    with torch.no_grad():
+        return sum((lins[f"lin{i}.model.1.weight"] * (a - b).square()).sum(1).mean(dim=(1, 2))
+                   for i, (a, b) in enumerate(zip(feats(x), feats(y))))
 
 
 def test_lpips_offline_is_skipped_with_reason(tmp_path):

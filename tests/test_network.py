@@ -77,12 +77,11 @@ def test_output_depends_on_the_clip_vit_stage(tiny_cfg, tiny_clip):
 
 
 def test_softmax_reweighting_is_not_uniform(tiny_clip, tiny_cfg):
-    # DESIGN.md: a plain softmax over a small-magnitude 512-d embedding is ~uniform
+    # DESIGN.md: a plain softmax over a small-magnitude embedding is ~uniform; the
+    # TIFBlock's re-weighting must single out channels of a real caption's embedding
     gen = Generator(tiny_cfg, tiny_clip, 4)
     sentence = gen.text.encode(["a small bird with a red head"]).sentence
-    plain = torch.softmax(sentence * 0.01, dim=-1) * sentence.shape[-1]
     weights = TextReweight(sentence.shape[-1])(sentence)
-    assert plain.std() < 0.05
     assert weights.std() > 0.5
     assert torch.allclose(weights.mean(), torch.tensor(1.0), atol=1e-4)
 

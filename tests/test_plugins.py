@@ -3,12 +3,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-from clipsr_cli.plugins.hookspecs import hookimpl
 from clipsr_cli.model.generator import Generator
+from clipsr_cli.plugins.hookspecs import hookimpl
 from clipsr_cli.plugins.registry import UnknownStage, get_plugin_manager, lookup, registry
-
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

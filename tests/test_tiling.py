@@ -6,12 +6,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clipsr_cli.pipeline import tiling
 from clipsr_cli.io.captions import Captions
-from clipsr_cli.pipeline.lanes import Lanes
 from clipsr_cli.model.generator import Generator
+from clipsr_cli.pipeline import tiling
+from clipsr_cli.pipeline.lanes import Lanes
 from clipsr_cli.pipeline.tiling import is_out_of_memory, tiled
-from clipsr_cli.pipeline.upscale import Upscaler, run
+from clipsr_cli.pipeline.upscale import run
+from clipsr_cli.pipeline.upscaler import Upscaler
 
 
 def test_blending_is_exact_for_a_local_operation():
@@ -22,7 +23,7 @@ def test_blending_is_exact_for_a_local_operation():
 
 
 def test_finishing_bands_gives_the_canvas_bytes_and_holds_only_the_rows_tiles_reach():
-    from clipsr_cli.pipeline.upscale import quantise
+    from clipsr_cli.pipeline.upscaler import quantise
 
     lr = torch.rand(2, 3, 37, 53)
     conv = torch.nn.Conv2d(3, 3, 3, padding=1)
@@ -189,7 +190,7 @@ def test_same_size_images_are_batched_and_give_the_same_outputs(tiny_cfg, tiny_c
     assert batches == [1] * 7  # 24x16 images tile (2 tiles each) and go alone; 20x20 fits one tile
     # a tiled PNG, quantised band by band, holds the bytes of its float canvas quantised
     from clipsr_cli.io.images import load_image
-    from clipsr_cli.pipeline.upscale import quantise
+    from clipsr_cli.pipeline.upscaler import quantise
 
     canvas = Upscaler(gen, torch.device("cpu"), tile=20, tile_pad=2).upscale(load_image(images[0]).rgb, "a photo", None)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "t" / "0.png")), quantise(canvas[None].clone())[0].numpy())

@@ -18,16 +18,16 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from clipsr_cli.model.checkpoint import load_generator
 from clipsr_cli.cli import app
+from clipsr_cli.model.checkpoint import load_generator
 from clipsr_cli.model.config import ConfigError
+from clipsr_cli.model.weights import WeightsError
+from clipsr_cli.train.config import TrainConfig, resolve_config, run_config, with_preset_defaults
 from clipsr_cli.train.distributed import Dist
 from clipsr_cli.train.experiment import Experiment
 from clipsr_cli.train.losses import PerceptualLoss, d_hinge_loss, load_vgg19_features, ma_gp, vgg19_features
 from clipsr_cli.train.state import StateError, load_state, save_state
-from clipsr_cli.train.config import TrainConfig, resolve_config, run_config, with_preset_defaults
 from clipsr_cli.train.trainer import Trainer, TrainingDiverged, fit, val_pair
-from clipsr_cli.model.weights import WeightsError
 from stages.data.datasets import load_folder
 from stages.metrics.fullref import psnr
 
@@ -371,20 +371,25 @@ def caption_psnr(cfg: TrainConfig, data: Path) -> tuple[float, float]:
 
 def test_it_learns_a_caption_margin_a_text_blind_model_cannot(tmp_path):
     data = make_stripes(tmp_path / "stripes")
+    tiny = (Path(__file__).parents[1] / "stages/presets/tiny.toml").read_text()
     blind = tmp_path / "blind.toml"  # the "no text" ablation of the same preset
-    blind.write_text((Path(__file__).parents[1] / "stages/presets/tiny.toml").read_text()
-                     .replace('text_encoder = "clip"', 'text_encoder = "none"'))
+    blind.write_text(tiny.replace('text_encoder = "clip"', 'text_encoder = "none"'))
+    tif = tmp_path / "tif.toml"  # the TIFBlocks alone carry the caption: no CLIP-ViT prompts, no upsampler affines
+    tif.write_text(tiny.replace("clip_vit = true", "clip_vit = false").replace("upsampler_text = true",
+                                                                                "upsampler_text = false"))
     (tmp_path / "clipsr-tiny-clip.json").write_text(
         (Path(__file__).parents[1] / "stages/presets/clipsr-tiny-clip.json").read_text())
     runs = {}
-    for name, preset in (("text", "tiny"), ("blind", str(blind))):
+    for name, preset in (("text", "tiny"), ("blind", str(blind)), ("tif", str(tif))):
         cfg = TrainConfig(dataset="folder", data_root=str(data), captions=str(data / "caps.json"), preset=preset,
                           scale=4, hr_crop=32, batch_size=8, max_steps=50, lr_g=1e-3, exp_dir=str(tmp_path / name),
                           perceptual_weight=0.0, adversarial_weight=0.0, num_workers=0, sample_every=0,
                           val_every=0, checkpoint_every=1000, tensorboard=False).validate()
         runs[name] = caption_psnr(cfg, data)
-    (right, wrong), (blind_right, blind_wrong) = runs["text"], runs["blind"]
-    print(f"correct caption {right:.2f} dB, wrong {wrong:.2f} dB; text-blind {blind_right:.2f} dB")
+    (right, wrong), (blind_right, blind_wrong), (tif_right, tif_wrong) = runs["text"], runs["blind"], runs["tif"]
+    print(f"correct caption {right:.2f} dB, wrong {wrong:.2f} dB; text-blind {blind_right:.2f} dB; "
+          f"TIFBlocks alone {tif_right:.2f} / {tif_wrong:.2f} dB")
+    assert tif_right - tif_wrong > 2.0  # the TIFBlocks alone already steer by the caption
     assert right - wrong > 3.0  # the caption decides which way the stripes run
     assert abs(blind_right - blind_wrong) < 1e-6  # the ablation really ignores the caption ...
     assert right > blind_right + 2.0  # ... and cannot reach what the caption gives
@@ -402,8 +407,8 @@ def test_a_flip_mirrors_the_caption_or_is_not_applied():
 
 
 def test_flipped_samples_carry_the_mirrored_caption(tmp_path):
-    from clipsr_cli.train.data import SRDataset
     from clipsr_cli.plugins.protocols import Record
+    from clipsr_cli.train.data import SRDataset
 
     arr = np.zeros((16, 16, 3), np.uint8)
     arr[:, :8] = 255  # white on the left

@@ -100,8 +100,8 @@ def _check_folders(sr_dir: Path | None, ref: Path | None, captions: Path | None,
 def _summary_table(result, chosen: list, border: int) -> Table:
     import numpy as np
 
-    from clipsr_cli.plugins.registry import lookup
     from clipsr_cli.plugins.conventions import Y_DEFINITION
+    from clipsr_cli.plugins.registry import lookup
 
     rows = result.rows
     table = Table(title=f"{len(rows)} image(s) scored; {Y_DEFINITION}; crop border {border}")

@@ -14,10 +14,10 @@ from clipsr_cli.cli.app import app, console, out, user_errors
 def _train(config: Optional[Path], quiet: bool, **options):
     """Train CLIP-SR (GAN loop of the paper) on a dataset; every option is also a config key."""
 
-    from clipsr_cli.train import distributed
     from clipsr_cli.pipeline.devices import pick_device
-    from clipsr_cli.train.experiment import Experiment
+    from clipsr_cli.train import distributed
     from clipsr_cli.train.config import run_config
+    from clipsr_cli.train.experiment import Experiment
     from clipsr_cli.train.trainer import fit
 
     cfg = run_config(config, options)

@@ -60,7 +60,7 @@ def upscale(
     """Upscale images, each steered by its caption."""
     from clipsr_cli.io.captions import Captions, MissingPolicy
     from clipsr_cli.pipeline.lanes import Lanes, default_lanes
-    from clipsr_cli.pipeline.upscale import Upscaler
+    from clipsr_cli.pipeline.upscaler import Upscaler
 
     if missing_caption not in MissingPolicy.__members__:
         raise UsageError(f"--missing-caption {missing_caption}: choose {' | '.join(MissingPolicy.__members__)}")
@@ -150,11 +150,11 @@ def _inputs(input: str, recursive: bool, shard_spec: str | None, output: Path, s
 def _generator(weights: Path | None, preset: str | None, scale: int | None, weights_dir, quiet: bool):
     """The generator to run: a checkpoint (by path or name), the bundled default
     for the scale, or a preset with untrained weights; and the file it came from."""
+    from clipsr_cli.model.bundled import default_model, model_file
     from clipsr_cli.model.checkpoint import checkpoint_config, load_generator, read_metadata
     from clipsr_cli.model.clip import load_clip
     from clipsr_cli.model.config import check_scale, load_preset
     from clipsr_cli.model.generator import Generator
-    from clipsr_cli.pipeline.upscale import default_model, model_file
 
     if weights is None and preset is None:
         weights, note = default_model(scale or 4, weights_dir)

@@ -7,8 +7,8 @@ from collections import Counter
 from enum import Enum
 from pathlib import Path, PurePosixPath
 
+from clipsr_cli.errors import CaptionError
 from clipsr_cli.plugins.registry import registry
-from stages.data.captions import CaptionError
 
 
 class MissingPolicy(str, Enum):

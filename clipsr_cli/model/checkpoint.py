@@ -15,9 +15,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from clipsr_cli import __version__
-from clipsr_cli.model.config import ConfigError, ModelConfig
 from clipsr_cli.errors import UserError
 from clipsr_cli.io.files import atomic_write
+from clipsr_cli.model.config import ConfigError, ModelConfig
 
 FORMAT = "clipsr-generator"
 

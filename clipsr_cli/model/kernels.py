@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 ONEDNN_MIN_ROWS = 512  # below this MKL is as fast or faster (the ViT at batch 1: 66 rows)
 
 

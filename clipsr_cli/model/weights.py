@@ -16,8 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipsr_cli.model.config import read_toml
 from clipsr_cli.errors import UserError
+from clipsr_cli.model.config import read_toml
 from weights import BUNDLED_DIR, MANIFEST
 
 ENV_DIR = "CLIPSR_WEIGHTS_DIR"

@@ -8,9 +8,9 @@ from typing import Any, Callable
 
 import pluggy
 
+from clipsr_cli.errors import UserError
 from clipsr_cli.plugins import hookspecs
 from clipsr_cli.plugins.protocols import check_registered
-from clipsr_cli.errors import UserError
 
 ENTRY_POINT_GROUP = "clipsr"
 

@@ -19,7 +19,6 @@ from torch.utils.data import Dataset, Sampler
 
 from clipsr_cli.plugins.protocols import Record
 
-
 # Words a horizontal flip turns into their mirror image, both ways.
 MIRRORED_WORDS = {
     "left": "right", "leftward": "rightward", "leftwards": "rightwards", "leftmost": "rightmost",

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from clipsr_cli.model.config import ConfigError
 from clipsr_cli.io.files import atomic_write
-from clipsr_cli.train.state import StateError, load_state, save_state
+from clipsr_cli.model.config import ConfigError
 from clipsr_cli.train.config import TrainConfig
+from clipsr_cli.train.state import StateError, load_state, save_state
 
 CHECKPOINT_GLOB = "step_*.safetensors"
 

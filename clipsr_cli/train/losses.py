@@ -63,9 +63,10 @@ class PerceptualLoss(nn.Module):
         return super().train(False)
 
 
-def d_hinge_loss(real: torch.Tensor, fake: torch.Tensor, mismatched: torch.Tensor) -> torch.Tensor:
+def d_hinge_loss(real: torch.Tensor, fake: torch.Tensor, mismatched: torch.Tensor | None) -> torch.Tensor:
     """GALIP: relu(1 - D(real, T)) + 1/2 [relu(1 + D(fake, T)) + relu(1 + D(real, T'))]."""
-    return F.relu(1 - real).mean() + 0.5 * (F.relu(1 + fake).mean() + F.relu(1 + mismatched).mean())
+    mis = F.relu(1 + mismatched).mean() if mismatched is not None else 0.0
+    return F.relu(1 - real).mean() + 0.5 * (F.relu(1 + fake).mean() + mis)
 
 
 def ma_gp(logits: torch.Tensor, inputs: tuple[torch.Tensor, ...], weight: float = 2.0,

@@ -11,10 +11,10 @@ then the EMA.  The paper's ablations are configuration: `--adversarial-weight
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,21 +23,21 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from clipsr_cli.train import distributed
+from clipsr_cli.errors import UserError
 from clipsr_cli.model.checkpoint import save_generator
 from clipsr_cli.model.clip import TextTower, load_clip
 from clipsr_cli.model.config import ConfigError, ModelConfig, load_preset
-from clipsr_cli.train.data import ResumableSampler, SRDataset, collate, downsample, open_rgb, to_tensor
-from clipsr_cli.pipeline.devices import PRECISIONS
 from clipsr_cli.model.discriminator import Discriminator
-from clipsr_cli.errors import UserError
-from clipsr_cli.train.experiment import Experiment
-from clipsr_cli.train.losses import PerceptualLoss, d_hinge_loss, g_adversarial, load_vgg19_features, ma_gp
 from clipsr_cli.model.generator import Generator, state_without
+from clipsr_cli.model.weights import WeightsError
+from clipsr_cli.pipeline.devices import pick_precision
 from clipsr_cli.plugins.protocols import Record
 from clipsr_cli.plugins.registry import lookup, registry
+from clipsr_cli.train import distributed
 from clipsr_cli.train.config import TrainConfig
-from clipsr_cli.model.weights import WeightsError
+from clipsr_cli.train.data import ResumableSampler, SRDataset, collate, downsample, open_rgb, to_tensor
+from clipsr_cli.train.experiment import Experiment
+from clipsr_cli.train.losses import PerceptualLoss, d_hinge_loss, g_adversarial, load_vgg19_features, ma_gp
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -98,12 +98,14 @@ class Trainer:
         self.opt_g = torch.optim.Adam(self.g_params, lr=cfg.lr_g, betas=betas)
         self.d_params = [p for p in self.disc.parameters() if p.requires_grad] if self.disc else []
         self.opt_d = torch.optim.Adam(self.d_params, lr=cfg.lr_d, betas=betas) if self.disc else None
-        self.dtype = PRECISIONS[cfg.precision]
-        if cfg.precision == "fp16" and device.type != "cuda":
-            raise ConfigError("--precision fp16 needs CUDA; use fp32 (or bf16 on CPUs with bf16 units)")
+        try:
+            self.dtype = pick_precision(cfg.precision, device)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         self.step = 0
         self.bad_steps = 0
+        self.previous_sentence: torch.Tensor | None = None  # the mismatched caption at batch size 1
         self.best: dict[str, float] = {}
 
     def _perceptual(self) -> PerceptualLoss:
@@ -137,11 +139,21 @@ class Trainer:
         with self.autocast():
             d_real = self.disc.logit(real_maps, s)
             d_fake = self.disc.logit(fake_maps.float(), s.detach())
-            d_mis = self.disc.logit(real_maps, s.roll(1, dims=0))
-        hinge = d_hinge_loss(d_real.float(), d_fake.float(), d_mis.float())
+            mismatched = self.mismatched(s.detach())
+            d_mis = None if mismatched is None else self.disc.logit(real_maps, mismatched).float()
+        hinge = d_hinge_loss(d_real.float(), d_fake.float(), d_mis)
         gp = ma_gp(d_real.float(), (real_maps, s), c.magp_weight, c.magp_power)
         return {"loss_d": hinge + gp, "hinge": hinge.detach(), "magp": gp.detach(),
                 "d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean()}
+
+    def mismatched(self, sentence: torch.Tensor) -> torch.Tensor | None:
+        """Captions that do not describe the real images (GALIP's mismatched pairs):
+        the batch's own shifted by one.  At batch size 1 that shift is the matching
+        caption itself, so the previous batch's caption stands in (none on the first
+        step: the term is left out)."""
+        if sentence.shape[0] > 1:
+            return sentence.roll(1, dims=0)
+        return self.previous_sentence
 
     def g_losses(self, hr, sr, sentence) -> dict[str, torch.Tensor]:
         c = self.cfg
@@ -194,6 +206,7 @@ class Trainer:
         ok = True
         if self.disc is not None:
             d = self.d_losses(hr, sr, sentence)
+            self.previous_sentence = sentence.detach()[-1:].float()
             ok = self._apply(d["loss_d"], self.d_params, self.opt_d)
             logs.update(d)
             self.disc.requires_grad_(False)  # D is only a critic in G's step
@@ -253,6 +266,7 @@ class Trainer:
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict() if self.opt_d else {},
             "scaler": self.scaler.state_dict(),
+            **({"previous_sentence": self.previous_sentence} if self.previous_sentence is not None else {}),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
             "data": {"seed": self.cfg.seed, "steps_per_epoch": steps_per_epoch, "world": self.dist.world,
@@ -284,6 +298,8 @@ class Trainer:
         if self.device.type == "cuda" and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.step, self.bad_steps, self.best = state["step"], state["bad_steps"], dict(state["best"])
+        previous = state.get("previous_sentence")
+        self.previous_sentence = None if previous is None else previous.to(self.device)
 
 
 def val_pair(rec: Record, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,10 +332,9 @@ def load_validation(records: list[Record], scale: int) -> list[ValImage]:
 
 def bicubic_baseline(images: list[ValImage], scale: int) -> dict[str, float]:
     """PSNR / SSIM of PIL (MATLAB-like) bicubic on the validation set."""
-    from stages.metrics.fullref import psnr, ssim
-
-    return {name: sum(float(fn(v.bicubic[None], v.hr[None], scale)[0]) for v in images) / len(images)
-            for name, fn in (("psnr", psnr), ("ssim", ssim))}
+    metrics = [lookup("metric", name).factory for name in ("psnr", "ssim")]
+    return {m.name: sum(float(m(v.bicubic[None], v.hr[None], scale)[0]) for v in images) / len(images)
+            for m in metrics}
 
 
 # --- the run --------------------------------------------------------------------------

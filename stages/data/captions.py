@@ -12,12 +12,8 @@ import csv
 import json
 from pathlib import Path, PurePosixPath
 
-from clipsr_cli.errors import UserError
+from clipsr_cli.errors import CaptionError
 from clipsr_cli.plugins.hookspecs import hookimpl
-
-
-class CaptionError(UserError, ValueError):
-    pass
 
 
 def normalise_key(key: str, source: Path) -> str:

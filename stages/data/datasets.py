@@ -22,9 +22,9 @@ import json
 from pathlib import Path
 
 from clipsr_cli.errors import UserError
+from clipsr_cli.io.images import IMAGE_EXTS, image_files
 from clipsr_cli.plugins.hookspecs import hookimpl
 from clipsr_cli.plugins.protocols import Record
-from clipsr_cli.io.images import IMAGE_EXTS, image_files
 
 
 class DatasetError(UserError, ValueError):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from clipsr_cli.plugins.conventions import Y_DEFINITION
 from clipsr_cli.plugins.hookspecs import hookimpl
 from clipsr_cli.plugins.protocols import Metric
-from clipsr_cli.plugins.conventions import Y_DEFINITION
 
 
 def _psnr(sr, ref, crop_border, captions):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from clipsr_cli.plugins.conventions import crop_border as _crop
 from clipsr_cli.plugins.conventions import to_y
 
+
 def psnr(sr: torch.Tensor, hr: torch.Tensor, crop_border: int = 0) -> torch.Tensor:
     mse = (_crop(to_y(sr), crop_border) - _crop(to_y(hr), crop_border)).square().mean(dim=(1, 2, 3))
     return 10.0 * torch.log10(255.0**2 / mse)  # inf for identical images, as BasicSR

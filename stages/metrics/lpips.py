@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
 from clipsr_cli.plugins.conventions import crop_border as _crop
 
 SHIFT = (-0.030, -0.088, -0.188)

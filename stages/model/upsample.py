@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipsr_cli.model.config import ModelConfig
-from clipsr_cli.plugins.hookspecs import hookimpl
 from clipsr_cli.model.kernels import bicubic_upsample, conv_pixel_shuffle
+from clipsr_cli.plugins.hookspecs import hookimpl
 from stages.model.tifblock import Affine, TextReweight
 
 
@@ -33,10 +33,9 @@ class PixelShuffleUpsampler(nn.Module):
         self.scale = scale
         self.residual = cfg.generator.global_residual
         steps = int(math.log2(scale))
-        blocks = []
-        for _ in range(steps):
-            blocks += [nn.Conv2d(in_channels, 4 * in_channels, 3, 1, 1), nn.PixelShuffle(2), nn.LeakyReLU(0.2, True)]
-        self.body = nn.Sequential(*blocks)  # kept as a Sequential: checkpoint keys body.0, body.3, ...
+        # one conv per x2 step; keyed 0, 3, 6, ... as the checkpoints of the first
+        # version (a Sequential of conv, shuffle, activation) name them
+        self.body = nn.ModuleDict({str(3 * i): nn.Conv2d(in_channels, 4 * in_channels, 3, 1, 1) for i in range(steps)})
         self.uses_text = text_dim is not None
         if self.uses_text:
             self.reweight = TextReweight(text_dim)
@@ -50,7 +49,7 @@ class PixelShuffleUpsampler(nn.Module):
     def forward(self, features: torch.Tensor, lr: torch.Tensor, sentence: torch.Tensor | None = None) -> torch.Tensor:
         x = features
         text = self.reweight(sentence) if self.uses_text else None
-        for i, conv in enumerate(self.body[::3]):  # conv, shuffle, activation
+        for i, conv in enumerate(self.body.values()):
             x = conv_pixel_shuffle(x, conv, 2)
             if text is not None:
                 x = self.fuse[i](x, text)

@@ -1,0 +1,38 @@
+"""The bundled models: the default for each scale, and model names accepted
+wherever a checkpoint file is (`--weights clipsr-default-x8`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clipsr_cli.errors import UsageError
+
+DEFAULT_MODELS = {4: "clipsr-default-x4", 8: "clipsr-default-x8"}  # weights manifest names
+
+
+def default_model(scale: int, weights_dir=None) -> tuple[Path, str]:
+    """The bundled model for `scale` and the one-line note that says it is used."""
+    from clipsr_cli.model.weights import get_entry, resolve
+
+    if scale not in DEFAULT_MODELS:
+        raise UsageError(f"no bundled model for x{scale} (bundled: "
+                         f"{', '.join(f'x{s}' for s in DEFAULT_MODELS)}); pass --weights FILE, "
+                         f"--preset NAME to run an untrained preset, or drop --scale and give --outscale "
+                         f"{scale}: the x4 model's output resized")
+    name = DEFAULT_MODELS[scale]
+    path = resolve(name, weights_dir=weights_dir)
+    return path, f"no --weights: using the bundled default model {name} ({get_entry(name).description})"
+
+
+def model_file(spec: Path, weights_dir=None) -> Path:
+    """--weights: a checkpoint file, or the name of a model in the weights
+    manifest (`clipsr-default-x8`), resolved and verified as open_clip's named
+    weights are.  Neither: an error that lists the names."""
+    from clipsr_cli.model.weights import manifest, resolve
+
+    if spec.exists():
+        return spec
+    models = sorted(name for name, entry in manifest().items() if entry.filename.startswith("clipsr-"))
+    if str(spec) in models:
+        return resolve(str(spec), weights_dir=weights_dir)
+    raise UsageError(f"--weights {spec}: no such checkpoint file, nor a model name (models: {', '.join(models)})")
