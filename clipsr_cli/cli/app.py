@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import ProgressColumn
 
 from clipsr_cli import __version__
-from clipsr_cli.errors import UserError
+from clipsr_cli.errors import UsageError, UserError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Text-guided image super-resolution (CLIP-SR).")
@@ -45,6 +45,33 @@ def write_text(path: Path, text: str) -> None:
     from clipsr_cli.io.files import atomic_write
 
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline=""))
+
+
+def check_report_path(path: Path | None, option: str, protected=(), folder: bool = False) -> None:
+    """A report's path, checked before any work: not an existing folder (or, for
+    a `folder` report, not a file), not under a file, and never one of the run's
+    inputs or references (`protected`) or any existing image: a report
+    overwrites what is at its path."""
+    from clipsr_cli.io.images import IMAGE_EXTS
+
+    if path is None:
+        return
+    kind = "folder" if folder else "file"
+    if not folder and path.is_dir():
+        raise UsageError(f"{option} {path}: a folder; give a file name for the report, such as {path / 'report.json'}")
+    if folder and path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path}: a file; give a folder for the report")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UsageError(f"{option} {path}: {blocking} is a file, so no {kind} can be made under it; "
+                         "give another path")
+    if folder:
+        return
+    resolved = path.resolve()
+    if any(resolved == Path(p).resolve() for p in protected):
+        raise UsageError(f"{option} {path}: that is one of the images this run reads; give another path")
+    if path.exists() and path.suffix.lower() in IMAGE_EXTS:
+        raise UsageError(f"{option} {path}: an existing image, which the report would replace; give another path")
 
 
 def _version(value: bool):

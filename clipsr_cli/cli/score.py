@@ -4,13 +4,14 @@ metrics (`pipeline/score.py`), show a table and write --json / --csv / --report.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from clipsr_cli.cli.app import app, console, out, user_errors, write_text
+from clipsr_cli.cli.app import app, check_report_path, console, out, user_errors, write_text
 from clipsr_cli.cli.options import config_option
 from clipsr_cli.errors import UsageError
 
@@ -51,6 +52,10 @@ def score(
     caption_of = caption_lookup(CaptionTable(read_caption_file(captions)), sr_dir, suffix) if captions else None
     border = crop_border if crop_border is not None else (scale or 0)
     pairing = pair_folders(sr_dir, ref, suffix)
+    read = [p for pair in pairing.pairs for p in pair if p is not None] + pairing.extra + pairing.missing
+    for option, path in (("--json", json_out), ("--csv", csv_out)):
+        check_report_path(path, option, read)
+    check_report_path(report, "--report", folder=True)
     for p in pairing.extra:
         console.print(f"[yellow]no reference:[/yellow] {p}", highlight=False)
     for p in pairing.missing:
@@ -111,10 +116,13 @@ def _summary_table(result, chosen: list, border: int) -> Table:
         table.add_row(name, f"{value:.4f}", "-", str(len(rows)), lookup("metric", name).factory.direction)
     for m in (m for m in chosen if not m.set_level):
         values = [r[m.name] for r in rows if m.name in r]
-        with np.errstate(invalid="ignore"):  # identical pairs give PSNR = inf, as in BasicSR
-            mean = float(np.mean(values)) if values else float("nan")
-            std = float(np.std(values)) if len(values) > 1 else 0.0
-        table.add_row(m.name, f"{mean:.4f}", f"{std:.4f}", str(len(values)), m.direction)
+        finite = [v for v in values if np.isfinite(v)]
+        mean = f"{np.mean(finite):.4f}" if finite else ("inf" if values else "-")
+        std = f"{np.std(finite):.4f}" if len(finite) > 1 else "-" if not finite else "0.0000"
+        table.add_row(m.name, mean, std, str(len(values)), m.direction)
+        if len(finite) < len(values):  # identical pairs: PSNR = inf, as in BasicSR
+            table.caption = (f"{m.name}: {len(values) - len(finite)} image(s) identical to their reference "
+                             "(infinite; null in --json), left out of the mean and std")
     for name in result.unavailable:
         table.add_row(name, "unavailable", "-", "0", lookup("metric", name).factory.direction)
     return table
@@ -124,16 +132,22 @@ def _write_reports(result, chosen, border, pairing, sr_dir, json_out, csv_out, r
     import csv
     import io
 
+    from clipsr_cli.pipeline.score import undefined_values
     from clipsr_cli.plugins.conventions import Y_DEFINITION
 
     per_image = [m for m in chosen if not m.set_level]
     if json_out:
+        rows = []
+        for row in result.rows:  # strict JSON: no Infinity, a null and the reason instead
+            undefined = undefined_values(row)
+            rows.append({k: None if k in undefined else v for k, v in row.items()}
+                        | ({"undefined": undefined} if undefined else {}))
         write_text(json_out, json.dumps({
-            "crop_border": border, "y_channel": Y_DEFINITION, "images": result.rows,
-            "set_metrics": result.folder_values, "unavailable_metrics": result.unavailable,
+            "crop_border": border, "y_channel": Y_DEFINITION, "images": rows,
+            "set_metrics": {k: v if math.isfinite(v) else None for k, v in result.folder_values.items()}, "unavailable_metrics": result.unavailable,
             "failed": [{"image": str(s), "reason": r} for s, r in result.failed],
             "no_reference": [str(p) for p in pairing.extra], "no_result": [str(p) for p in pairing.missing]},
-            indent=2))
+            indent=2, allow_nan=False))
     if csv_out:
         table_text = io.StringIO(newline="")
         writer = csv.DictWriter(table_text, fieldnames=["image", "reference", *[m.name for m in per_image]],

@@ -4,6 +4,7 @@ run (`pipeline/upscale.py`) shown with a progress bar, a summary and `--json`.""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -12,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 from clipsr_cli import __version__
-from clipsr_cli.cli.app import ImagesPerSecond, app, console, user_errors, write_text
+from clipsr_cli.cli.app import ImagesPerSecond, app, check_report_path, console, user_errors, write_text
 from clipsr_cli.cli.options import config_option
 from clipsr_cli.errors import UsageError
 
@@ -68,6 +69,7 @@ def upscale(
     dev, dtype = _device_and_precision(device, precision, fp32)
     _check_options(ext, tile, tile_pad, batch_size, outscale, output, suffix)
     root, images, shard_spec = _inputs(input, recursive, shard_spec, output, suffix)
+    check_report_path(json_report, "--json", images)
     caps = Captions(root, captions, caption, policy, default_caption)
     caps.check_inputs(images)
     _check_output_folder(output)
@@ -193,7 +195,9 @@ def _run_with_progress(upscaler, lanes, root, images, output, caps, suffix, ext,
             run(upscaler, root, images, output, caps, suffix, ext, skip_existing,
                 progress=advance, batch_size=batch_size, lanes=lanes, report=report)
         except KeyboardInterrupt:
-            # batches already running finish (their files are whole); queued ones are dropped
+            # batches already running have finished and are counted; queued ones were dropped.
+            # Further Ctrl-Cs change nothing now: one message, exit 130
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             console.print(f"[yellow]interrupted[/yellow] after {finished[0]} of {len(images)} input(s); every "
                           "output written is complete: run the same command with --skip-existing to go on",
                           highlight=False, soft_wrap=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -12,6 +13,18 @@ from typing import Iterable
 # no single file takes this long to write: a temporary this old was left by a killed writer
 STALE_AFTER_S = 600
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{16}\.tmp")
+NAME_MAX = 255  # bytes in one file name (Linux, macOS, Windows file systems alike)
+_TEMP_EXTRA = len(".") + len(".0123456789abcdef.tmp")
+
+
+def _temporary_stem(name: str) -> str:
+    """The part of a temporary's name that says whose it is: the name itself, or
+    for a name too long to carry 22 more bytes, its start and a hash of the whole."""
+    if len(name.encode()) + _TEMP_EXTRA <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    head = name.encode()[: NAME_MAX - _TEMP_EXTRA - len(digest) - 1].decode(errors="ignore")
+    return f"{head}~{digest}"
 
 
 def atomic_write(path: Path, write) -> None:
@@ -23,7 +36,7 @@ def atomic_write(path: Path, write) -> None:
     need a chmod, and reading the umask means setting it: a race between the
     lanes of `upscale`.)"""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")  # see _TEMPORARY
+    tmp = path.with_name(f".{_temporary_stem(path.name)}.{os.urandom(8).hex()}.tmp")  # see _TEMPORARY
     try:
         try:
             write(tmp)
@@ -57,7 +70,7 @@ def remove_stale_temporaries(paths: Iterable[Path], older_than: float = STALE_AF
     has a younger one).  Returns what was removed."""
     names: dict[Path, set[str]] = defaultdict(set)
     for path in paths:
-        names[Path(path).parent].add(Path(path).name)
+        names[Path(path).parent].add(_temporary_stem(Path(path).name))
     cutoff, removed = time.time() - older_than, []
     for folder, wanted in names.items():
         try:

@@ -56,8 +56,10 @@ def load_image(path: Path) -> Decoded:
                     return _png16_to_tensor(*png16_bytes(path))
                 ImageOps.exif_transpose(im, in_place=True)  # loads it (a copy when not in place)
                 return _to_tensor(im)
-    except ImageError:
-        raise
+    except ImageError as e:
+        if str(e).startswith(f"{path}: "):
+            raise
+        raise ImageError(f"{path}: {e}", e.kind) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{path}: refused as a decompression bomb ({e})", "decompression bomb") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -74,9 +76,8 @@ def _png16_to_tensor(high: Image.Image, low: Image.Image) -> Decoded:
 
 
 def _to_tensor(im: Image.Image) -> Decoded:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float32) / 65535.0
-        t = torch.from_numpy(np.clip(arr, 0, 1))[None]
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        t = torch.from_numpy(_gray_unit(np.asarray(im, dtype=np.float64), im.mode))[None]
         return Decoded(t.expand(3, -1, -1).contiguous(), None, True, 16)
     alpha = None
     if im.mode == "P":
@@ -86,6 +87,23 @@ def _to_tensor(im: Image.Image) -> Decoded:
         alpha = _unit_float(im.getchannel("A"))
     rgb = im if im.mode == "RGB" else im.convert("RGB")  # convert would copy an RGB image
     return Decoded(_unit_float(rgb), alpha, gray, 8)
+
+
+def _gray_unit(arr: np.ndarray, mode: str) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float gray image as float32 in [0, 1].
+    Integers are 16-bit samples (PIL opens a 16-bit PNG as mode I); floats in
+    [0, 1] are taken as they are, larger ones as 8-bit (up to 255) or 16-bit
+    (up to 65535) sample values.  Anything else has no sure meaning as a
+    picture: refused, never written as garbage."""
+    finite = np.isfinite(arr).all()
+    low, high = (float(arr.min()), float(arr.max())) if arr.size and finite else (0.0, 0.0)
+    if not finite or low < 0 or high > 65535:
+        what = "float" if mode == "F" else "32-bit integer"
+        found = "non-finite values" if not finite else f"values {low:g} to {high:g}"
+        raise ImageError(f"{what} image with {found}, outside the [0, 65535] range of an image's samples; "
+                         "convert it to an 8- or 16-bit image first", f"{what} samples out of range")
+    top = 65535.0 if mode != "F" or high > 255 else 255.0 if high > 1 else 1.0
+    return (arr / top).astype(np.float32)
 
 
 def _unit_float(im: Image.Image) -> torch.Tensor:

@@ -57,8 +57,9 @@ class Lanes:
             on_done(result, None)
 
     def _complete_oldest(self) -> None:
-        fut, on_done = self._flight.popleft()
-        error = fut.exception()
+        fut, on_done = self._flight[0]
+        error = fut.exception()  # an interrupt here leaves it in flight, for stop() to report
+        self._flight.popleft()
         on_done(None if error else fut.result(), error)
 
     def drain(self) -> None:
@@ -73,10 +74,20 @@ class Lanes:
             self._shut(wait=True)
 
     def cancel(self) -> None:
-        """Drop work not yet started and report nothing more (on an error or Ctrl-C):
+        """Drop work not yet started and report nothing more (on an error):
         work already running finishes in the background (its writes are atomic)."""
         self._flight.clear()
         self._shut(wait=False)
+
+    def stop(self) -> None:
+        """Drop work not yet started; wait for the work already running and report
+        it (on Ctrl-C or a full disk): what is on disk is then what was reported."""
+        flight, self._flight = self._flight, deque()
+        for fut, on_done in flight:
+            if not fut.cancel():  # running or done: its files are being written
+                error = fut.exception()
+                on_done(None if error else fut.result(), error)
+        self._shut(wait=True)
 
     def _shut(self, wait: bool) -> None:
         if self._pool is not None:

@@ -28,15 +28,19 @@ def collect_inputs(spec: str, recursive: bool = False) -> tuple[Path, list[Path]
             raise UsageError(f"{spec}: no images ({', '.join(sorted(e[1:] for e in IMAGE_EXTS))}) in this folder"
                              + ("; its subfolders hold some: add -r" if below else ""))
         return path, files
-    matches = sorted(Path(p) for p in glob.glob(spec, recursive=recursive) if Path(p).is_file())
+    parts = Path(spec).parts
+    n_fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    root = Path(*parts[:n_fixed]) if n_fixed else Path(".")  # the leading parts without wildcards
+    pattern = Path(*parts[n_fixed:]).as_posix() if n_fixed < len(parts) else ""
+    if not recursive:
+        pattern = pattern.replace("**", "*")
+    # pathlib's glob never descends into a symlinked folder, as the folder walk does not:
+    # `dir/self -> .` or `sub/up -> ..` would repeat every image or never end
+    matches = sorted(p for p in root.glob(pattern) if p.is_file()
+                     and not any(s.startswith(".") for s in p.relative_to(root).parts)) if pattern else []
     if not matches:
         raise UsageError(f"{spec}: no such file or folder, and no file matches it as a pattern")
-    fixed = []  # the pattern's leading parts without wildcards form the root
-    for part in Path(spec).parts:
-        if glob.has_magic(part):
-            break
-        fixed.append(part)
-    return Path(*fixed) if fixed else Path("."), matches
+    return root, matches
 
 
 def parse_shard(spec: str) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,17 +108,32 @@ def score_image(sr_img: torch.Tensor, hr_img: torch.Tensor | None, metrics: list
     others go on; ValueError (e.g. too small for NIQE) propagates."""
     from clipsr_cli.model.weights import WeightsError
 
+    h, w = sr_img.shape[-2:]
+    if min(h, w) <= 2 * crop_border:  # every metric would average over nothing
+        raise ValueError(f"crop border {crop_border} leaves nothing of its {w}x{h} pixels; "
+                         "lower --crop-border (or --scale)")
     values = {}
     for m in [m for m in metrics if not m.set_level]:
         if m.needs_captions and captions is None:
             continue
         try:
             ref = None if hr_img is None else hr_img[None]
-            values[m.name] = float(m(sr_img[None], ref, crop_border, None if captions is None else [captions])[0])
+            value = float(m(sr_img[None], ref, crop_border, None if captions is None else [captions])[0])
         except WeightsError as e:
             on_unavailable(m, e)
             metrics.remove(m)
+            continue
+        if math.isnan(value):
+            raise ValueError(f"{m.name} is undefined for this image (NaN)")
+        values[m.name] = value
     return values
+
+
+def undefined_values(row: dict) -> dict[str, str]:
+    """The row's non-finite metric values, each with why: written as null plus
+    this reason in --json (strict JSON has no Infinity), said in the table too."""
+    return {k: "identical to its reference: infinite" if v > 0 else "minus infinity"
+            for k, v in row.items() if isinstance(v, float) and math.isinf(v)}
 
 
 class SetLevelScores:

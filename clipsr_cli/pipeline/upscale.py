@@ -6,7 +6,10 @@ are written atomically, so `--skip-existing` resumes an interrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import signal
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
@@ -153,6 +156,8 @@ class BatchRun:
         self.pending: list[_Item] = []
         self.claims: OutputClaims | None = None
         self.flattened_said = False  # the transparency warning is given once per run
+        self.decoding = None  # the decoding generator, closed on a stop
+        self.stopping = False  # after a full disk or Ctrl-C: running batches are counted, nothing raised
         self.limit = 1  # the batch size for the current LR size (the decoder reads ahead twice that)
 
     def plan(self, images: list[Path]) -> None:
@@ -210,7 +215,7 @@ class BatchRun:
             else:
                 self.fail(it.job, getattr(e, "kind", None) or f"{type(e).__name__} while upscaling or writing",
                           f"{type(e).__name__}: {e}")
-                if isinstance(e, OSError) and e.errno in STOPPING_ERRNOS:
+                if isinstance(e, OSError) and e.errno in STOPPING_ERRNOS and not self.stopping:
                     self.report.stopped = (f"{e.strerror} writing {it.target}: make room (or fix the folder), "
                                            "then run the same command with --skip-existing to go on")
                     raise _Stop
@@ -267,6 +272,16 @@ class BatchRun:
                 self.flush()
             self.pending.append(_Item(job, decoded.rgb, caption, target, alpha_up, decoded.gray, decoded.bits))
 
+    def finish_running(self) -> None:
+        """Queued batches dropped; running ones finish (their writes are atomic) and
+        are counted, so the report says exactly what is on disk."""
+        if self.stopping:
+            return
+        self.stopping = True
+        if self.decoding is not None:
+            self.decoding.close()  # its threads (on an accelerator) finish the image they decode
+        self.lanes.stop()
+
     def execute(self, decoders: int | None) -> Report:
         try:
             if decoders is None:
@@ -276,19 +291,50 @@ class BatchRun:
                 # so images decode in threads, up to two batches ahead (on an H100, 2 decoders
                 # for 4 lanes ended 1.2x faster than 4: they share the GIL)
                 decoders = 0 if self.upscaler.forward_in_lanes else max(1, self.lanes.n // 2)
-            for job, decoded in prefetch(lambda j: load_image(j.image), self.jobs,
-                                         depth=lambda: max(4, 2 * self.limit), workers=decoders):
-                self.queue(job, decoded)
-            self.flush()
-            self.lanes.close()
+            self.decoding = prefetch(lambda j: load_image(j.image), self.jobs,
+                                     depth=lambda: max(4, 2 * self.limit), workers=decoders)
+            with deferred_interrupts() as interrupted:
+                for job, decoded in self.decoding:
+                    self.queue(job, decoded)
+                    if interrupted.is_set():
+                        break
+                else:
+                    self.flush()
+                    self.lanes.close()
+                if interrupted.is_set():
+                    # however many came: the running batches finish and are counted, queued ones dropped
+                    self.finish_running()
+                    raise KeyboardInterrupt
         except _Stop:  # a full disk: every later output would fail the same way
-            self.lanes.cancel()
+            self.finish_running()
             return self.report
+        except KeyboardInterrupt:  # from a thread whose SIGINT is not deferred
+            self.finish_running()
+            raise
         except BaseException:
             self.lanes.cancel()
             raise
         remove_stale_temporaries(self.claims.paths())  # what a killed run left beside these outputs
         return self.report
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Ctrl-C inside only sets the yielded event, which the run checks between
+    inputs: no KeyboardInterrupt lands between a file written and its report,
+    and more Ctrl-Cs change nothing.  (Only the main thread gets signals; run
+    elsewhere, the event is never set.)  After an interrupt, SIGINT stays
+    ignored: the process is on its way out, with one message."""
+    event = threading.Event()
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: event.set())
+    except ValueError:  # not the main thread
+        yield event
+        return
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN if event.is_set() else previous)
 
 
 def _upscale_and_write(upscaler: Upscaler, batch: list[_Item]) -> list[Exception | None]:

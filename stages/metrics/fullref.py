@@ -28,6 +28,9 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None) -> torch.T
 
 def ssim(sr: torch.Tensor, hr: torch.Tensor, crop_border: int = 0) -> torch.Tensor:
     x, y = _crop(to_y(sr), crop_border), _crop(to_y(hr), crop_border)
+    if min(x.shape[-2:]) < 11:
+        raise ValueError(f"SSIM needs at least 11x11 pixels after the crop border ({crop_border}), "
+                         f"this image leaves {x.shape[-1]}x{x.shape[-2]}")
     win = _gaussian_window(device=x.device)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     mu_x, mu_y = F.conv2d(x, win), F.conv2d(y, win)
