@@ -3,6 +3,7 @@ numbered item; each failed on the code before its fix."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -175,3 +176,169 @@ def test_11_globs_do_not_follow_symlinked_folders(tmp_path):
     res = runner.invoke(app, ["upscale", str(folder) + "/**/*.png", "-r", "-o", str(out), *TINY])
     assert res.exit_code == 0, res.output
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["00.png", "sub/00.png"]
+
+
+# --- train ---------------------------------------------------------------------------------------
+def _train_args(data: Path, exp: Path, steps: int, *extra: str) -> list[str]:
+    return ["train", "--dataset", "folder", "--data-root", str(data), "--captions", str(data / "caps.json"),
+            "--preset", "tiny", "--scale", "4", "--hr-crop", "32", "--batch-size", "2", "--max-steps", str(steps),
+            "--perceptual-weight", "0", "--num-workers", "0", "--val-every", "0", "--sample-every", "0",
+            "--checkpoint-every", "2", "--exp-dir", str(exp), "--no-tensorboard", "-q", *extra]
+
+
+def test_13_an_unreadable_training_image_is_named_before_anything_is_written(tmp_path):
+    from test_train import make_folder
+
+    data = make_folder(tmp_path / "data", n=4)
+    (data / "bad.png").write_text("not an image")
+    caps = json.loads((data / "caps.json").read_text()) | {"bad.png": "a caption"}
+    (data / "caps.json").write_text(json.dumps(caps))
+    res = runner.invoke(app, _train_args(data, tmp_path / "exp", 2))
+    assert res.exit_code == 2 and "bad.png" in res.output and "cannot be read" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "exp").exists()
+
+
+def test_14_resume_where_there_is_no_experiment_is_an_error_and_touches_nothing(tmp_path):
+    from test_train import make_folder
+
+    data, exp = make_folder(tmp_path / "data", n=4), tmp_path / "mine"
+    exp.mkdir()
+    for name in ("model.safetensors", "best.safetensors"):
+        (exp / name).write_bytes(b"the user's own file")
+    res = runner.invoke(app, _train_args(data, exp, 2, "--resume"))
+    assert res.exit_code == 2 and "nothing to resume" in res.output, res.output
+    assert sorted(p.name for p in exp.iterdir()) == ["best.safetensors", "model.safetensors"]
+    assert all((exp / n).read_bytes() == b"the user's own file" for n in ("model.safetensors", "best.safetensors"))
+
+
+def _checkpoints(exp: Path) -> list[str]:
+    return sorted(p.name for p in (exp / "checkpoints").iterdir())
+
+
+def test_15_with_every_checkpoint_unreadable_resume_refuses_to_start_over(tmp_path):
+    from test_train import make_folder
+
+    data, exp = make_folder(tmp_path / "data", n=4), tmp_path / "exp"
+    assert runner.invoke(app, _train_args(data, exp, 4)).exit_code == 0
+    for p in (exp / "checkpoints").iterdir():
+        p.write_bytes(p.read_bytes()[:100])  # truncated
+    model = (exp / "model.safetensors").read_bytes()
+    res = runner.invoke(app, _train_args(data, exp, 6, "--resume"))
+    assert res.exit_code == 2 and "none of the 2 checkpoint(s)" in res.output, res.output
+    assert (exp / "model.safetensors").read_bytes() == model
+    assert _checkpoints(exp) == ["step_00000002.safetensors", "step_00000004.safetensors"]
+
+
+def test_16_a_checkpoint_corrupted_in_place_is_detected_and_the_previous_one_used(tmp_path):
+    from test_train import make_folder
+
+    data, exp = make_folder(tmp_path / "data", n=4), tmp_path / "exp"
+    assert runner.invoke(app, _train_args(data, exp, 4, "--keep-checkpoints", "2")).exit_code == 0
+    newest = exp / "checkpoints" / "step_00000004.safetensors"
+    raw = bytearray(newest.read_bytes())
+    raw[-64:] = bytes(255 - b for b in raw[-64:])  # same length, other bytes: the RNG state's tail
+    newest.write_bytes(bytes(raw))
+    res = runner.invoke(app, _train_args(data, exp, 6, "--resume", "--keep-checkpoints", "2"))
+    assert res.exit_code == 0, res.output
+    assert "corrupted" in res.output and "renamed *.broken" in res.output
+    assert re.search(r"resumed from \S*step_00000002\.safetensors at step 2", (exp / "train.log").read_text())
+    # the newest valid checkpoint survives the rotation; the broken one is kept aside, out of it
+    assert _checkpoints(exp) == ["step_00000004.safetensors", "step_00000004.safetensors.broken",
+                                 "step_00000006.safetensors"]
+
+
+def test_17_ctrl_c_in_training_says_where_it_stopped_and_how_to_resume(tmp_path):
+    from test_train import make_folder
+
+    data, exp = make_folder(tmp_path / "data", n=4), tmp_path / "exp"
+    args = _train_args(data, exp, 100000)
+    args.remove("-q")
+    proc = subprocess.Popen([sys.executable, "-m", "clipsr_cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((exp / "checkpoints").glob("step_*.safetensors")):
+        time.sleep(0.05)
+    for _ in range(2):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    said = " ".join((out + err).split())
+    assert "interrupted at step" in said and "--resume" in said and "Traceback" not in said, said
+    log = (exp / "train.log").read_text()
+    assert "interrupted at step" in log and "step_0000" in log
+
+
+# --- weights -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["model_config a string of a list", "base_channels a string",
+                                    "a tensor of the wrong shape"])
+def test_18_a_checkpoint_with_bad_metadata_or_shapes_is_one_line_naming_the_file(tmp_path, tiny_cfg, tiny_clip,
+                                                                                 damage):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from clipsr_cli.model.checkpoint import save_generator
+    from clipsr_cli.model.generator import Generator
+
+    path = tmp_path / "model.safetensors"
+    save_generator(path, Generator(tiny_cfg, tiny_clip, 4))
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    if damage.startswith("model_config"):
+        meta["model_config"] = json.dumps("[1, 2]")
+    elif damage.startswith("base_channels"):
+        config = json.loads(meta["model_config"])
+        config["generator"]["base_channels"] = "abc"
+        meta["model_config"] = json.dumps(config)
+    else:
+        key = next(k for k in tensors if k.endswith("to_rgb.weight"))
+        tensors[key] = tensors[key][:, :2].contiguous()
+    save_file(tensors, str(path), metadata=meta)
+    _images(tmp_path / "lr", n=1)
+    res = runner.invoke(app, ["upscale", str(tmp_path / "lr"), "-o", str(tmp_path / "sr"), "--weights", str(path),
+                              "--caption", "a", "-q"])
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1 and str(path) in res.output.replace("\n", ""), res.output
+    assert not isinstance(res.exception, (TypeError, RuntimeError))
+
+
+# --- the questionable ones, as decided -------------------------------------------------------------
+def test_a_multi_frame_tiff_is_upscaled_from_its_first_frame_with_a_warning(tmp_path):
+    folder = tmp_path / "lr"
+    folder.mkdir()
+    frames = [Image.new("RGB", (12, 12), c) for c in ("red", "blue", "green")]
+    frames[0].save(folder / "stack.tif", save_all=True, append_images=frames[1:])
+    res = runner.invoke(app, ["upscale", str(folder), "-o", str(tmp_path / "sr"), *TINY])
+    assert res.exit_code == 0 and "holds 3 frames: only the first is upscaled" in res.output.replace("\n", " ")
+
+
+def test_an_output_subfolder_that_is_a_symlink_out_of_o_is_refused(tmp_path):
+    _images(tmp_path / "lr" / "sub", n=1)
+    _images(tmp_path / "lr", n=1)
+    outside, out = tmp_path / "outside", tmp_path / "sr"
+    outside.mkdir()
+    out.mkdir()
+    (out / "sub").symlink_to(outside)
+    res = runner.invoke(app, ["upscale", str(tmp_path / "lr"), "-r", "-o", str(out), *TINY])
+    assert res.exit_code == 1 and "is a symbolic link" in res.output.replace("\n", " ")
+    assert list(outside.iterdir()) == [] and (out / "00.png").is_file()
+
+
+def test_an_untrained_preset_gives_the_same_outputs_every_run(tmp_path):
+    _images(tmp_path / "lr", n=1)
+    for name in ("a", "b"):
+        assert runner.invoke(app, ["upscale", str(tmp_path / "lr"), "-o", str(tmp_path / name), *TINY]).exit_code == 0
+    assert (tmp_path / "a" / "00.png").read_bytes() == (tmp_path / "b" / "00.png").read_bytes()
+
+
+def test_a_key_given_twice_in_a_json_caption_file_keeps_both_captions(tmp_path):
+    from stages.data.captions import read_json
+
+    path = tmp_path / "c.json"
+    path.write_text('{"a.png": "one", "b.png": "x", "a.png": ["two", "three"]}')
+    assert read_json(path) == {"a.png": ["one", "two", "three"], "b.png": ["x"]}
+    for bad in ("[]", '{"a.png": {"nested": "object"}}'):
+        path.write_text(bad)
+        with pytest.raises(Exception, match="c.json"):
+            read_json(path)

@@ -18,7 +18,7 @@ def _train(config: Optional[Path], quiet: bool, **options):
     from clipsr_cli.train import distributed
     from clipsr_cli.train.config import run_config
     from clipsr_cli.train.experiment import Experiment
-    from clipsr_cli.train.trainer import fit
+    from clipsr_cli.train.trainer import TrainingInterrupted, fit
 
     cfg = run_config(config, options)
     if cfg.threads:
@@ -29,7 +29,9 @@ def _train(config: Optional[Path], quiet: bool, **options):
     dist = distributed.init_from_env(device.type)
     device = distributed.rank_device(device, dist)
     exp = Experiment(Path(cfg.exp_dir), main=dist.main)
-    if not cfg.resume and dist.main:
+    if dist.main and cfg.resume:
+        exp.check_resumable()
+    elif dist.main:
         exp.check_new()
     distributed.barrier(dist)
     show = dist.main and not quiet
@@ -44,7 +46,12 @@ def _train(config: Optional[Path], quiet: bool, **options):
                 progress.update(task, completed=step, total=total, rate=f"{logs['it_per_s']:.2f} it/s",
                                 losses=" ".join(f"{k} {v:.4f}" for k, v in shown.items()))
 
-            trainer = fit(cfg, device, dist, exp, on_step=on_step)
+            try:
+                trainer = fit(cfg, device, dist, exp, on_step=on_step)
+            except TrainingInterrupted as e:
+                progress.stop()
+                console.print(str(e), style="yellow", markup=False, highlight=False, soft_wrap=True)
+                raise typer.Exit(130) from None
         if show:
             out.print(f"generator written to {exp.root / 'model.safetensors'} (step {trainer.step}); "
                       f"log: {exp.root / 'train.log'}")

@@ -152,6 +152,8 @@ def _inputs(input: str, recursive: bool, shard_spec: str | None, output: Path, s
 def _generator(weights: Path | None, preset: str | None, scale: int | None, weights_dir, quiet: bool):
     """The generator to run: a checkpoint (by path or name), the bundled default
     for the scale, or a preset with untrained weights; and the file it came from."""
+    import torch
+
     from clipsr_cli.model.bundled import default_model, model_file
     from clipsr_cli.model.checkpoint import checkpoint_config, load_generator, read_metadata
     from clipsr_cli.model.clip import load_clip
@@ -167,9 +169,12 @@ def _generator(weights: Path | None, preset: str | None, scale: int | None, weig
         if not quiet:
             console.print(f"[yellow]note:[/yellow] no --weights: preset {cfg.name!r} with untrained "
                           "generator weights; the output shows the pipeline, not CLIP-SR quality")
-        return Generator(cfg, load_clip(cfg, weights_dir=weights_dir), check_scale(scale or 4)), None
+        clip = load_clip(cfg, weights_dir=weights_dir)
+        with torch.random.fork_rng(devices=[]):  # the same untrained network every run: a resumed
+            torch.manual_seed(0)                  # folder (--skip-existing) never mixes two of them
+            return Generator(cfg, clip, check_scale(scale or 4)), None
     weights = model_file(weights, weights_dir)
-    _, ckpt_scale = checkpoint_config(read_metadata(weights))
+    _, ckpt_scale = checkpoint_config(read_metadata(weights), weights)
     if scale is not None and scale != ckpt_scale:
         raise UsageError(f"--scale {scale} but {weights} is a x{ckpt_scale} model; "
                          f"drop --scale or use a x{scale} checkpoint")

@@ -42,6 +42,7 @@ class Decoded:
     alpha: torch.Tensor | None  # (1, H, W) or None
     gray: bool  # written back as grayscale
     bits: int  # 8 or 16
+    frames: int = 1  # a multi-frame TIFF or animated WebP: only the first is read
 
 
 def load_image(path: Path) -> Decoded:
@@ -54,8 +55,11 @@ def load_image(path: Path) -> Decoded:
                                      "(possible decompression bomb); downscale it first", "over the pixel limit")
                 if is_png16_color(im):
                     return _png16_to_tensor(*png16_bytes(path))
+                frames = getattr(im, "n_frames", 1)
                 ImageOps.exif_transpose(im, in_place=True)  # loads it (a copy when not in place)
-                return _to_tensor(im)
+                decoded = _to_tensor(im)
+                decoded.frames = frames
+                return decoded
     except ImageError as e:
         if str(e).startswith(f"{path}: "):
             raise

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from clipsr_cli import __version__
 from clipsr_cli.errors import UserError
 from clipsr_cli.io.files import atomic_write
-from clipsr_cli.model.config import ConfigError, ModelConfig
+from clipsr_cli.model.config import ConfigError, ModelConfig, check_scale
 
 FORMAT = "clipsr-generator"
 
@@ -60,12 +60,19 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return meta
 
 
-def checkpoint_config(meta: dict[str, str]) -> tuple[ModelConfig, int]:
+def checkpoint_config(meta: dict[str, str], path: str | Path = "checkpoint") -> tuple[ModelConfig, int]:
+    """The model config and scale a checkpoint's metadata describes, checked key
+    by key against the config schema (a CheckpointError naming the file)."""
     try:
-        cfg = ModelConfig.from_dict(json.loads(meta["model_config"]), origin="checkpoint model_config")
-        return cfg, int(meta["scale"])
-    except (KeyError, json.JSONDecodeError, ValueError, ConfigError) as e:
-        raise CheckpointError(f"checkpoint metadata is incomplete or invalid: {e}") from None
+        cfg = ModelConfig.from_dict(json.loads(meta["model_config"]), origin=f"{path}: model_config")
+        return cfg, check_scale(int(meta["scale"]))
+    except KeyError as e:
+        raise CheckpointError(f"{path}: metadata lacks {e}; not a complete clipsr checkpoint") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: metadata model_config is not JSON ({e})") from None
+    except (ValueError, ConfigError) as e:
+        msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+        raise CheckpointError(f"{msg}; the checkpoint's metadata is invalid: export it again") from None
 
 
 def load_generator(path: str | Path, weights_dir=None, map_location="cpu"):
@@ -76,15 +83,22 @@ def load_generator(path: str | Path, weights_dir=None, map_location="cpu"):
     from clipsr_cli.model.generator import Generator
 
     path = Path(path)
-    cfg, scale = checkpoint_config(read_metadata(path))
+    cfg, scale = checkpoint_config(read_metadata(path), path)
     try:
         tensors = load_file(str(path), device=str(map_location))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: cannot read tensors ({e}); the file may be truncated") from None
     has_clip = any(k.startswith("clip.") for k in tensors)
     clip = load_clip(cfg, weights_dir=weights_dir, pretrained=not has_clip)
-    gen = Generator(cfg, clip, scale)
-    result = gen.load_state_dict(tensors, strict=False)
+    try:
+        gen = Generator(cfg, clip, scale)
+        result = gen.load_state_dict(tensors, strict=False)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except RuntimeError as e:  # size mismatches: the tensors are not the network the metadata describes
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise CheckpointError(f"{path}: its tensors do not fit the network its metadata describes "
+                              f"({first}); export it again") from None
     clip_keys = set(gen.state_dict()) - set(gen.own_state_dict())
     missing = [k for k in result.missing_keys if k not in clip_keys]
     if missing or result.unexpected_keys:

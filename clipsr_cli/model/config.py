@@ -89,17 +89,20 @@ class ModelConfig:
         sections = {"clip": ClipSpec, "generator": GeneratorSpec,
                     "discriminator": DiscriminatorSpec, "stages": StageSpec}
         top = {"name", "description", "train", *sections}  # [train]: training defaults, see preset_train_defaults
+        if not isinstance(data, dict):
+            raise ConfigError(f"{origin}: expected a table of keys, got {type(data).__name__}")
         _check_keys(data, top, origin)
         kwargs: dict[str, Any] = {}
         for key in ("name", "description"):
             if key in data:
-                kwargs[key] = data[key]
+                kwargs[key] = _checked(data[key], "str", f"{origin}: {key}")
         for key, typ in sections.items():
             sub = data.get(key, {})
-            names = {f.name for f in dataclasses.fields(typ)}
-            _check_keys(sub, names, f"{origin} [{key}]")
-            sub = {k: tuple(v) if isinstance(v, list) else v for k, v in sub.items()}
-            kwargs[key] = typ(**sub)
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{origin}: [{key}] must be a table, not {type(sub).__name__}")
+            hints = {f.name: f.type for f in dataclasses.fields(typ)}
+            _check_keys(sub, set(hints), f"{origin} [{key}]")
+            kwargs[key] = typ(**{k: _checked(v, hints[k], f"{origin} [{key}] {k}") for k, v in sub.items()})
         clip = kwargs["clip"]
         if clip.config and not clip.arch:
             path = Path(base_dir) / clip.config
@@ -121,6 +124,22 @@ class ModelConfig:
                               "increasing 0-based ViT block indices, one per prompt token")
         if g.grid < 1 or g.hr_crop % g.grid:
             raise ConfigError(f"{origin}: hr_crop ({g.hr_crop}) must be a multiple of grid ({g.grid})")
+
+
+def _checked(value: Any, kind: str, where: str) -> Any:
+    """`value` as a field of type `kind` (the annotation's text) holds it, or a
+    ConfigError naming where it was read: a wrong type must not surface later
+    as a TypeError deep in the network's construction."""
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "bool": lambda v: isinstance(v, bool),
+          "str": lambda v: isinstance(v, str),
+          "tuple[int, ...]": lambda v: isinstance(v, (list, tuple))
+          and all(isinstance(x, int) and not isinstance(x, bool) for x in v)}[kind]
+    if not ok(value):
+        raise ConfigError(f"{where}: expected {kind.replace('tuple[int, ...]', 'a list of integers')}, "
+                          f"got {json.dumps(value) if isinstance(value, (str, int, float, list)) else type(value).__name__}")
+    return tuple(value) if kind.startswith("tuple") else float(value) if kind == "float" else value
 
 
 def _check_keys(data: dict, allowed: set[str], origin: str) -> None:

@@ -104,10 +104,11 @@ class OutputClaims:
     written as PNG, beside `a.png`; `A.PNG` and `a.png` where names ignore
     case) and none over an input."""
 
-    def __init__(self, images: list[Path], ext: str | None):
+    def __init__(self, images: list[Path], ext: str | None, out_dir: Path | None = None):
         self._inputs = InputFiles(images)
         self._owner: dict[str, tuple[Path, Path]] = {}  # name key -> (output, input)
         self._ext = ext
+        self.out_dir = out_dir  # outputs stay under it: no symlinked subfolder leads out of it
 
     @staticmethod
     def _key(target: Path) -> str:
@@ -176,6 +177,17 @@ def earlier_outputs(images: list[Path], root: Path, out_dir: Path, suffix: str) 
     return earlier
 
 
+def _linked_folders(folder: Path, top: Path | None):
+    """Symbolic links among `folder` and its parents below `top` (the -o folder,
+    which itself may be a link the user chose)."""
+    if top is None:
+        return
+    while folder != top and top in folder.parents:
+        if folder.is_symlink():
+            yield folder
+        folder = folder.parent
+
+
 def output_refusal(image: Path, targets: list[Path], claims: OutputClaims,
              skip_existing: bool) -> tuple[str, str, str] | None:
     """("failed" | "skipped", kind, reason) when `image` is not to write
@@ -183,6 +195,11 @@ def output_refusal(image: Path, targets: list[Path], claims: OutputClaims,
     conflict = claims.claim(image, targets)
     if conflict:
         return "failed", *conflict
+    escape = next((link for t in targets for link in _linked_folders(t.parent, claims.out_dir)), None)
+    if escape is not None:
+        return ("failed", "output folder is a symbolic link",
+                f"output folder {escape} is a symbolic link (to {os.readlink(escape)}): writes would land outside "
+                "the output folder; remove the link or choose another -o")
     if skip_existing and all(t.exists() for t in targets):
         return "skipped", "output exists", "output exists"
     return None

@@ -162,7 +162,7 @@ class BatchRun:
 
     def plan(self, images: list[Path]) -> None:
         earlier = earlier_outputs(images, self.root, self.out_dir, self.suffix)
-        self.claims = OutputClaims([image for image in images if image not in earlier], self.ext)
+        self.claims = OutputClaims([image for image in images if image not in earlier], self.ext, self.out_dir)
         for image in images:
             if image in earlier:  # the same command run again: it is an output, not an input
                 self.report.skip(image, "an earlier output of this command",
@@ -252,6 +252,8 @@ class BatchRun:
         refusal = upscaler.memory_refusal(decoded)
         if refusal:
             return self.fail_before_queued(job, "output too large for the free memory", refusal)
+        if decoded.frames > 1:
+            upscaler.warn(f"{job.image} holds {decoded.frames} frames: only the first is upscaled")
         alpha_up, targets = None, job.outputs
         if decoded.alpha is not None:
             targets = job.targets(True)  # PNG where the kept format was chosen without alpha

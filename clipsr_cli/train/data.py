@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
+from clipsr_cli.errors import UserError
 from clipsr_cli.plugins.protocols import Record
 
 # Words a horizontal flip turns into their mirror image, both ways.
@@ -57,6 +58,26 @@ def downsample(hr: Image.Image, scale: int) -> Image.Image:
     """LR by bicubic downsampling; PIL's bicubic widens its kernel by the factor
     when shrinking (antialiased, as MATLAB's imresize)."""
     return hr.resize((hr.width // scale, hr.height // scale), Image.BICUBIC)
+
+
+class DataError(UserError, ValueError):
+    """Training or validation images that cannot be used."""
+
+
+def check_readable(records: list[Record], what: str = "training") -> None:
+    """Every image opened and verified before the run writes anything: one bad
+    file found at step 40,000 would otherwise end the run there, with a traceback
+    from a loader worker.  All of them are named at once."""
+    bad = []
+    for rec in records:
+        try:
+            with Image.open(rec.path) as im:
+                im.verify()  # PNG: every chunk's CRC; others: the header and structure
+        except Exception as e:  # PIL raises many kinds for a bad file
+            bad.append(f"{rec.path} ({e or type(e).__name__})")
+    if bad:
+        raise DataError(f"{len(bad)} of the {len(records)} {what} images cannot be read: {'; '.join(bad[:3])}"
+                        f"{'; ...' if len(bad) > 3 else ''}; fix or remove them (nothing was written)")
 
 
 def open_rgb(record: Record) -> Image.Image:

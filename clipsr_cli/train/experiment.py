@@ -46,6 +46,14 @@ class Experiment:
             raise ConfigError(f"{self.root} already holds an experiment; pass --resume to continue it "
                               "or choose another --exp-dir (nothing was overwritten)")
 
+    def check_resumable(self) -> None:
+        """--resume needs an experiment here (its config.toml), and, where it holds
+        checkpoints, one that loads: it never starts over silently."""
+        if not (self.root / "config.toml").is_file():
+            what = "does not exist" if not self.root.exists() else "holds no experiment (no config.toml)"
+            raise ConfigError(f"--resume: {self.root} {what}, so there is nothing to resume (nothing was "
+                              "written); drop --resume to start a new run, in a new or empty folder")
+
     def open(self, cfg: TrainConfig) -> None:
         if not self.main:
             return
@@ -93,19 +101,33 @@ class Experiment:
             return None
         path = self.checkpoint_path(step)
         save_state(path, state, {"step": str(step)})
-        for old in sorted(self.checkpoints.glob(CHECKPOINT_GLOB))[:-max(keep, 1)]:
+        # the newest `keep`, this one among them; none newer than it is left (`latest_state`
+        # set aside the unreadable ones it passed over), so this one is never rotated out
+        for old in sorted(p for p in self.checkpoints.glob(CHECKPOINT_GLOB) if p != path)[: -max(keep, 1) + 1 or None]:
             old.unlink()
         return path
 
     def latest_state(self) -> tuple[dict, Path] | None:
-        """The newest checkpoint that loads; broken ones are reported and passed over."""
-        for path in sorted(self.checkpoints.glob(CHECKPOINT_GLOB), reverse=True):
+        """The newest checkpoint that loads (None where there are none yet).  Unreadable
+        ones (truncated, corrupted) are reported and renamed `*.broken`, out of the
+        rotation; when no checkpoint loads, it is an error: never a silent restart."""
+        found = sorted(self.checkpoints.glob(CHECKPOINT_GLOB), reverse=True)
+        broken = []
+        for path in found:
             try:
                 state, _ = load_state(path)
-                return state, path
             except StateError as e:
-                self.log.warning("skipping unreadable checkpoint: %s", e)
-                print(f"warning: skipping unreadable checkpoint: {e}", file=sys.stderr)
+                broken.append((path, e))
+                continue
+            for bad, e in broken:
+                bad.rename(bad.with_name(bad.name + ".broken"))
+                self.log.warning("skipping unreadable checkpoint (renamed *.broken): %s", e)
+                print(f"warning: skipping unreadable checkpoint (renamed *.broken): {e}", file=sys.stderr)
+            return state, path
+        if broken:
+            raise ConfigError(f"--resume: none of the {len(broken)} checkpoint(s) in {self.checkpoints} loads "
+                              f"(newest: {broken[0][1]}); nothing was overwritten. Move them away to start over "
+                              "in this folder, or train into another --exp-dir")
         return None
 
     # --- samples -------------------------------------------------------------

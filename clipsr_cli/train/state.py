@@ -4,6 +4,7 @@ so loading a checkpoint can never run code."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,21 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+def _checksum(tree: str, tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of the state's JSON and every tensor's bytes, in key order: a file
+    changed in place (same length, other bytes) no longer matches."""
+    h = hashlib.sha256(tree.encode())
+    for key in sorted(tensors):
+        t = tensors[key].contiguous().reshape(-1)  # 0-d tensors too
+        h.update(key.encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_state(path: Path, state: dict[str, Any], info: dict[str, str] | None = None) -> None:
     tensors: dict[str, torch.Tensor] = {}
-    tree = _flatten(state, "s", tensors)
-    metadata = {"format": FORMAT, "state": json.dumps(tree), **(info or {})}
+    tree = json.dumps(_flatten(state, "s", tensors))
+    metadata = {"format": FORMAT, "state": tree, "sha256": _checksum(tree, tensors), **(info or {})}
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -64,6 +76,8 @@ def load_state(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
             if meta.get("format") != FORMAT:
                 raise StateError(f"{path}: not a clipsr training state (format {meta.get('format')!r})")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if "sha256" in meta and _checksum(meta["state"], tensors) != meta["sha256"]:  # older files have none
+            raise StateError(f"{path}: corrupted (its contents no longer match the checksum written with it)")
         return _unflatten(json.loads(meta["state"]), tensors), meta
     except (SafetensorError, OSError, ValueError, KeyError) as e:
         raise StateError(f"{path}: unreadable training state ({e})") from None

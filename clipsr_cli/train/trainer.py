@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from clipsr_cli.plugins.protocols import Record
 from clipsr_cli.plugins.registry import lookup, registry
 from clipsr_cli.train import distributed
 from clipsr_cli.train.config import TrainConfig
-from clipsr_cli.train.data import ResumableSampler, SRDataset, collate, downsample, open_rgb, to_tensor
+from clipsr_cli.train.data import ResumableSampler, SRDataset, check_readable, collate, downsample, open_rgb, to_tensor
 from clipsr_cli.train.experiment import Experiment
 from clipsr_cli.train.losses import PerceptualLoss, d_hinge_loss, g_adversarial, load_vgg19_features, ma_gp
 
@@ -349,6 +350,9 @@ class Run:
             val = load_records("folder", cfg.val_root, "train", cfg.val_captions)
         else:
             val = load_records(cfg.dataset, cfg.data_root, "test", cfg.captions) if cfg.dataset != "folder" else []
+        if dist.main:
+            check_readable(self.records)
+            check_readable(val[: cfg.val_images], "validation")
         # decoded once, on the process that validates
         self.val_images = load_validation(val[: cfg.val_images], cfg.scale) if dist.main else []
         self.trainer = Trainer(cfg, device, dist, exp)
@@ -433,6 +437,19 @@ class Run:
             self.checkpoint()
 
     def loop(self, on_step: Callable[[int, int, dict], None] | None = None) -> None:
+        try:
+            self._steps(on_step)
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # more Ctrl-Cs: still the one message
+            last = sorted(self.exp.checkpoints.glob("step_*.safetensors"))
+            where = (f"the last checkpoint is {last[-1]} (step {int(last[-1].stem[5:])}): run the same command "
+                     "with --resume to go on from it" if last else "no checkpoint was written yet: run the "
+                     "same command (without --resume, in a new --exp-dir or after removing this one) to start again")
+            message = f"interrupted at step {self.trainer.step}; {where}"
+            self.exp.log.warning(message)
+            raise TrainingInterrupted(message) from None
+
+    def _steps(self, on_step: Callable[[int, int, dict], None] | None) -> None:
         t = self.trainer
         started, start_step = time.perf_counter(), t.step
         while t.step < self.total:
@@ -452,6 +469,10 @@ class Run:
             self.validation()
         distributed.barrier(self.dist)
         self.exp.log.info("finished at step %d; generator: %s", t.step, self.exp.root / "model.safetensors")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; its message says where it stopped and how to go on."""
 
 
 def fit(cfg: TrainConfig, device: torch.device, dist: distributed.Dist, exp: Experiment,

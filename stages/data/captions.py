@@ -37,15 +37,19 @@ def _add(out: dict[str, list[str]], key: str, value, source: Path) -> None:
     out.setdefault(normalise_key(key, source), []).extend(_as_list(value, key, source))
 
 
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs, duplicates included."""
+
+
 def read_json(path: Path) -> dict[str, list[str]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    try:  # as pairs: a key given twice keeps both captions (as two JSONL lines or CSV rows do), none is lost
+        data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_Pairs)
     except json.JSONDecodeError as e:
         raise CaptionError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
+    if not isinstance(data, _Pairs):
         raise CaptionError(f"{path}: expected an object mapping image paths to captions")
     out: dict[str, list[str]] = {}
-    for key, value in data.items():
+    for key, value in data:
         _add(out, key, value, path)
     return out
 
