@@ -56,7 +56,9 @@ def read_json(path: Path) -> dict[str, list[str]]:
 
 def read_jsonl(path: Path) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    # lines end at "\n" alone (JSON Lines): str.splitlines would also split inside a caption at
+    # U+0085, U+2028 and other breaks that JSON leaves unescaped (found by tests/test_properties.py)
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), 1):
         if not line.strip():
             continue
         try:
