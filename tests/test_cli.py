@@ -831,8 +831,8 @@ def _user_error_classes():
     from clipsr_cli.model.config import ConfigError
     from clipsr_cli.model.weights import WeightsError
     from clipsr_cli.plugins.registry import UnknownStage
+    from clipsr_cli.train.run import TrainingDiverged
     from clipsr_cli.train.state import StateError
-    from clipsr_cli.train.trainer import TrainingDiverged
     from stages.data.datasets import DatasetError
 
     return (CheckpointError, ConfigError, UnknownStage, UsageError, WeightsError, CaptionError, DatasetError,

@@ -233,7 +233,7 @@ def test_training_steps_on_cuda(tmp_path, precision):
     from clipsr_cli.model.checkpoint import load_generator
     from clipsr_cli.train.distributed import Dist
     from clipsr_cli.train.experiment import Experiment
-    from clipsr_cli.train.trainer import fit
+    from clipsr_cli.train.run import fit
 
     cfg = tiny_run(tmp_path, max_steps=4, precision=precision, device="cuda")
     exp = Experiment(tmp_path / "exp")
@@ -255,7 +255,7 @@ def test_resume_on_cuda_continues_the_same_run(tmp_path):
     from clipsr_cli.train.config import run_config
     from clipsr_cli.train.distributed import Dist
     from clipsr_cli.train.experiment import Experiment
-    from clipsr_cli.train.trainer import fit
+    from clipsr_cli.train.run import fit
 
     def train(cfg):
         exp = Experiment(Path(cfg.exp_dir))

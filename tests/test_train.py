@@ -23,11 +23,13 @@ from clipsr_cli.model.checkpoint import load_generator
 from clipsr_cli.model.config import ConfigError
 from clipsr_cli.model.weights import WeightsError
 from clipsr_cli.train.config import TrainConfig, resolve_config, run_config, with_preset_defaults
+from clipsr_cli.train.data import val_pair
 from clipsr_cli.train.distributed import Dist
 from clipsr_cli.train.experiment import Experiment
 from clipsr_cli.train.losses import PerceptualLoss, d_hinge_loss, load_vgg19_features, ma_gp, vgg19_features
+from clipsr_cli.train.run import TrainingDiverged, fit
 from clipsr_cli.train.state import StateError, load_state, save_state
-from clipsr_cli.train.trainer import Trainer, TrainingDiverged, fit, val_pair
+from clipsr_cli.train.trainer import Trainer
 from stages.data.datasets import load_folder
 from stages.metrics.fullref import psnr
 

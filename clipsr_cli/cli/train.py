@@ -18,7 +18,7 @@ def _train(config: Optional[Path], quiet: bool, **options):
     from clipsr_cli.train import distributed
     from clipsr_cli.train.config import run_config
     from clipsr_cli.train.experiment import Experiment
-    from clipsr_cli.train.trainer import TrainingInterrupted, fit
+    from clipsr_cli.train.run import TrainingInterrupted, fit
 
     cfg = run_config(config, options)
     if cfg.threads:
@@ -107,7 +107,7 @@ def export(
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder holding the CLIP weights."),
 ):
     """Write the generator file `upscale --weights` loads from a training checkpoint."""
-    from clipsr_cli.train.trainer import export_generator
+    from clipsr_cli.train.run import export_generator
 
     path = export_generator(checkpoint, output, ema=not raw, weights_dir=weights_dir, half=half)
     out.print(f"wrote {path}")

@@ -179,3 +179,32 @@ class ResumableSampler(Sampler[tuple[int, int]]):
 
     def __len__(self) -> int:
         return (self.steps_per_epoch() - self.start) * self.batch_size
+
+
+# --- validation images ------------------------------------------------------------
+def val_pair(rec: Record, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(HR cropped to a multiple of the scale, its bicubic LR), as the SR benchmarks make them."""
+    im = open_rgb(rec)
+    im = im.crop((0, 0, im.width - im.width % scale, im.height - im.height % scale))
+    return to_tensor(im), to_tensor(downsample(im, scale))
+
+
+@dataclass
+class ValImage:
+    """A validation image, decoded once per run: HR, its bicubic LR, PIL bicubic
+    back up to HR size (the bar to beat), and the first caption."""
+
+    hr: torch.Tensor
+    lr: torch.Tensor
+    bicubic: torch.Tensor
+    caption: str
+
+
+def load_validation(records: list[Record], scale: int) -> list[ValImage]:
+    images = []
+    for rec in records:
+        hr, lr = val_pair(rec, scale)
+        lr_im = Image.fromarray((lr.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+        bicubic = to_tensor(lr_im.resize((hr.shape[2], hr.shape[1]), Image.BICUBIC))
+        images.append(ValImage(hr, lr, bicubic, rec.captions[0]))
+    return images
