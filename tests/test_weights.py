@@ -96,3 +96,22 @@ def test_every_manifest_entry_is_complete():
 
             assert (BUNDLED_DIR / entry.filename).is_file() and len(entry.sha256) == 64, name
         assert len(entry.sha256) in (8, 64) and int(entry.sha256, 16) >= 0, name
+
+
+def test_niqe_parameters_ship_in_the_package_and_work_offline(tmp_path):
+    """A fresh install, offline, no weights folder, empty cache (the autouse fixture):
+    NIQE resolves to the bundled file, verified, and `score --metrics niqe` runs."""
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from clipsr_cli.cli import app
+    from weights import BUNDLED_DIR
+
+    path = W.resolve("niqe-pris-params")
+    assert path.parent == BUNDLED_DIR and W.sha256sum(path) == W.get_entry("niqe-pris-params").sha256
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (25, 25, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 200x200
+    Image.fromarray(smooth).save(tmp_path / "a.png")
+    res = CliRunner().invoke(app, ["score", str(tmp_path), "--metrics", "niqe"])
+    assert res.exit_code == 0 and "niqe" in res.output and "unavailable" not in res.output, res.output
