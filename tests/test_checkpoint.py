@@ -39,3 +39,45 @@ def test_foreign_safetensors_is_refused(tmp_path):
     save_file({"w": torch.zeros(2)}, str(path))
     with pytest.raises(CheckpointError, match="not a clipsr generator checkpoint"):
         load_generator(path)
+
+
+def test_weights_takes_a_training_checkpoint_or_an_experiment_folder(tmp_path):
+    """As BasicSR users pass a training checkpoint: its EMA generator, the same
+    outputs as the file `clipsr export` writes from it and as EXP/model.safetensors."""
+    import dataclasses
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from clipsr_cli.cli import app
+    from clipsr_cli.train.config import with_preset_defaults
+    from clipsr_cli.train.distributed import Dist
+    from clipsr_cli.train.experiment import Experiment
+    from clipsr_cli.train.run import fit
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        Image.new("RGB", (32, 32), (60 * i, 100, 30)).save(data / f"{i}.png")
+        (data / f"{i}.txt").write_text(f"picture {i}")
+    exp = tmp_path / "exp"
+    cfg = dataclasses.replace(with_preset_defaults("tiny"), dataset="folder", data_root=str(data), preset="tiny",
+                              scale=4, hr_crop=32, batch_size=2, max_steps=2, exp_dir=str(exp), perceptual_weight=0.0,
+                              adversarial_weight=0.0, num_workers=0, val_every=0, sample_every=0, checkpoint_every=1,
+                              tensorboard=False).validate()
+    experiment = Experiment(exp)
+    try:
+        fit(cfg, torch.device("cpu"), Dist(), experiment)
+    finally:
+        experiment.close()
+    ckpt = sorted((exp / "checkpoints").glob("step_*.safetensors"))[-1]
+    runner = CliRunner()
+    assert runner.invoke(app, ["export", str(ckpt), "-o", str(tmp_path / "exported.safetensors")]).exit_code == 0
+    outputs = {}
+    for name, weights in (("ckpt", ckpt), ("exp", exp), ("exported", tmp_path / "exported.safetensors")):
+        res = runner.invoke(app, ["upscale", str(data), "-o", str(tmp_path / name), "--weights", str(weights), "-q"])
+        assert res.exit_code == 0, (name, res.output)
+        outputs[name] = (tmp_path / name / "0.png").read_bytes()
+    assert outputs["ckpt"] == outputs["exported"] == outputs["exp"]
+    res = runner.invoke(app, ["upscale", str(data), "-o", str(tmp_path / "x"), "--weights", str(data), "-q"])
+    assert res.exit_code == 2 and "without model.safetensors" in res.output

@@ -35,7 +35,7 @@ def upscale(
         None, "--outscale",
         help="Output size over input size, any value > 0: the network's output resized (Real-ESRGAN's --outscale)."),
     weights: Optional[Path] = typer.Option(
-        None, "--weights", help="clipsr checkpoint (.safetensors), or a model's name (`clipsr weights list`)."),
+        None, "--weights", help="A generator or training checkpoint (.safetensors), an experiment folder, or a model's name (`clipsr weights list`)."),
     preset: Optional[str] = typer.Option(None, "--preset",
                                          help="Run a preset with untrained weights (no --weights, no default model)."),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder holding manifest weights files."),

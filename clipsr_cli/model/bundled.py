@@ -25,11 +25,17 @@ def default_model(scale: int, weights_dir=None) -> tuple[Path, str]:
 
 
 def model_file(spec: Path, weights_dir=None) -> Path:
-    """--weights: a checkpoint file, or the name of a model in the weights
-    manifest (`clipsr-default-x8`), resolved and verified as open_clip's named
-    weights are.  Neither: an error that lists the names."""
+    """--weights: a generator file, a training checkpoint (its EMA weights), an
+    experiment folder (its model.safetensors), or the name of a model in the
+    weights manifest (`clipsr-default-x8`), resolved and verified as open_clip's
+    named weights are.  None of these: an error that lists the names."""
     from clipsr_cli.model.weights import manifest, resolve
 
+    if spec.is_dir():  # an experiment folder: the generator `clipsr train` keeps current there
+        if (spec / "model.safetensors").is_file():
+            return spec / "model.safetensors"
+        raise UsageError(f"--weights {spec}: a folder without model.safetensors; give an experiment folder "
+                         "(it has one once a checkpoint is written), a checkpoint file or a model name")
     if spec.exists():
         return spec
     models = sorted(name for name, entry in manifest().items() if entry.filename.startswith("clipsr-"))

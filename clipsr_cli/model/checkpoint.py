@@ -20,6 +20,7 @@ from clipsr_cli.io.files import atomic_write
 from clipsr_cli.model.config import ConfigError, ModelConfig, check_scale
 
 FORMAT = "clipsr-generator"
+TRAIN_FORMAT = "clipsr-train-state"  # a training checkpoint (`clipsr_cli.train.state`): loadable too
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -54,9 +55,15 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e}); it may be truncated: "
                               "copy or export it again") from None
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in (FORMAT, TRAIN_FORMAT):
         raise CheckpointError(f"{path}: not a clipsr generator checkpoint (metadata format "
-                              f"{meta.get('format')!r}, expected {FORMAT!r})")
+                              f"{meta.get('format')!r}, expected {FORMAT!r} or a training checkpoint)")
+    if meta["format"] == TRAIN_FORMAT:  # model_config and scale are plain values of the state's top level
+        try:
+            top = dict(json.loads(meta["state"])["__dict__"])
+            return {"format": TRAIN_FORMAT, "model_config": top["model_config"], "scale": str(top["scale"])}
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: a training checkpoint without its model config ({e})") from None
     return meta
 
 
@@ -75,6 +82,18 @@ def checkpoint_config(meta: dict[str, str], path: str | Path = "checkpoint") -> 
         raise CheckpointError(f"{msg}; the checkpoint's metadata is invalid: export it again") from None
 
 
+def _training_weights(path: Path) -> dict:
+    """The generator weights of a training checkpoint: the EMA where it was kept
+    (what `clipsr export` writes and BasicSR users pass as a model), else the raw ones."""
+    from clipsr_cli.train.state import StateError, load_state
+
+    try:
+        state, _ = load_state(path)
+    except StateError as e:
+        raise CheckpointError(str(e)) from None
+    return state["ema"] or state["gen"]
+
+
 def load_generator(path: str | Path, weights_dir=None, map_location="cpu"):
     """Generator described by and loaded from a checkpoint file."""
     from safetensors.torch import load_file
@@ -83,11 +102,15 @@ def load_generator(path: str | Path, weights_dir=None, map_location="cpu"):
     from clipsr_cli.model.generator import Generator
 
     path = Path(path)
-    cfg, scale = checkpoint_config(read_metadata(path), path)
-    try:
-        tensors = load_file(str(path), device=str(map_location))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: cannot read tensors ({e}); the file may be truncated") from None
+    meta = read_metadata(path)
+    cfg, scale = checkpoint_config(meta, path)
+    if meta["format"] == TRAIN_FORMAT:
+        tensors = _training_weights(path)
+    else:
+        try:
+            tensors = load_file(str(path), device=str(map_location))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path}: cannot read tensors ({e}); the file may be truncated") from None
     has_clip = any(k.startswith("clip.") for k in tensors)
     clip = load_clip(cfg, weights_dir=weights_dir, pretrained=not has_clip)
     try:
