@@ -72,22 +72,21 @@ def score(
 
 
 def _metric_table() -> Table:
-    from clipsr_cli.plugins.registry import registry
+    from clipsr_cli.api import list_metrics
 
     table = Table()
     for col in ("metric", "better", "range", "needs --ref", "what"):
         table.add_column(col)
-    for name, entry in sorted(registry("metric").items()):
-        m = entry.factory
+    for name, m in list_metrics().items():
         table.add_row(name, m.direction, m.range, "yes" if m.needs_reference else "no", m.description)
     return table
 
 
 def _chosen_metrics(names: str, clip_preset: str) -> list:
     """The registered metrics named, each with the options the command sets."""
-    from clipsr_cli.plugins.registry import lookup
+    from clipsr_cli.api import create_metric
 
-    chosen = [lookup("metric", n.strip()).factory for n in names.split(",") if n.strip()]
+    chosen = [create_metric(n.strip()) for n in names.split(",") if n.strip()]
     return [m.with_options(preset=clip_preset) if "preset" in m.options else m for m in chosen]
 
 

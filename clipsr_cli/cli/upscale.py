@@ -59,27 +59,33 @@ def upscale(
     config: Optional[Path] = config_option(),
 ):
     """Upscale images, each steered by its caption."""
+    from clipsr_cli.api import load_model, pick
     from clipsr_cli.io.captions import Captions, MissingPolicy
     from clipsr_cli.pipeline.lanes import Lanes, default_lanes
-    from clipsr_cli.pipeline.upscaler import Upscaler
 
     if missing_caption not in MissingPolicy.__members__:
         raise UsageError(f"--missing-caption {missing_caption}: choose {' | '.join(MissingPolicy.__members__)}")
     policy = MissingPolicy(missing_caption)
-    dev, dtype = _device_and_precision(device, precision, fp32)
+    if fp32:
+        if precision not in (None, "fp32"):
+            raise UsageError(f"--fp32 and --precision {precision} disagree; give one of them")
+        precision = "fp32"
+    pick(device, precision)  # a device or precision this machine lacks: said before anything runs
     _check_options(ext, tile, tile_pad, batch_size, outscale, output, suffix)
     root, images, shard_spec = _inputs(input, recursive, shard_spec, output, suffix)
     check_report_path(json_report, "--json", images)
     caps = Captions(root, captions, caption, policy, default_caption)
     caps.check_inputs(images)
     _check_output_folder(output)
-    gen, weights = _generator(weights, preset, scale, weights_dir, quiet)
-    upscaler = Upscaler(gen, dev, warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False),
-                        dtype=dtype, tile=tile, tile_pad=tile_pad, outscale=outscale)
-    lanes = Lanes(*default_lanes(dev))
-    setup = {"clipsr_version": __version__, "weights": str(weights) if weights is not None else None,
-             "preset": gen.cfg.name, "scale": gen.scale, "outscale": upscaler.outscale, "device": str(dev),
-             "precision": str(dtype).removeprefix("torch."), "tile": upscaler.tile, "tile_pad": upscaler.tile_pad,
+    model = load_model(weights, preset=preset, scale=scale, device=device, precision=precision,
+                       weights_dir=weights_dir, tile=tile, tile_pad=tile_pad, outscale=outscale,
+                       note=None if quiet else lambda m: console.print(f"[cyan]note:[/cyan] {m}", highlight=False),
+                       warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False))
+    upscaler = model.upscaler
+    lanes = Lanes(*default_lanes(model.device))
+    setup = {"clipsr_version": __version__, "weights": str(model.weights) if model.weights else None,
+             "preset": model.preset, "scale": model.scale, "outscale": upscaler.outscale, "device": str(model.device),
+             "precision": str(model.dtype).removeprefix("torch."), "tile": upscaler.tile, "tile_pad": upscaler.tile_pad,
              "shard": shard_spec, "missing_caption": policy.value}  # also in --json: what made the outputs
     if not quiet:
         resize = f" resized to x{outscale:g}" if upscaler.outscale is not None else ""
@@ -89,22 +95,6 @@ def upscale(
     report = _run_with_progress(upscaler, lanes, root, images, output, caps, suffix, ext and ext.lower(),
                                 skip_existing, batch_size, quiet, json_report, setup)
     _finish(report, policy, default_caption, output, quiet, json_report, setup)
-
-
-def _device_and_precision(device: str, precision: str | None, fp32: bool):
-    """The device (this process's GPU under torchrun) and dtype, chosen once here."""
-    from clipsr_cli.pipeline.devices import pick_device, pick_precision
-    from clipsr_cli.train.distributed import launched, rank_device
-
-    if fp32:
-        if precision not in (None, "fp32"):
-            raise UsageError(f"--fp32 and --precision {precision} disagree; give one of them")
-        precision = "fp32"
-    try:
-        dev = rank_device(pick_device(device), launched())
-        return dev, pick_precision(precision, dev)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
 
 
 def _check_options(ext, tile, tile_pad, batch_size, outscale, output: Path, suffix: str) -> None:
@@ -147,38 +137,6 @@ def _inputs(input: str, recursive: bool, shard_spec: str | None, output: Path, s
     if output.resolve() == root.resolve() and not suffix:
         raise UsageError(f"output folder {output} is the input folder; give another -o or a --suffix")
     return root, images, shard_spec
-
-
-def _generator(weights: Path | None, preset: str | None, scale: int | None, weights_dir, quiet: bool):
-    """The generator to run: a checkpoint (by path or name), the bundled default
-    for the scale, or a preset with untrained weights; and the file it came from."""
-    import torch
-
-    from clipsr_cli.model.bundled import default_model, model_file
-    from clipsr_cli.model.checkpoint import checkpoint_config, load_generator, read_metadata
-    from clipsr_cli.model.clip import load_clip
-    from clipsr_cli.model.config import check_scale, load_preset
-    from clipsr_cli.model.generator import Generator
-
-    if weights is None and preset is None:
-        weights, note = default_model(scale or 4, weights_dir)
-        if not quiet:
-            console.print(f"[cyan]note:[/cyan] {note}", highlight=False)
-    if weights is None:
-        cfg = load_preset(preset)
-        if not quiet:
-            console.print(f"[yellow]note:[/yellow] no --weights: preset {cfg.name!r} with untrained "
-                          "generator weights; the output shows the pipeline, not CLIP-SR quality")
-        clip = load_clip(cfg, weights_dir=weights_dir)
-        with torch.random.fork_rng(devices=[]):  # the same untrained network every run: a resumed
-            torch.manual_seed(0)                  # folder (--skip-existing) never mixes two of them
-            return Generator(cfg, clip, check_scale(scale or 4)), None
-    weights = model_file(weights, weights_dir)
-    _, ckpt_scale = checkpoint_config(read_metadata(weights), weights)
-    if scale is not None and scale != ckpt_scale:
-        raise UsageError(f"--scale {scale} but {weights} is a x{ckpt_scale} model; "
-                         f"drop --scale or use a x{scale} checkpoint")
-    return load_generator(weights, weights_dir=weights_dir), weights
 
 
 def _run_with_progress(upscaler, lanes, root, images, output, caps, suffix, ext, skip_existing, batch_size,

@@ -71,6 +71,15 @@ def load_image(path: Path) -> Decoded:
         raise ImageError(f"{path}: not a readable image ({reason}); re-export or remove it") from None
 
 
+def pil_to_decoded(im: Image.Image) -> Decoded:
+    """An image already in memory, decoded as `load_image` decodes a file (EXIF
+    orientation applied, alpha kept aside, 16-bit kept 16-bit)."""
+    if im.width * im.height > MAX_PIXELS:
+        raise ImageError(f"{im.width}x{im.height} exceeds the {MAX_PIXELS} pixel limit; downscale it first",
+                         "over the pixel limit")
+    return _to_tensor(ImageOps.exif_transpose(im))
+
+
 def _png16_to_tensor(high: Image.Image, low: Image.Image) -> Decoded:
     """16-bit RGB(A) from its two byte planes, EXIF orientation applied to both."""
     planes = [np.asarray(ImageOps.exif_transpose(p), dtype=np.float32) for p in (high, low)]

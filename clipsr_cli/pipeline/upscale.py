@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from clipsr_cli.io.captions import CaptionError, Captions
 from clipsr_cli.io.files import remove_stale_temporaries
@@ -264,8 +263,7 @@ class BatchRun:
                 upscaler.warn(f"{job.image} has transparency, which {targets[0].suffix[1:].upper()} cannot "
                               "hold: composited over white (so is any other such image); --ext png or webp "
                               "keeps it")
-            alpha_up = upscaler.resized(F.interpolate(decoded.alpha[None], scale_factor=upscaler.gen.scale,
-                                                      mode="bicubic"))[0].clamp(0, 1)
+            alpha_up = upscaler.upscale_alpha(decoded.alpha)
         for caption, target in zip(job.captions, targets):
             upscaler.check_caption(caption, job.image)
             self.limit = upscaler.batch_limit(decoded.rgb, self.batch_size)

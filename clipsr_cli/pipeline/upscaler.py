@@ -147,6 +147,10 @@ class Upscaler:
         shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
         return F.interpolate(x.float(), size=size, mode="bicubic", align_corners=False, antialias=shrink)
 
+    def upscale_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
+        """(1, H, W) alpha in [0, 1] at the output's size: bicubic, apart from the network."""
+        return self.resized(F.interpolate(alpha[None], scale_factor=self.gen.scale, mode="bicubic"))[0].clamp(0, 1)
+
     def is_tiled(self, lr: torch.Tensor) -> bool:
         return bool(self.tile) and max(lr.shape[-2:]) > self.tile
 
