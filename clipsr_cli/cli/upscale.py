@@ -66,10 +66,7 @@ def upscale(
     if missing_caption not in MissingPolicy.__members__:
         raise UsageError(f"--missing-caption {missing_caption}: choose {' | '.join(MissingPolicy.__members__)}")
     policy = MissingPolicy(missing_caption)
-    if fp32:
-        if precision not in (None, "fp32"):
-            raise UsageError(f"--fp32 and --precision {precision} disagree; give one of them")
-        precision = "fp32"
+    precision = _precision(precision, fp32)
     pick(device, precision)  # a device or precision this machine lacks: said before anything runs
     _check_options(ext, tile, tile_pad, batch_size, outscale, output, suffix)
     root, images, shard_spec = _inputs(input, recursive, shard_spec, output, suffix)
@@ -81,20 +78,31 @@ def upscale(
                        weights_dir=weights_dir, tile=tile, tile_pad=tile_pad, outscale=outscale,
                        note=None if quiet else lambda m: console.print(f"[cyan]note:[/cyan] {m}", highlight=False),
                        warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False))
-    upscaler = model.upscaler
     lanes = Lanes(*default_lanes(model.device))
-    setup = {"clipsr_version": __version__, "weights": str(model.weights) if model.weights else None,
-             "preset": model.preset, "scale": model.scale, "outscale": upscaler.outscale, "device": str(model.device),
-             "precision": str(model.dtype).removeprefix("torch."), "tile": upscaler.tile, "tile_pad": upscaler.tile_pad,
-             "shard": shard_spec, "missing_caption": policy.value}  # also in --json: what made the outputs
+    setup = _setup(model, shard_spec, policy)
     if not quiet:
-        resize = f" resized to x{outscale:g}" if upscaler.outscale is not None else ""
+        resize = f" resized to x{outscale:g}" if setup["outscale"] is not None else ""
         console.print(f"{len(images)} image(s){f' (shard {shard_spec})' if shard_spec else ''}, x{setup['scale']}"
                       f"{resize}, preset {setup['preset']!r}, device {setup['device']}, {setup['precision']}, "
-                      f"tiles of {upscaler.tile or 'any'} LR px, batch {batch_size or 'auto'}, {lanes.n} lane(s)")
-    report = _run_with_progress(upscaler, lanes, root, images, output, caps, suffix, ext and ext.lower(),
+                      f"tiles of {setup['tile'] or 'any'} LR px, batch {batch_size or 'auto'}, {lanes.n} lane(s)")
+    report = _run_with_progress(model.upscaler, lanes, root, images, output, caps, suffix, ext and ext.lower(),
                                 skip_existing, batch_size, quiet, json_report, setup)
     _finish(report, policy, default_caption, output, quiet, json_report, setup)
+
+
+def _precision(precision: str | None, fp32: bool) -> str | None:
+    if fp32 and precision not in (None, "fp32"):
+        raise UsageError(f"--fp32 and --precision {precision} disagree; give one of them")
+    return "fp32" if fp32 else precision
+
+
+def _setup(model, shard_spec: str | None, policy) -> dict:
+    """What makes the outputs (also in --json, so a later reader can tell runs apart)."""
+    up = model.upscaler
+    return {"clipsr_version": __version__, "weights": str(model.weights) if model.weights else None,
+            "preset": model.preset, "scale": model.scale, "outscale": up.outscale, "device": str(model.device),
+            "precision": str(model.dtype).removeprefix("torch."), "tile": up.tile, "tile_pad": up.tile_pad,
+            "shard": shard_spec, "missing_caption": policy.value}
 
 
 def _check_options(ext, tile, tile_pad, batch_size, outscale, output: Path, suffix: str) -> None:
