@@ -122,6 +122,15 @@ def load_model(weights: str | Path | None = None, *, preset: str | None = None, 
         with torch.random.fork_rng(devices=[]):  # the same untrained network every run: a resumed
             torch.manual_seed(0)                  # folder (--skip-existing) never mixes two of them
             gen = Generator(cfg, clip, check_scale(scale or 4))
+    elif Path(weights).suffix.lower() == ".onnx":  # run by ONNX Runtime's CPU provider, in fp32
+        from clipsr_cli.model.onnx import OnnxGenerator
+
+        weights, dev, dtype = Path(weights), torch.device("cpu"), torch.float32
+        if not weights.is_file():
+            raise UsageError(f"--weights {weights}: no such file")
+        gen = OnnxGenerator(weights)
+        if scale is not None and scale != gen.scale:
+            raise UsageError(f"--scale {scale} but {weights} is a x{gen.scale} model; drop --scale")
     else:
         weights = model_file(Path(weights), weights_dir)
         _, ckpt_scale = checkpoint_config(read_metadata(weights), weights)

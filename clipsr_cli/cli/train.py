@@ -100,13 +100,29 @@ _register_train()
 @app.command()
 @user_errors
 def export(
-    checkpoint: Path = typer.Argument(..., help="Training checkpoint (EXP/checkpoints/step_*.safetensors)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Generator file to write (.safetensors)."),
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (EXP/checkpoints/step_*.safetensors); "
+                                                "with --onnx any model --weights takes (a name, a file, a folder)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Generator file to write (.safetensors)."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Write ONNX graphs instead: FILE.onnx (image) and "
+                                                             "FILE.text.onnx (captions); needs clipsr[onnx]."),
     raw: bool = typer.Option(False, "--raw", help="Export the raw weights instead of the EMA."),
     half: bool = typer.Option(False, "--half", help="Store weights as fp16 (half the size; loaded as fp32)."),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder holding the CLIP weights."),
 ):
-    """Write the generator file `upscale --weights` loads from a training checkpoint."""
+    """Write the generator file `upscale --weights` loads from a training checkpoint, or ONNX graphs of a model."""
+    from clipsr_cli.errors import UsageError
+
+    if (output is None) == (onnx is None):
+        raise UsageError("give -o FILE.safetensors (a generator file) or --onnx FILE.onnx, one of them")
+    if onnx is not None:
+        from clipsr_cli.model.bundled import model_file
+        from clipsr_cli.model.checkpoint import load_generator
+        from clipsr_cli.model.onnx import export_onnx
+
+        gen = load_generator(model_file(checkpoint, weights_dir), weights_dir=weights_dir)
+        for path in export_onnx(gen, onnx):
+            out.print(f"wrote {path}")
+        return
     from clipsr_cli.train.run import export_generator
 
     path = export_generator(checkpoint, output, ema=not raw, weights_dir=weights_dir, half=half)

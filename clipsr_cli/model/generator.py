@@ -41,7 +41,8 @@ class Generator(nn.Module):
         h, w = lr.shape[-2:]
         m = self.multiple
         pad_h, pad_w = (-h) % m, (-w) % m
-        x = F.pad(lr, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else lr
+        padded = pad_h or pad_w or torch.compiler.is_compiling()  # an exported graph pads whatever the size
+        x = F.pad(lr, (0, pad_w, 0, pad_h), mode="replicate") if padded else lr
         features = self.refiner(x, cond) if self.refiner is not None else None
         sr = self.upsampler(features, x, cond.sentence if self.upsampler_text else None)
         return sr[..., : h * self.scale, : w * self.scale]

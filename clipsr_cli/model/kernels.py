@@ -30,7 +30,8 @@ ONEDNN_MIN_ROWS = 512  # below this MKL is as fast or faster (the ViT at batch 1
 
 
 def _onednn_dense(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and not torch.compiler.is_compiling())  # an exported graph (ONNX) takes the plain ops
 
 
 def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -139,7 +140,8 @@ def bicubic_upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
     channels_last = is_channels_last(x)
     x = x.contiguous()  # PyTorch's bicubic kernel is twice as fast on this layout as on channels-last
     b, c, h, w = x.shape
-    if x.device.type != "cpu" or max(h, w) > BICUBIC_MATRIX_MAX_SIDE or not x.is_floating_point():
+    if (x.device.type != "cpu" or torch.compiler.is_compiling() or max(h, w) > BICUBIC_MATRIX_MAX_SIDE
+            or not x.is_floating_point()):
         return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
     rows, cols = _bicubic_matrix(h, scale, x.dtype), _bicubic_matrix(w, scale, x.dtype)
     # in x's precision, as F.interpolate is: autocast would make these products bf16

@@ -98,7 +98,7 @@ class TIFRefiner(nn.Module):
         x = x + maps[-1]
         for level, block in zip(self.levels, self.blocks):
             skip = maps[level]
-            if x.shape[-2:] != skip.shape[-2:]:
+            if x.shape[-2:] != skip.shape[-2:] or torch.compiler.is_compiling():  # export: no shape branch
                 x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
             x = block(x, text) + skip
         return x
