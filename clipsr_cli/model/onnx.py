@@ -140,7 +140,9 @@ class OnnxGenerator(nn.Module):
         if not text_path.is_file():
             raise OnnxError(f"{path}: its text graph {text_path} is missing; export both files together")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or max(1, torch.get_num_threads() // 2)  # the CPU's two lanes
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        # its threads sleep when idle instead of spinning: the pipeline's lanes share the cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only: its constant-folding notes are not the user's concern
         providers = ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(path), options, providers=providers)
