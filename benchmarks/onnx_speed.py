@@ -38,7 +38,7 @@ def main() -> None:
         images = [rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8) for _ in range(args.images)]
         captions = [f"a photo of thing number {i}" for i in range(args.images)]
         times = {k: [] for k in models}
-        for name, m in models.items():  # warm-up: first calls allocate
+        for m in models.values():  # warm-up: first calls allocate
             m.upscale(images[:2], captions[:2], batch_size=8)
         for _ in range(args.rounds):
             for name, m in models.items():

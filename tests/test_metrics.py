@@ -316,11 +316,49 @@ def test_report_is_one_self_contained_sortable_page(tmp_path):
     res = CliRunner().invoke(app, ["score", str(sr_dir), "--ref", str(hr_dir), "-s", "4", "--report", str(rep)])
     assert res.exit_code == 0, res.output
     page = (rep / "index.html").read_text()
-    assert page.count("<tr>") == 3  # header + one row per image
+    main = page.split("<tbody>", 1)[1]
+    assert main.count("<tr>") == 2  # one row per image
     assert "data-col='1'" in page and "sort" in page
     srcs = re.findall(r"src='([^']*)'", page)
     assert len(srcs) == 2 * 4 * 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "http" not in page
+    # the summary at the top: the SR's mean and bicubic's, by an independent PSNR
+    summary = page.split("<table class='summary'>", 1)[1].split("</table>", 1)[0]
+    assert "SR (mean)" in summary and "bicubic (mean)" in summary
+    want = np.mean([_ref_psnr(*_images(seed), 4) for seed in (1, 2)])
+    assert f"{want:.4f}" in summary
+
+
+def test_report_shows_an_inputs_captions_side_by_side_cropped_where_they_differ(tmp_path):
+    from clipsr_cli.pipeline.report import THUMB, crop_box
+
+    sr_dir, hr_dir, rep, caps = tmp_path / "sr", tmp_path / "hr", tmp_path / "rep", tmp_path / "c.json"
+    sr_dir.mkdir()
+    hr_dir.mkdir()
+    hr = np.full((96, 96, 3), 128, np.uint8)
+    Image.fromarray(hr).save(hr_dir / "bird.png")
+    for i in range(2):
+        sr = hr.copy()
+        sr[60:76, 8:24] = 255 * i  # the outputs differ from bicubic in one corner only
+        Image.fromarray(sr).save(sr_dir / f"bird_c{i}.png")
+    caps.write_text(json.dumps({"bird.png": ["a white bird", "a black bird"]}))
+    res = CliRunner().invoke(app, ["score", str(sr_dir), "--ref", str(hr_dir), "-s", "4", "--captions", str(caps),
+                                   "--metrics", "psnr", "--report", str(rep)])
+    assert res.exit_code == 0, res.output
+    page = (rep / "index.html").read_text()
+    main = page.split("<tbody>", 1)[1]
+    assert main.count("<tr>") == 1 and main.count("alt='SR'") == 2  # one input, its two outputs side by side
+    assert "a white bird" in main and "a black bird" in main
+    assert main.index("a white bird") < main.index("a black bird")
+    sr = torch.from_numpy(np.asarray(Image.open(sr_dir / "bird_c0.png"))).permute(2, 0, 1).float() / 255
+    top, left, side = crop_box(sr, torch.full_like(sr, 128 / 255))
+    assert top <= 60 and top + side >= 76 and left <= 8 and left + side >= 24  # the crop holds the difference
+    import base64
+    import io as _io
+
+    crops = re.findall(r"src='data:image/png;base64,([^']*)' alt='SR enlarged'", page)
+    assert len(crops) == 2  # each enlarged crop fills its panel's width
+    assert all(Image.open(_io.BytesIO(base64.b64decode(c))).size == (THUMB, THUMB) for c in crops)
 
 
 def _lpips_files(tmp_path):

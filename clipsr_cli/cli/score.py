@@ -157,5 +157,6 @@ def _write_reports(result, chosen, border, pairing, sr_dir, json_out, csv_out, r
     if report is not None:
         from clipsr_cli.pipeline.report import write_report
 
-        page = write_report(report, result.rows, result.panels, per_image, f"clipsr score: {sr_dir}")
+        page = write_report(report, result.rows, result.panels, per_image, f"clipsr score: {sr_dir}",
+                            result.bicubic, result.captions)
         console.print(f"report: {page}")

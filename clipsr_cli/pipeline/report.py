@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,23 +29,37 @@ def _png(t: torch.Tensor) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _panels(sr: torch.Tensor, hr: torch.Tensor | None, scale: int) -> list[tuple[str, torch.Tensor]]:
-    if hr is None:
-        return [("SR", sr)]
+def _lr_and_bicubic(hr: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LR a reference gives at `scale` (bicubic, antialiased), shown enlarged
+    by nearest neighbour, and its bicubic upscale: the bar the SR must clear."""
     h, w = hr.shape[-2:]
     lr = F.interpolate(hr[None], size=(max(1, h // scale), max(1, w // scale)), mode="bicubic",
                        antialias=True, align_corners=False).clamp(0, 1)
-    return [("LR (nearest)", F.interpolate(lr, size=(h, w), mode="nearest")[0]),
-            ("bicubic", F.interpolate(lr, size=(h, w), mode="bicubic", align_corners=False)[0]),
-            ("SR", sr), ("HR", hr)]
+    return (F.interpolate(lr, size=(h, w), mode="nearest")[0],
+            F.interpolate(lr, size=(h, w), mode="bicubic", align_corners=False)[0].clamp(0, 1))
 
 
-def _zoom(t: torch.Tensor) -> torch.Tensor:
-    h, w = t.shape[-2:]
+def bicubic_of(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    return _lr_and_bicubic(hr, scale)[1]
+
+
+def crop_box(sr: torch.Tensor, bicubic: torch.Tensor | None) -> tuple[int, int, int]:
+    """(top, left, side) of the enlarged crop: where the SR differs most from
+    bicubic (what the network added), else the centre."""
+    h, w = sr.shape[-2:]
     s = min(ZOOM, h, w)
-    top, left = (h - s) // 2, (w - s) // 2
+    if bicubic is None or bicubic.shape != sr.shape:
+        return (h - s) // 2, (w - s) // 2, s
+    diff = (sr - bicubic).abs().mean(dim=0, keepdim=True)[None]
+    energy = F.avg_pool2d(diff, s, stride=max(1, s // 4))[0, 0]
+    i, j = divmod(int(energy.argmax()), energy.shape[1])
+    return i * max(1, s // 4), j * max(1, s // 4), s
+
+
+def _zoom(t: torch.Tensor, box: tuple[int, int, int]) -> torch.Tensor:
+    top, left, s = box
     crop = t[:, top : top + s, left : left + s]
-    return F.interpolate(crop[None], size=(THUMB // 2, THUMB // 2), mode="nearest")[0]
+    return F.interpolate(crop[None], size=(THUMB, THUMB), mode="nearest")[0]  # fills its panel
 
 
 def _thumb(t: torch.Tensor) -> torch.Tensor:
@@ -52,6 +68,30 @@ def _thumb(t: torch.Tensor) -> torch.Tensor:
         return t
     return F.interpolate(t[None], size=(max(1, round(h * THUMB / w)), THUMB), mode="bilinear",
                          antialias=True, align_corners=False)[0]
+
+
+def _figure(name: str, panel: torch.Tensor, box, note: str = "") -> str:
+    return (f"<figure><img src='{_png(_thumb(panel))}' alt='{html.escape(name)}'>"
+            f"<img src='{_png(_zoom(panel, box))}' alt='{html.escape(name)} enlarged'>"
+            f"<figcaption>{html.escape(name)}{('<br>' + html.escape(note)) if note else ''}</figcaption></figure>")
+
+
+def render_panels(sr: torch.Tensor, hr: torch.Tensor | None, scale: int, box=None, note: str = "") -> dict:
+    """The figures of one output, rendered at once so the run keeps no full-size
+    images: {"context": LR | bicubic figures, "sr": its figure, "hr": HR's, "box": the crop}.
+    `box`: the crop of an earlier output of the same input (its captions side by
+    side show the same place); `note`: under the SR figure (its caption)."""
+    bicubic = None
+    figures = {"context": "", "hr": ""}
+    if hr is not None:
+        lr_view, bicubic = _lr_and_bicubic(hr, scale)
+        box = box or crop_box(sr, bicubic)
+        figures["context"] = _figure("LR (nearest)", lr_view, box) + _figure("bicubic", bicubic, box)
+        figures["hr"] = _figure("HR", hr, box)
+    box = box or crop_box(sr, None)
+    figures["sr"] = _figure("SR", sr, box, note)
+    figures["box"] = box
+    return figures
 
 
 _SCRIPT = """
@@ -68,37 +108,74 @@ _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top}
 th[data-col]{cursor:pointer;background:#f2f2f2}th[data-col]:hover{background:#e2e2e2}
-td.panels{white-space:nowrap}figure{display:inline-block;margin:0 4px;text-align:center}figcaption{font-size:12px}
+td.panels{white-space:nowrap}figure{display:inline-block;margin:0 4px;text-align:center;vertical-align:top}
+figcaption{font-size:12px;max-width:200px;white-space:normal}.caption{font-size:12px;color:#555;max-width:16em}
+table.summary{margin-bottom:1em}
 img{image-rendering:pixelated;display:block}
 """
 
 
-def render_panels(sr: torch.Tensor, hr: torch.Tensor | None, scale: int) -> str:
-    """The figures of one image, rendered at once so the run keeps no full-size images."""
-    figures = []
-    for name, panel in _panels(sr, hr, scale):
-        figures.append(f"<figure><img src='{_png(_thumb(panel))}' alt='{html.escape(name)}'>"
-                       f"<img src='{_png(_zoom(panel))}' alt='{html.escape(name)} zoom'>"
-                       f"<figcaption>{html.escape(name)}</figcaption></figure>")
-    return "".join(figures)
+def input_of(image: str) -> str:
+    """The input an output came from: upscale's `_c<i>` (one output per caption) stripped."""
+    stem, dot, ext = image.rpartition(".")
+    return re.sub(r"_c\d+$", "", stem) + dot + ext if dot else re.sub(r"_c\d+$", "", image)
 
 
-def write_report(out_dir: Path, rows: list[dict], panels: dict[str, str], metrics: list, title: str) -> Path:
-    """rows: per-image metric dicts (key 'image'); panels: image -> render_panels() HTML."""
-    head = ["image", *[f"{m.name} ({m.direction} is better)" for m in metrics]]
+def write_report(out_dir: Path, rows: list[dict], panels: dict[str, dict], metrics: list, title: str,
+                 bicubic: dict[str, dict] | None = None, captions: dict[str, str] | None = None) -> Path:
+    """One self-contained page: a summary (each metric's mean, and bicubic's),
+    then one row per input with the outputs of its captions side by side, each
+    captioned, and enlarged crops where the outputs differ most from bicubic.
+    rows: per-output metric dicts (key 'image'); panels: image -> render_panels();
+    bicubic: image -> the same metrics of bicubic; captions: image -> caption."""
+    bicubic, captions = bicubic or {}, captions or {}
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(input_of(row["image"]), []).append(row)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
-             "<p>Click a column header to sort. Panels: LR (nearest) | bicubic | SR | HR, "
-             "each with an enlarged centre crop.</p><table><thead><tr>"]
+             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>", _summary(rows, metrics, bicubic),
+             "<p>Click a column header to sort (an input's value: the mean of its outputs). Panels: LR (nearest) | "
+             "bicubic | SR for each caption | HR, each with an enlarged crop where the SR differs most from "
+             "bicubic.</p><table><thead><tr>"]
+    head = ["image", *[f"{m.name} ({m.direction} is better)" for m in metrics]]
     parts += [f"<th data-col='{i}'>{html.escape(h)}</th>" for i, h in enumerate(head)]
     parts.append("<th>images</th></tr></thead><tbody>")
-    for row in rows:
-        cells = [f"<td>{html.escape(row['image'])}</td>"]
-        cells += [f"<td data-v='{row[m.name]}'>{row[m.name]:.4f}</td>" if m.name in row else "<td>-</td>"
-                  for m in metrics]
-        cells.append(f"<td class='panels'>{panels[row['image']]}</td>")
-        parts.append(f"<tr>{''.join(cells)}</tr>")
+    for name, members in groups.items():
+        parts.append(_group_row(name, members, panels, metrics, captions))
     parts.append(f"</tbody></table><script>{_SCRIPT}</script></body></html>")
     page = out_dir / "index.html"
     atomic_write(page, lambda tmp: Path(tmp).write_text("".join(parts), encoding="utf-8"))
     return page
+
+
+def _mean(values: list[float]) -> float | None:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def _summary(rows: list[dict], metrics: list, bicubic: dict[str, dict]) -> str:
+    cells = ["<table class='summary'><tr><th></th>", *[f"<th>{html.escape(m.name)}</th>" for m in metrics], "</tr>"]
+    for label, source in (("SR (mean)", rows), ("bicubic (mean)", [bicubic[r["image"]] for r in rows
+                                                                   if r["image"] in bicubic])):
+        if not source:
+            continue
+        cells.append(f"<tr><th>{label}</th>")
+        for m in metrics:
+            v = _mean([r[m.name] for r in source if m.name in r])
+            cells.append(f"<td>{'-' if v is None else f'{v:.4f}'}</td>")
+        cells.append("</tr>")
+    return "".join(cells) + "</table>"
+
+
+def _group_row(name: str, members: list[dict], panels: dict[str, dict], metrics: list,
+               captions: dict[str, str]) -> str:
+    first = panels[members[0]["image"]]
+    label = html.escape(name) + "".join(f"<div class='caption'>{html.escape(captions[r['image']])}</div>"
+                                        for r in members if r["image"] in captions)
+    cells = [f"<td>{label}</td>"]
+    for m in metrics:
+        v = _mean([r[m.name] for r in members if m.name in r])
+        cells.append("<td>-</td>" if v is None else f"<td data-v='{v}'>{v:.4f}</td>")
+    figures = first["context"] + "".join(panels[r["image"]]["sr"] for r in members) + first["hr"]
+    cells.append(f"<td class='panels'>{figures}</td>")
+    return f"<tr>{''.join(cells)}</tr>"

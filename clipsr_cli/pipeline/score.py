@@ -174,7 +174,9 @@ class FolderScores:
     folder_values: dict[str, float] = field(default_factory=dict)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
-    panels: dict[str, str] = field(default_factory=dict)  # image -> report HTML, with --report
+    panels: dict[str, dict] = field(default_factory=dict)  # image -> report figures, with --report
+    bicubic: dict[str, dict] = field(default_factory=dict)  # image -> bicubic's metrics, with --report
+    captions: dict[str, str] = field(default_factory=dict)  # image -> the caption it was scored with
 
 
 class FolderScoring:
@@ -186,6 +188,7 @@ class FolderScoring:
         self.metrics, self.crop_border, self.caption_of = list(metrics), crop_border, caption_of
         self.crop_to_common, self.report_scale, self.warn = crop_to_common, report_scale, warn
         self.result = FolderScores()
+        self.boxes: dict[str, tuple[int, int, int]] = {}  # input -> its report crop
         self.set_level = SetLevelScores(self.metrics, self._unavailable)
 
     def _unavailable(self, m, e) -> None:
@@ -219,7 +222,24 @@ class FolderScoring:
             self.result.failed.append((sr, f"{sr}: {e}"))
             return
         self.result.rows.append(row)
+        if captions:
+            self.result.captions[row["image"]] = " | ".join(captions)
         if self.report_scale is not None:
-            from clipsr_cli.pipeline.report import render_panels
+            self.add_to_report(row["image"], a, b, captions)
 
-            self.result.panels[row["image"]] = render_panels(a, b, self.report_scale)
+    def add_to_report(self, image: str, a: torch.Tensor, b: torch.Tensor | None, captions) -> None:
+        """The report's figures of one output (its input's other outputs share the crop),
+        and bicubic's scores, the bar shown beside the SR's."""
+        from clipsr_cli.pipeline.report import bicubic_of, input_of, render_panels
+
+        group = input_of(image)
+        figures = render_panels(a, b, self.report_scale, self.boxes.get(group), " | ".join(captions or []))
+        self.boxes.setdefault(group, figures["box"])
+        self.result.panels[image] = figures
+        if b is not None:
+            bicubic = bicubic_of(b, self.report_scale)
+            try:
+                self.result.bicubic[image] = score_image(bicubic, b, [m for m in self.metrics if not m.needs_captions],
+                                                         self.crop_border, None, self._unavailable)
+            except ValueError:  # too small for a metric: the SR row says why already
+                pass
