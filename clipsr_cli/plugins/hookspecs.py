@@ -42,5 +42,11 @@ def register_datasets(register):
 
 
 @hookspec
+def register_degradations(register):
+    """How training makes an LR from an HR crop: ``register(name, factory)``;
+    factory(params_toml_path_or_None) -> Degradation (see protocols.py)."""
+
+
+@hookspec
 def register_presets(register):
     """Model presets: ``register(name, path_to_toml)``."""

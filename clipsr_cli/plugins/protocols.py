@@ -11,6 +11,7 @@ offer.  The generator, the trainer and `score` use nothing else of a stage.
     metric          a Metric                                  -
     dataset         DatasetFactory(root, split, captions)     list[Record]
     caption_source  CaptionReader(path)                       {relpath: [captions]}
+    degradation     DegradationFactory(params | None)         Degradation
     preset          path of a TOML file (str)                 -
 """
 
@@ -20,9 +21,12 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 import torch
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 # --- text ---------------------------------------------------------------------
@@ -138,6 +142,20 @@ class Record:
     path: Path
     captions: tuple[str, ...]
     box: tuple[int, int, int, int] | None = None  # crop (left, top, right, bottom) before sampling
+
+
+@runtime_checkable
+class Degradation(Protocol):
+    """HR crop -> LR, as training sees it.  Every random choice comes from `rng`
+    (seeded from (seed, epoch, index) by the data loader), so a resumed run draws
+    the same LR for the same sample."""
+
+    def __call__(self, hr: torch.Tensor, scale: int, rng: "np.random.Generator") -> torch.Tensor:
+        """(3, H, W) float in [0, 1] -> (3, H // scale, W // scale) float in [0, 1]."""
+
+
+# params: a TOML file of the degradation's parameters (None: its shipped defaults)
+DegradationFactory = Callable[["Path | None"], Degradation]
 
 
 # split is "train" or "test"; captions an optional captions file the user passed

@@ -23,6 +23,7 @@ KINDS = {
     "metric": "register_metrics",
     "dataset": "register_datasets",
     "preset": "register_presets",
+    "degradation": "register_degradations",
 }
 
 

@@ -35,6 +35,10 @@ class TrainConfig:
                              "is mirrored with the image, one naming writing keeps the image unflipped.")
     caption_dropout: float = _opt(0.0, "Probability of training a sample with an empty caption, so that "
                                        "`upscale --missing-caption empty` gets the caption-free estimate.")
+    degradation: str = _opt("bicubic", "How the LR is made from an HR crop: bicubic (the paper's) or realistic "
+                                       "(Real-ESRGAN's blur, resize, noise and JPEG), or a plugin's.")
+    degradation_params: str = _opt("", "TOML file replacing keys of the degradation's parameters "
+                                       "(stages/degradations/realistic.toml).")
     cache_images: bool = _opt(False, "Keep decoded training images in memory (small datasets).")
     num_workers: int = _opt(2, "Data loading worker processes (0: load in the main process).")
     # model
@@ -170,7 +174,7 @@ def with_preset_defaults(preset: str) -> TrainConfig:
 
 
 # Keys a resumed run cannot change: they fix the model or the data order.
-FIXED_ON_RESUME = ("preset", "scale", "hr_crop", "seed", "batch_size", "dataset")
+FIXED_ON_RESUME = ("preset", "scale", "hr_crop", "seed", "batch_size", "dataset", "degradation", "degradation_params")
 
 
 def run_config(config_file: Optional[Path], overrides: dict[str, Any]) -> TrainConfig:

@@ -98,12 +98,13 @@ class SRDataset(Dataset):
     """(HR crop, bicubic LR, one random caption) per record."""
 
     def __init__(self, records: list[Record], hr_crop: int, scale: int, seed: int = 0,
-                 hflip: bool = True, cache: bool = False, caption_dropout: float = 0.0):
+                 hflip: bool = True, cache: bool = False, caption_dropout: float = 0.0, degradation=None):
         if hr_crop % scale:
             raise ValueError(f"hr_crop {hr_crop} is not a multiple of scale {scale}")
         self.records = records
         self.hr_crop, self.scale, self.seed, self.hflip = hr_crop, scale, seed, hflip
         self.caption_dropout = caption_dropout
+        self.degradation = degradation  # a registered Degradation; None: bicubic (PIL), the paper's
         self._cache: dict[int, Image.Image] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -134,7 +135,12 @@ class SRDataset(Dataset):
             hr, caption = hr.transpose(Image.FLIP_LEFT_RIGHT), mirrored
         if self.caption_dropout and rng.random() < self.caption_dropout:
             caption = ""  # so that an image upscaled without a caption gets the caption-free estimate
-        return Sample(to_tensor(hr), to_tensor(downsample(hr, self.scale)), caption, index)
+        hr_t = to_tensor(hr)
+        if self.degradation is None:
+            return Sample(hr_t, to_tensor(downsample(hr, self.scale)), caption, index)
+        # its random choices from (seed, epoch, index) too: a resumed run draws the same LR
+        lr = self.degradation(hr_t, self.scale, np.random.default_rng([self.seed, epoch, index]))
+        return Sample(hr_t, lr, caption, index)
 
 
 def collate(samples: list[Sample]) -> dict:
@@ -182,11 +188,16 @@ class ResumableSampler(Sampler[tuple[int, int]]):
 
 
 # --- validation images ------------------------------------------------------------
-def val_pair(rec: Record, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(HR cropped to a multiple of the scale, its bicubic LR), as the SR benchmarks make them."""
+def val_pair(rec: Record, scale: int, degradation=None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(HR cropped to a multiple of the scale, its LR): bicubic as the SR benchmarks
+    make it, or the training degradation drawn once from `seed`, the same at every
+    validation, so the curve compares like with like."""
     im = open_rgb(rec)
     im = im.crop((0, 0, im.width - im.width % scale, im.height - im.height % scale))
-    return to_tensor(im), to_tensor(downsample(im, scale))
+    if degradation is None:
+        return to_tensor(im), to_tensor(downsample(im, scale))
+    hr = to_tensor(im)
+    return hr, degradation(hr, scale, np.random.default_rng([seed, VALIDATION_EPOCH]))
 
 
 @dataclass
@@ -200,10 +211,13 @@ class ValImage:
     caption: str
 
 
-def load_validation(records: list[Record], scale: int) -> list[ValImage]:
+VALIDATION_EPOCH = 2**31 - 1  # a stream of random choices no training epoch uses
+
+
+def load_validation(records: list[Record], scale: int, degradation=None, seed: int = 0) -> list[ValImage]:
     images = []
-    for rec in records:
-        hr, lr = val_pair(rec, scale)
+    for i, rec in enumerate(records):
+        hr, lr = val_pair(rec, scale, degradation, seed + i)
         lr_im = Image.fromarray((lr.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
         bicubic = to_tensor(lr_im.resize((hr.shape[2], hr.shape[1]), Image.BICUBIC))
         images.append(ValImage(hr, lr, bicubic, rec.captions[0]))

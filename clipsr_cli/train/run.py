@@ -43,6 +43,15 @@ def load_records(name: str, root: str, split: str, captions: str = "") -> list[R
     return lookup("dataset", name).factory(Path(root), split, captions)
 
 
+def make_degradation(cfg: TrainConfig):
+    """The registered degradation the config names; None for `bicubic` without
+    parameters, the paper's PIL path, kept as it was (bit for bit)."""
+    if cfg.degradation == "bicubic" and not cfg.degradation_params:
+        return None
+    return lookup("degradation", cfg.degradation).factory(Path(cfg.degradation_params) if cfg.degradation_params
+                                                          else None)
+
+
 def bicubic_baseline(images: list[ValImage], scale: int) -> dict[str, float]:
     """PSNR / SSIM of PIL (MATLAB-like) bicubic on the validation set."""
     metrics = [lookup("metric", name).factory for name in ("psnr", "ssim")]
@@ -65,11 +74,12 @@ class Run:
         if dist.main:
             check_readable(self.records)
             check_readable(val[: cfg.val_images], "validation")
-        # decoded once, on the process that validates
-        self.val_images = load_validation(val[: cfg.val_images], cfg.scale) if dist.main else []
+        degradation = make_degradation(cfg)
+        # decoded (and degraded) once, on the process that validates
+        self.val_images = load_validation(val[: cfg.val_images], cfg.scale, degradation, cfg.seed) if dist.main else []
         self.trainer = Trainer(cfg, device, dist, exp)
         dataset = SRDataset(self.records, self.trainer.model_cfg.generator.hr_crop, cfg.scale, cfg.seed,
-                            cfg.hflip, cfg.cache_images, cfg.caption_dropout)
+                            cfg.hflip, cfg.cache_images, cfg.caption_dropout, degradation)
         self.sampler = ResumableSampler(len(dataset), cfg.batch_size, cfg.seed, dist.rank, dist.world)
         self.steps_per_epoch = self.sampler.steps_per_epoch()
         if self.steps_per_epoch == 0:

@@ -1,0 +1,105 @@
+"""The degradation stage (`--degradation`): each operation's statistics, the
+parameters as data, reproducibility from (seed, epoch, index), and bicubic
+exactly as before (the paper's path)."""
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipsr_cli.model.config import ConfigError
+from clipsr_cli.plugins.registry import lookup
+from stages.degradations.kernels import KINDS, shaped_kernel, sinc_kernel
+from stages.degradations.realistic import add_noise, jpeg, load_params
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kernel_sums_to_1_with_the_asked_odd_shape(kind):
+    k = shaped_kernel(kind, 13, 2.0, 0.7, 0.5, 1.5)
+    assert k.shape == (13, 13) and k.sum() == pytest.approx(1.0) and (k >= 0).all()
+    assert k[6, 6] == k.max()  # peaked at the centre
+    if kind.endswith("iso") and not kind.endswith("aniso"):
+        assert np.allclose(k, k.T) and np.allclose(k, k[::-1])  # isotropic: every symmetry
+
+
+def test_kernels_match_their_formulas():
+    # a Gaussian of sigma s: neighbours at distance 1 in the ratio exp(-1 / (2 s^2))
+    k = shaped_kernel("iso", 21, 1.5, 0, 0, 1)
+    assert k[10, 11] / k[10, 10] == pytest.approx(math.exp(-1 / (2 * 1.5**2)))
+    # the generalised Gaussian with beta = 1 is the Gaussian; an anisotropic one rotated by pi/2 is transposed
+    assert np.allclose(shaped_kernel("generalized_aniso", 15, 2.5, 1.0, 0.3, 1.0), shaped_kernel("aniso", 15, 2.5, 1.0, 0.3, 1))
+    assert np.allclose(shaped_kernel("aniso", 15, 2.5, 1.0, 0.0, 1), shaped_kernel("aniso", 15, 2.5, 1.0, math.pi / 2, 1).T)
+    s = sinc_kernel(21, math.pi / 2)
+    assert s.shape == (21, 21) and s.sum() == pytest.approx(1.0) and (s < 0).any()  # the ringing lobes
+
+
+def test_gaussian_noise_has_the_asked_level_and_gray_noise_is_gray():
+    img = torch.full((3, 128, 128), 0.5)
+    p = {"gaussian_noise_prob": 1.0, "noise_range": [10.0, 10.0], "gray_noise_prob": 0.0, "poisson_scale_range": [1, 1]}
+    noisy = add_noise(img, np.random.default_rng(0), p)
+    assert float((noisy - img).std()) == pytest.approx(10 / 255, rel=0.05)
+    gray = add_noise(img, np.random.default_rng(0), p | {"gray_noise_prob": 1.0})
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    poisson = add_noise(img, np.random.default_rng(0), p | {"gaussian_noise_prob": 0.0})
+    # shot noise of 8-bit counts: variance = mean count, in [0, 1] units sqrt(0.5 * 255) / 255
+    assert float((poisson - img).std()) == pytest.approx(math.sqrt(0.5 * 255) / 255, rel=0.05)
+
+
+def test_the_jpeg_quality_asked_is_the_one_applied():
+    rng = np.random.default_rng(1)
+    img = torch.from_numpy(rng.random((3, 64, 64), dtype=np.float32))
+    buf = io.BytesIO()
+    Image.fromarray((img * 255).round().byte().permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=40)
+    want = np.asarray(Image.open(io.BytesIO(buf.getvalue())), dtype=np.float32) / 255
+    assert np.array_equal(jpeg(img, 40).permute(1, 2, 0).numpy(), want)
+    assert float((jpeg(img, 30) - img).abs().mean()) > float((jpeg(img, 95) - img).abs().mean())
+
+
+def test_realistic_is_reproducible_from_its_rng_and_lands_on_the_lr_grid():
+    d = lookup("degradation", "realistic").factory(None)
+    hr = torch.rand(3, 96, 64)
+    a, b = d(hr, 4, np.random.default_rng([0, 3, 7])), d(hr, 4, np.random.default_rng([0, 3, 7]))
+    c = d(hr, 4, np.random.default_rng([0, 3, 8]))
+    assert a.shape == (3, 24, 16) and torch.equal(a, b) and not torch.equal(a, c)
+    assert 0 <= a.min() and a.max() <= 1 and torch.equal(a, (a * 255).round() / 255)
+
+
+def test_parameters_are_data_and_unknown_keys_are_errors(tmp_path):
+    mine = tmp_path / "mine.toml"
+    mine.write_text("[first]\nnoise_range = [2.0, 3.0]\n")
+    params = load_params(mine)
+    assert params["first"]["noise_range"] == [2.0, 3.0] and params["first"]["jpeg_range"] == [30, 95]
+    mine.write_text("[first]\nnoise_rnge = [2.0, 3.0]\n")
+    with pytest.raises(ConfigError, match="mine.toml.*noise_rnge.*allowed"):
+        load_params(mine)
+
+
+def test_bicubic_is_the_papers_pil_downsampling_bit_for_bit():
+    from clipsr_cli.train.data import downsample, to_tensor
+
+    im = Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 48, 3), dtype=np.uint8))
+    got = lookup("degradation", "bicubic").factory(None)(to_tensor(im), 4, np.random.default_rng(0))
+    assert torch.equal(got, to_tensor(downsample(im, 4)))
+
+
+def test_training_with_realistic_degradation_validates_on_a_fixed_degraded_set(tmp_path):
+    import dataclasses
+
+    from test_train import tiny_run, train
+
+    from clipsr_cli.train.data import load_validation
+    from clipsr_cli.train.run import load_records, make_degradation
+
+    cfg = tiny_run(tmp_path, degradation="realistic", max_steps=2)
+    trainer = train(cfg)
+    assert trainer.step == 2
+    records = load_records("folder", cfg.val_root, "train", cfg.val_captions)[:2]
+    degradation = make_degradation(cfg)
+    once, again = (load_validation(records, 4, degradation, cfg.seed) for _ in range(2))
+    assert all(torch.equal(a.lr, b.lr) for a, b in zip(once, again))  # the same LR at every validation
+    bicubic = load_validation(records, 4)
+    assert not torch.equal(once[0].lr, bicubic[0].lr)
+    assert make_degradation(dataclasses.replace(cfg, degradation="bicubic")) is None
