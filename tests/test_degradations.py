@@ -103,3 +103,26 @@ def test_training_with_realistic_degradation_validates_on_a_fixed_degraded_set(t
     bicubic = load_validation(records, 4)
     assert not torch.equal(once[0].lr, bicubic[0].lr)
     assert make_degradation(dataclasses.replace(cfg, degradation="bicubic")) is None
+
+
+def test_init_weights_starts_a_fine_tune_from_a_trained_generator(tmp_path):
+    import dataclasses
+
+    from clipsr_cli.model.bundled import model_file
+    from clipsr_cli.model.checkpoint import load_generator
+    from clipsr_cli.train.config import TrainConfig
+    from clipsr_cli.train.distributed import Dist
+    from clipsr_cli.train.experiment import Experiment
+    from clipsr_cli.train.trainer import Trainer
+
+    cfg = dataclasses.replace(TrainConfig(), preset="small", scale=4, hr_crop=128, perceptual_weight=0.0,
+                              adversarial_weight=0.0, exp_dir=str(tmp_path / "e"))
+    trainer = Trainer(cfg, torch.device("cpu"), Dist(), Experiment(tmp_path / "e"))
+    trainer.init_from("clipsr-default-x4")
+    source = load_generator(model_file(__import__("pathlib").Path("clipsr-default-x4"))).own_state_dict()
+    mine = trainer.gen.own_state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in source.items())
+    assert all(torch.equal(trainer.ema.shadow[k], v) for k, v in source.items())
+    tiny = Trainer(dataclasses.replace(cfg, preset="tiny"), torch.device("cpu"), Dist(), Experiment(tmp_path / "t"))
+    with pytest.raises(ConfigError, match="init-weights clipsr-default-x4: a small x4 generator"):
+        tiny.init_from("clipsr-default-x4")

@@ -35,6 +35,8 @@ class TrainConfig:
                              "is mirrored with the image, one naming writing keeps the image unflipped.")
     caption_dropout: float = _opt(0.0, "Probability of training a sample with an empty caption, so that "
                                        "`upscale --missing-caption empty` gets the caption-free estimate.")
+    init_weights: str = _opt("", "Generator to start from (a file or a model name such as clipsr-default-x4): "
+                                 "a fine-tune, as Real-ESRGAN starts from ESRGAN's weights; ignored on --resume.")
     degradation: str = _opt("bicubic", "How the LR is made from an HR crop: bicubic (the paper's) or realistic "
                                        "(Real-ESRGAN's blur, resize, noise and JPEG), or a plugin's.")
     degradation_params: str = _opt("", "TOML file replacing keys of the degradation's parameters "

@@ -78,6 +78,8 @@ class Run:
         # decoded (and degraded) once, on the process that validates
         self.val_images = load_validation(val[: cfg.val_images], cfg.scale, degradation, cfg.seed) if dist.main else []
         self.trainer = Trainer(cfg, device, dist, exp)
+        if cfg.init_weights and not cfg.resume:  # before the experiment is written: a mismatch leaves nothing
+            self.trainer.init_from(cfg.init_weights)
         dataset = SRDataset(self.records, self.trainer.model_cfg.generator.hr_crop, cfg.scale, cfg.seed,
                             cfg.hflip, cfg.cache_images, cfg.caption_dropout, degradation)
         self.sampler = ResumableSampler(len(dataset), cfg.batch_size, cfg.seed, dist.rank, dist.world)
@@ -99,6 +101,8 @@ class Run:
         if self.cfg.resume and (found := self.exp.latest_state()) is not None:
             t.load(found[0], self.steps_per_epoch)
             log.info("resumed from %s at step %d", found[1], t.step)
+        elif self.cfg.init_weights:
+            log.info("generator initialised from %s", self.cfg.init_weights)
         log.info("training %s x%d on %d images (%d steps/epoch), %d steps, device %s, %d process(es)",
                  t.model_cfg.name, self.cfg.scale, len(self.records), self.steps_per_epoch, self.total,
                  t.device, self.dist.world)

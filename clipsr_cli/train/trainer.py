@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -236,6 +237,23 @@ class Trainer:
                     continue
                 totals[m.name] = totals.get(m.name, 0.0) + value
         return {k: t / len(images) for k, t in totals.items()}
+
+    def init_from(self, spec: str) -> None:
+        """Start from a trained generator of the same preset and scale (weights and EMA alike)."""
+        from clipsr_cli.model.bundled import model_file
+        from clipsr_cli.model.checkpoint import load_generator
+
+        source = load_generator(model_file(Path(spec), self.cfg.weights_dir or None))
+        def spec(cfg):  # prompt blocks as trained (older files leave the key empty)
+            return dataclasses.replace(cfg.generator, prompt_blocks=cfg.generator.prompted_blocks)
+
+        if spec(source.cfg) != spec(self.model_cfg) or source.scale != self.cfg.scale:
+            raise ConfigError(f"--init-weights {spec}: a {source.cfg.name} x{source.scale} generator, but this run "
+                              f"trains {self.model_cfg.name} x{self.cfg.scale} with other settings")
+        self.gen.load_state_dict(source.own_state_dict(), strict=False)
+        if self.ema is not None:
+            for k, v in self.gen.own_state_dict().items():
+                self.ema.shadow[k].copy_(v)
 
     # --- state ---------------------------------------------------------------------
     def state(self, steps_per_epoch: int) -> dict:
