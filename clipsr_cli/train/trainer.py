@@ -244,10 +244,10 @@ class Trainer:
         from clipsr_cli.model.checkpoint import load_generator
 
         source = load_generator(model_file(Path(spec), self.cfg.weights_dir or None))
-        def spec(cfg):  # prompt blocks as trained (older files leave the key empty)
+        def as_trained(cfg):  # prompt blocks as trained (older files leave the key empty)
             return dataclasses.replace(cfg.generator, prompt_blocks=cfg.generator.prompted_blocks)
 
-        if spec(source.cfg) != spec(self.model_cfg) or source.scale != self.cfg.scale:
+        if as_trained(source.cfg) != as_trained(self.model_cfg) or source.scale != self.cfg.scale:
             raise ConfigError(f"--init-weights {spec}: a {source.cfg.name} x{source.scale} generator, but this run "
                               f"trains {self.model_cfg.name} x{self.cfg.scale} with other settings")
         self.gen.load_state_dict(source.own_state_dict(), strict=False)
