@@ -94,12 +94,15 @@ class Model:
 def load_model(weights: str | Path | None = None, *, preset: str | None = None, scale: int | None = None,
                device: str = "auto", precision: str | None = None, weights_dir: str | Path | None = None,
                tile: int | None = None, tile_pad: int = 16, outscale: float | None = None,
+               denoise_strength: float | None = None,
                note: Callable[[str], None] | None = None, warn: Callable[[str], None] = print) -> Model:
     """A generator ready to upscale.  `weights`: a bundled or manifest model name
     (`clipsr-default-x8`), a generator file, a training checkpoint or an
     experiment folder; None: `preset` with untrained (seeded) weights, or the
     bundled default for `scale` (4 unless given).  `device` "auto" and
     `precision` None choose as the CLI does (half on CUDA, fp32 elsewhere).
+    `denoise_strength` (0..1): the bundled clean and real-world models of the
+    scale blended weight by weight (Real-ESRGAN's option; 1 is the real model).
     `note(text)` hears which model was chosen and why; `warn(text)` hears
     warnings (long captions, out-of-memory retries)."""
     from clipsr_cli.model.bundled import default_model, model_file
@@ -111,6 +114,9 @@ def load_model(weights: str | Path | None = None, *, preset: str | None = None, 
 
     dev, dtype = pick(device, precision)
     note = note or (lambda text: None)
+    if denoise_strength is not None:
+        return _denoising(denoise_strength, weights, preset, scale, weights_dir, note,
+                          dict(warn=warn, dtype=dtype, tile=tile, tile_pad=tile_pad, outscale=outscale), dev)
     if weights is None and preset is None:
         weights, said = default_model(scale or 4, weights_dir)
         note(said)
@@ -140,6 +146,23 @@ def load_model(weights: str | Path | None = None, *, preset: str | None = None, 
         gen = load_generator(weights, weights_dir=weights_dir)
     upscaler = Upscaler(gen, dev, warn=warn, dtype=dtype, tile=tile, tile_pad=tile_pad, outscale=outscale)
     return Model(upscaler, weights)
+
+
+def _denoising(strength: float, weights, preset, scale, weights_dir, note, options: dict, dev) -> Model:
+    from clipsr_cli.model.bundled import DEFAULT_MODELS, interpolated, real_model
+    from clipsr_cli.model.checkpoint import load_generator
+    from clipsr_cli.model.weights import resolve
+    from clipsr_cli.pipeline.upscaler import Upscaler
+
+    if not 0.0 <= strength <= 1.0:  # also refuses nan
+        raise UsageError(f"--denoise-strength {strength}: must be in [0, 1] (0 keeps texture, 1 removes noise)")
+    if weights is not None or preset is not None:
+        raise UsageError("--denoise-strength blends the bundled clean and real-world models; drop --weights/--preset")
+    scale = scale or 4
+    names = DEFAULT_MODELS.get(scale), real_model(scale)
+    clean, real = (load_generator(resolve(n, weights_dir=weights_dir), weights_dir=weights_dir) for n in names)
+    note(f"--denoise-strength {strength:g}: {names[0]} and {names[1]} blended, {strength:.0%} of the real-world model")
+    return Model(Upscaler(interpolated(clean, real, strength), dev, **options), None)
 
 
 def pick(device: str = "auto", precision: str | None = None) -> tuple[torch.device, torch.dtype]:

@@ -126,3 +126,27 @@ def test_init_weights_starts_a_fine_tune_from_a_trained_generator(tmp_path):
     tiny = Trainer(dataclasses.replace(cfg, preset="tiny"), torch.device("cpu"), Dist(), Experiment(tmp_path / "t"))
     with pytest.raises(ConfigError, match="init-weights clipsr-default-x4: a small x4 generator"):
         tiny.init_from("clipsr-default-x4")
+
+
+def test_the_real_model_is_chosen_by_name_or_by_real_and_denoise_strength_blends_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from clipsr_cli.cli import app
+
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(lr / "a.png")
+    runner, out = CliRunner(), {}
+    for name, args in (("real", ["--real"]), ("named", ["--weights", "clipsr-default-real-x4"]),
+                       ("clean", ["--weights", "clipsr-default-x4"]), ("s0", ["--denoise-strength", "0"]),
+                       ("s1", ["--denoise-strength", "1"]), ("half", ["--denoise-strength", "0.5"])):
+        res = runner.invoke(app, ["upscale", str(lr), "--caption", "a", "-o", str(tmp_path / name), "-q", *args])
+        assert res.exit_code == 0, (name, res.output)
+        out[name] = np.asarray(Image.open(tmp_path / name / "a.png"), dtype=np.int16)
+    assert np.array_equal(out["real"], out["named"])
+    assert np.abs(out["s1"] - out["real"]).max() <= 1 and np.abs(out["s0"] - out["clean"]).max() <= 1
+    assert not np.array_equal(out["half"], out["s0"]) and not np.array_equal(out["half"], out["s1"])
+    for bad in (["--denoise-strength", "1.5"], ["--denoise-strength", "0.5", "--weights", "clipsr-default-x4"],
+                ["--real", "-s", "8"]):
+        res = runner.invoke(app, ["upscale", str(lr), "--caption", "a", "-o", str(tmp_path / "x"), *bad])
+        assert res.exit_code == 2, (bad, res.output)

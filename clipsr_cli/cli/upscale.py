@@ -36,6 +36,11 @@ def upscale(
         help="Output size over input size, any value > 0: the network's output resized (Real-ESRGAN's --outscale)."),
     weights: Optional[Path] = typer.Option(
         None, "--weights", help="A generator or training checkpoint (.safetensors), an experiment folder, or a model's name (`clipsr weights list`)."),
+    real: bool = typer.Option(False, "--real", help="The bundled real-world model (compressed, noisy photos): "
+                                                   "--weights clipsr-default-real-x4."),
+    denoise_strength: Optional[float] = typer.Option(
+        None, "--denoise-strength", help="0..1: the clean and real-world models blended (Real-ESRGAN's option); "
+                                         "0 keeps the most texture, 1 removes the most noise."),
     preset: Optional[str] = typer.Option(None, "--preset",
                                          help="Run a preset with untrained weights (no --weights, no default model)."),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder holding manifest weights files."),
@@ -74,8 +79,9 @@ def upscale(
     caps = Captions(root, captions, caption, policy, default_caption)
     caps.check_inputs(images)
     _check_output_folder(output)
-    model = load_model(weights, preset=preset, scale=scale, device=device, precision=precision,
+    model = load_model(_real(real, weights, preset, scale), preset=preset, scale=scale, device=device, precision=precision,
                        weights_dir=weights_dir, tile=tile, tile_pad=tile_pad, outscale=outscale,
+                       denoise_strength=denoise_strength,
                        note=None if quiet else lambda m: console.print(f"[cyan]note:[/cyan] {m}", highlight=False),
                        warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False))
     lanes = Lanes(*default_lanes(model.device))
@@ -88,6 +94,17 @@ def upscale(
     report = _run_with_progress(model.upscaler, lanes, root, images, output, caps, suffix, ext and ext.lower(),
                                 skip_existing, batch_size, quiet, json_report, setup)
     _finish(report, policy, default_caption, output, quiet, json_report, setup)
+
+
+def _real(real: bool, weights: Path | None, preset: str | None, scale: int | None) -> Path | None:
+    """--real: the bundled real-world model of the scale, in place of --weights."""
+    if not real:
+        return weights
+    from clipsr_cli.model.bundled import real_model
+
+    if weights is not None or preset is not None:
+        raise UsageError("--real picks the bundled real-world model: drop --weights/--preset")
+    return Path(real_model(scale or 4))
 
 
 def _precision(precision: str | None, fp32: bool) -> str | None:

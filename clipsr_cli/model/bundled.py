@@ -5,9 +5,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from clipsr_cli.errors import UsageError
 
 DEFAULT_MODELS = {4: "clipsr-default-x4", 8: "clipsr-default-x8"}  # weights manifest names
+# trained on Real-ESRGAN's degradations for compressed, noisy photos (`--real`); the same
+# preset and scale as the clean model beside it, so `--denoise-strength` can blend the two
+REAL_MODELS = {4: "clipsr-default-real-x4"}
+
+
+def real_model(scale: int) -> str:
+    if scale not in REAL_MODELS:
+        raise UsageError(f"no bundled real-world model for x{scale} (bundled: "
+                         f"{', '.join(f'x{s}' for s in REAL_MODELS)}); drop --real or give --scale "
+                         f"{next(iter(REAL_MODELS))}")
+    return REAL_MODELS[scale]
+
+
+def interpolated(clean, real, strength: float):
+    """`clean` with its own weights replaced by (1 - strength) * clean + strength * real:
+    Real-ESRGAN's denoise strength, 0 keeping the most texture, 1 removing the most noise."""
+    mixed = {k: torch.lerp(v.float(), real.own_state_dict()[k].float(), strength) if v.is_floating_point() else v
+             for k, v in clean.own_state_dict().items()}
+    clean.load_state_dict(mixed, strict=False)
+    return clean
 
 
 def default_model(scale: int, weights_dir=None) -> tuple[Path, str]:
