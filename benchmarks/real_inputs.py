@@ -67,12 +67,14 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--models", nargs="+", default=["clipsr-default-x4"])
     p.add_argument("--work", type=Path, default=Path("/tmp/clipsr-real-inputs"))
+    p.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
     args = p.parse_args()
     captions = json.loads((BENCH / "captions.json").read_text())
     inputs = make_inputs(args.work)
     models = {"bicubic": None} | {m: clipsr.load_model(m, device="cpu") for m in args.models}
     print("| level | method | PSNR-Y | SSIM-Y | NIQE |\n|---|---|---|---|---|")
-    for level, rows in inputs.items():
+    for level in args.levels:
+        rows = inputs[level]
         for label, model in models.items():
             scores = []
             for name, hr, lr_path in rows:

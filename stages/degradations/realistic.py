@@ -92,6 +92,9 @@ class Realistic:
     def __call__(self, hr: torch.Tensor, scale: int, rng: np.random.Generator) -> torch.Tensor:
         h, w = hr.shape[-2:]
         lr_size = (h // scale, w // scale)
+        if rng.random() < self.params["mix"]["bicubic_prob"]:  # a clean sample: the model keeps clean inputs sharp
+            lr = F.interpolate(hr.float()[None], size=lr_size, mode="bicubic", antialias=True, align_corners=False)
+            return (lr[0].clamp(0, 1) * 255).round() / 255  # antialiased, as PIL's (the paper's LR)
         img = self._pass(hr.float(), rng, self.params["first"], (h, w))
         # the second pass resizes around the LR size (Real-ESRGAN's `ori / scale * factor`)
         img = self._pass(img, rng, self.params["second"], lr_size)
