@@ -27,11 +27,15 @@ class CheckpointError(UserError, RuntimeError):
     pass
 
 
-def save_generator(path: str | Path, gen, extra: dict[str, str] | None = None, half: bool = False) -> None:
-    """`half`: float tensors stored as fp16 (half the file; loading casts back to fp32)."""
+def save_generator(path: str | Path, gen, extra: dict[str, str] | None = None, half: bool = False,
+                   with_clip: bool = True) -> None:
+    """`half`: float tensors stored as fp16 (half the file; loading casts back to fp32).
+    A random (seeded) CLIP is stored unless `with_clip` is False: then loading
+    rebuilds it from its seed (tests/test_weights.py checks that this gives the
+    tower the bundled clean models carry, bit for bit)."""
     cfg: ModelConfig = gen.cfg
     tensors = gen.own_state_dict()
-    if not cfg.clip.weights:
+    if not cfg.clip.weights and with_clip:
         tensors.update({f"clip.{k}": v for k, v in gen.clip.state_dict().items()})
     tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in tensors.items()}
     metadata = {

@@ -211,7 +211,8 @@ def fit(cfg: TrainConfig, device: torch.device, dist: distributed.Dist, exp: Exp
     return run.trainer
 
 
-def export_generator(checkpoint: Path, output: Path, ema: bool = True, weights_dir=None, half: bool = False) -> Path:
+def export_generator(checkpoint: Path, output: Path, ema: bool = True, weights_dir=None, half: bool = False,
+                     with_clip: bool = True) -> Path:
     """The generator file `upscale --weights` loads, from a full training state."""
     import json
 
@@ -223,5 +224,5 @@ def export_generator(checkpoint: Path, output: Path, ema: bool = True, weights_d
     weights = state["ema"] if ema and state["ema"] else state["gen"]
     gen.load_state_dict(weights, strict=False)
     save_generator(output, gen, {"weights": "ema" if weights is state["ema"] else "raw", "step": str(state["step"])},
-                   half=half)
+                   half=half, with_clip=with_clip)
     return Path(output)
