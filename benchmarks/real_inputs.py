@@ -65,13 +65,15 @@ def make_inputs(work: Path) -> dict[str, list[tuple[str, Image.Image, Path]]]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--models", nargs="+", default=["clipsr-default-x4"])
+    p.add_argument("--models", nargs="*", default=["clipsr-default-x4", "clipsr-default-real-x4"])
     p.add_argument("--work", type=Path, default=Path("/tmp/clipsr-real-inputs"))
     p.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
+    p.add_argument("--denoise", nargs="*", type=float, default=[], help="--denoise-strength values to add")
     args = p.parse_args()
     captions = json.loads((BENCH / "captions.json").read_text())
     inputs = make_inputs(args.work)
     models = {"bicubic": None} | {m: clipsr.load_model(m, device="cpu") for m in args.models}
+    models |= {f"denoise-strength {s:g}": clipsr.load_model(denoise_strength=s, device="cpu") for s in args.denoise}
     print("| level | method | PSNR-Y | SSIM-Y | NIQE |\n|---|---|---|---|---|")
     for level in args.levels:
         rows = inputs[level]
@@ -88,7 +90,7 @@ def main() -> None:
                 values |= clipsr.score(sr, metrics=["niqe"], crop_border=SCALE)
                 scores.append(values)
             mean = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
-            print(f"| {level} | {Path(label).stem if model is not None else label} | {mean['psnr']:.2f} | "
+            print(f"| {level} | {Path(label).stem if label.endswith('.safetensors') else label} | {mean['psnr']:.2f} | "
                   f"{mean['ssim']:.4f} | {mean['niqe']:.2f} |", flush=True)
 
 
