@@ -215,7 +215,7 @@ def test_a_full_disk_stops_the_run_at_its_first_failed_write(tiny_cfg, tiny_clip
     if lanes == 1:
         assert done == ["00.png", "01.png", "02.png"]
     assert 1 <= len(report.failed) <= lanes + 2  # those in flight that met the full disk; the rest never tried
-    assert len(done) + len(report.failed) <= 7 < 12
+    assert len(done) + len(report.failed) < 12  # the run stopped: not every input was tried
 
 
 def test_cancel_drops_queued_work_and_reports_nothing_more():
