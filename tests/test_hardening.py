@@ -31,6 +31,12 @@ def _images(folder: Path, n: int = 2, size: int = 16, names=None) -> list[Path]:
     return paths
 
 
+def _default_sigint():
+    # a test run started in the background (no job control) inherits SIGINT ignored, and so
+    # would the child: give it the default, as a terminal's Ctrl-C finds it
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 # --- upscale -----------------------------------------------------------------------------------
 def test_1_a_legal_name_of_250_bytes_is_upscaled(tmp_path):
     from clipsr_cli.io.files import atomic_write, remove_stale_temporaries
@@ -117,7 +123,8 @@ def test_6_any_number_of_ctrl_c_exits_130_once_and_the_report_is_what_is_on_disk
     _images(folder, n=60, size=64)
     proc = subprocess.Popen([sys.executable, "-m", "clipsr_cli", "upscale", str(folder), "-o", str(out),
                              "--preset", "tiny", "--caption", "a", "-b", "1", "--json", str(report)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(out.glob("*.png"))) < 3:
         time.sleep(0.02)
@@ -254,7 +261,7 @@ def test_17_ctrl_c_in_training_says_where_it_stopped_and_how_to_resume(tmp_path)
     args = _train_args(data, exp, 100000)
     args.remove("-q")
     proc = subprocess.Popen([sys.executable, "-m", "clipsr_cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list((exp / "checkpoints").glob("step_*.safetensors")):
         time.sleep(0.05)
