@@ -37,6 +37,21 @@ def _default_sigint():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _interrupted(args: list[str], ready, times: int):
+    """`clipsr ARGS` in a subprocess, sent `times` Ctrl-Cs 50 ms apart once `ready()`:
+    (stdout, stderr, the finished process)."""
+    proc = subprocess.Popen([sys.executable, "-m", "clipsr_cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not ready():
+        time.sleep(0.02)
+    for _ in range(times):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=120)
+    return out, err, proc
+
+
 # --- upscale -----------------------------------------------------------------------------------
 def test_1_a_legal_name_of_250_bytes_is_upscaled(tmp_path):
     from clipsr_cli.io.files import atomic_write, remove_stale_temporaries
@@ -121,17 +136,8 @@ def test_5_a_report_path_that_is_a_folder_or_under_a_file_is_one_line_up_front(t
 def test_6_any_number_of_ctrl_c_exits_130_once_and_the_report_is_what_is_on_disk(tmp_path):
     folder, out, report = tmp_path / "lr", tmp_path / "sr", tmp_path / "r.json"
     _images(folder, n=60, size=64)
-    proc = subprocess.Popen([sys.executable, "-m", "clipsr_cli", "upscale", str(folder), "-o", str(out),
-                             "--preset", "tiny", "--caption", "a", "-b", "1", "--json", str(report)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_sigint)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(out.glob("*.png"))) < 3:
-        time.sleep(0.02)
-    for _ in range(3):
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.05)
-    _, err = proc.communicate(timeout=120)
+    _, err, proc = _interrupted(["upscale", str(folder), "-o", str(out), "--preset", "tiny", "--caption", "a",
+                                 "-b", "1", "--json", str(report)], lambda: len(list(out.glob("*.png"))) >= 3, 3)
     assert proc.returncode == 130, err
     assert err.count("interrupted") == 1 and "Traceback" not in err and "terminate called" not in err, err
     assert not list(out.glob(".*.tmp"))
@@ -260,15 +266,7 @@ def test_17_ctrl_c_in_training_says_where_it_stopped_and_how_to_resume(tmp_path)
     data, exp = make_folder(tmp_path / "data", n=4), tmp_path / "exp"
     args = _train_args(data, exp, 100000)
     args.remove("-q")
-    proc = subprocess.Popen([sys.executable, "-m", "clipsr_cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list((exp / "checkpoints").glob("step_*.safetensors")):
-        time.sleep(0.05)
-    for _ in range(2):
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.05)
-    out, err = proc.communicate(timeout=120)
+    out, err, proc = _interrupted(args, lambda: bool(list((exp / "checkpoints").glob("step_*.safetensors"))), 2)
     assert proc.returncode == 130, err
     said = " ".join((out + err).split())
     assert "interrupted at step" in said and "--resume" in said and "Traceback" not in said, said
