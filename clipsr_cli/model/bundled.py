@@ -26,7 +26,8 @@ def real_model(scale: int) -> str:
 def interpolated(clean, real, strength: float):
     """`clean` with its own weights replaced by (1 - strength) * clean + strength * real:
     Real-ESRGAN's denoise strength, 0 keeping the most texture, 1 removing the most noise."""
-    mixed = {k: torch.lerp(v.float(), real.own_state_dict()[k].float(), strength) if v.is_floating_point() else v
+    other = real.own_state_dict()  # built once, not once per tensor
+    mixed = {k: torch.lerp(v.float(), other[k].float(), strength) if v.is_floating_point() else v
              for k, v in clean.own_state_dict().items()}
     clean.load_state_dict(mixed, strict=False)
     return clean
