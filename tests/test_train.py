@@ -437,3 +437,50 @@ def test_a_preset_carries_training_defaults_under_file_and_cli(tmp_path):
     preset.write_text(preset.read_text().replace("lr_d = 0.5", "lr_dd = 0.5"))
     with pytest.raises(ConfigError, match=r"\[train\].*lr_dd"):
         resolve_config(None, {"preset": str(preset)})
+
+
+# --- the step's costs ------------------------------------------------------------------------
+def test_text_feature_cache_gives_the_encoders_features_and_encodes_each_caption_once(tiny_cfg, tiny_clip):
+    from clipsr_cli.model.generator import Generator
+    from clipsr_cli.train.text_cache import TextFeatureCache
+
+    gen = Generator(tiny_cfg, tiny_clip, 4)
+    asked = []
+
+    def encode(captions):
+        asked.append(list(captions))
+        return gen.text.encode(captions)
+
+    cache = TextFeatureCache(encode)
+    first = ["a red bird", "a long caption about a small yellow bird on a branch", ""]
+    cache(first)
+    batch = ["", "a red bird", "a new one", "a red bird"]
+    got = cache(batch)
+    assert asked == [first, ["a new one"]]  # repeats and known captions are not encoded again
+    want = gen.text.encode(batch)
+    assert got.tokens.shape[1] <= want.tokens.shape[1] and torch.equal(got.pad_mask, want.pad_mask[:, :got.tokens.shape[1]])
+    torch.testing.assert_close(got.sentence, want.sentence, atol=1e-5, rtol=0)
+    with torch.no_grad():  # the prompts, which attend over the tokens, come out the same
+        torch.testing.assert_close(gen.text(got).prompts, gen.text(want).prompts, atol=1e-5, rtol=0)
+
+
+def test_text_feature_cache_stays_within_its_bytes_keeping_the_batch(tiny_cfg, tiny_clip):
+    from clipsr_cli.model.generator import Generator
+    from clipsr_cli.train.text_cache import TextFeatureCache
+
+    gen = Generator(tiny_cfg, tiny_clip, 4)
+    words = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple", "pink", "brown", "grey"]
+    captions = [f"a {w} bird" for w in words]  # one token per colour: entries of one size
+    one = TextFeatureCache(gen.text.encode)
+    one(captions[:1])
+    cache = TextFeatureCache(gen.text.encode, max_bytes=3 * one.bytes)
+    for a, b in zip(captions, captions[1:]):
+        cache([a, b])
+        assert cache.bytes <= cache.max_bytes and a in cache.entries and b in cache.entries
+    assert list(cache.entries) == captions[-3:]  # the least recently used went first
+    assert cache.bytes == sum(s.numel() * 4 + t.numel() * 4 for s, t in cache.entries.values())
+
+
+def test_the_optimisers_use_the_fused_kernel_where_pytorch_has_one(tmp_path):
+    trainer = Trainer(tiny_run(tmp_path, adversarial_weight=0.01), CPU, Dist(), Experiment(tmp_path / "exp"))
+    assert trainer.opt_g.defaults["fused"] and trainer.opt_d.defaults["fused"]
