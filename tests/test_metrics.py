@@ -316,8 +316,8 @@ def test_report_is_one_self_contained_sortable_page(tmp_path):
     res = CliRunner().invoke(app, ["score", str(sr_dir), "--ref", str(hr_dir), "-s", "4", "--report", str(rep)])
     assert res.exit_code == 0, res.output
     page = (rep / "index.html").read_text()
-    main = page.split("<tbody>", 1)[1]
-    assert main.count("<tr>") == 2  # one row per image
+    main = page.split("<table><thead>", 1)[1]
+    assert main.count("<tbody>") == 2 and main.count("<tr class='scores'>") == 2  # one group per image
     assert "data-col='1'" in page and "sort" in page
     srcs = re.findall(r"src='([^']*)'", page)
     assert len(srcs) == 2 * 4 * 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
@@ -359,6 +359,70 @@ def test_report_shows_an_inputs_captions_side_by_side_cropped_where_they_differ(
     crops = re.findall(r"src='data:image/png;base64,([^']*)' alt='SR enlarged'", page)
     assert len(crops) == 2  # each enlarged crop fills its panel's width
     assert all(Image.open(_io.BytesIO(base64.b64decode(c))).size == (THUMB, THUMB) for c in crops)
+
+
+# What a person sees: the page laid out by headless Chromium (Debian's `chromium`
+# package; the test skips without it).  A script appended to a copy of the page
+# measures the layout once it has loaded and leaves the figures in the DOM that
+# --dump-dom prints.
+_LAYOUT_PROBE = """<script>
+const box = e => e.getBoundingClientRect();
+const groups = [...document.querySelectorAll('table:not(.summary) tbody')].map(b => {
+  const figs = [...b.querySelectorAll('figure')];
+  const sr = figs.filter(f => f.querySelector('img').alt === 'SR');
+  return {
+    rows: new Set(figs.map(f => Math.round(box(f).top))).size,
+    crops_fill: figs.every(f => Math.abs(box(f.querySelectorAll('img')[1]).width - box(f).width) < 1),
+    notes_under: sr.every(f => box(f.querySelector('figcaption')).top >= box(f.querySelectorAll('img')[1]).bottom),
+    notes: sr.map(f => f.querySelector('figcaption').innerText),
+  };
+});
+document.body.dataset.check = JSON.stringify({
+  overflow: document.documentElement.scrollWidth > window.innerWidth,
+  summary_first: box(document.querySelector('table.summary')).bottom
+                 <= box(document.querySelector('table:not(.summary)')).top,
+  groups});
+</script>"""
+
+
+def test_report_as_chromium_lays_it_out(tmp_path):
+    import html
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no headless Chromium on this machine (Debian: apt-get install chromium)")
+    sr_dir, hr_dir, rep, caps = tmp_path / "sr", tmp_path / "hr", tmp_path / "rep", tmp_path / "c.json"
+    sr_dir.mkdir()
+    hr_dir.mkdir()
+    captions = {}
+    for k, name in enumerate(("bird", "boat")):
+        sr, hr = _images(seed=k, h=64, w=64)
+        Image.fromarray(hr).save(hr_dir / f"{name}.png")
+        captions[f"{name}.png"] = [f"a {name} caption {i}" for i in range(3)]
+        for i in range(3):
+            Image.fromarray(np.roll(sr, i, axis=1)).save(sr_dir / f"{name}_c{i}.png")
+    caps.write_text(json.dumps(captions))
+    res = CliRunner().invoke(app, ["score", str(sr_dir), "--ref", str(hr_dir), "-s", "4", "--captions", str(caps),
+                                   "--metrics", "psnr", "--report", str(rep)])
+    assert res.exit_code == 0, res.output
+    probe = tmp_path / "probe.html"
+    probe.write_text((rep / "index.html").read_text().replace("</body>", _LAYOUT_PROBE + "</body>"))
+    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000", "--dump-dom",
+                           probe.as_uri()], capture_output=True, text=True, timeout=120)
+    found = re.search(r'data-check="([^"]*)"', done.stdout)
+    assert found, done.stderr[-2000:]
+    check = json.loads(html.unescape(found.group(1)))
+    assert not check["overflow"] and check["summary_first"]  # nothing past the window's edge; the summary on top
+    assert len(check["groups"]) == 2
+    for group, name in zip(check["groups"], ("bird", "boat")):
+        assert group["rows"] == 1  # LR, bicubic, the three outputs and HR side by side on one line
+        assert group["crops_fill"] and group["notes_under"]
+        assert [n.split("\n")[1] for n in group["notes"]] == [f"a {name} caption {i}" for i in range(3)]
+        assert all(re.search(r"psnr \d+\.\d+", n) for n in group["notes"])  # each output's own score under it
 
 
 def _lpips_files(tmp_path):

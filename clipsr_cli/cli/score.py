@@ -158,5 +158,5 @@ def _write_reports(result, chosen, border, pairing, sr_dir, json_out, csv_out, r
         from clipsr_cli.pipeline.report import write_report
 
         page = write_report(report, result.rows, result.panels, per_image, f"clipsr score: {sr_dir}",
-                            result.bicubic, result.captions)
+                            result.bicubic)
         console.print(f"report: {page}")

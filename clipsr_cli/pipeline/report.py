@@ -70,17 +70,19 @@ def _thumb(t: torch.Tensor) -> torch.Tensor:
                          antialias=True, align_corners=False)[0]
 
 
-def _figure(name: str, panel: torch.Tensor, box, note: str = "") -> str:
+def _figure(name: str, panel: torch.Tensor, box, notes: tuple[str, ...] = ()) -> str:
+    lines = "".join(f"<br><span class='note'>{html.escape(n)}</span>" for n in notes if n)
     return (f"<figure><img src='{_png(_thumb(panel))}' alt='{html.escape(name)}'>"
             f"<img src='{_png(_zoom(panel, box))}' alt='{html.escape(name)} enlarged'>"
-            f"<figcaption>{html.escape(name)}{('<br>' + html.escape(note)) if note else ''}</figcaption></figure>")
+            f"<figcaption>{html.escape(name)}{lines}</figcaption></figure>")
 
 
-def render_panels(sr: torch.Tensor, hr: torch.Tensor | None, scale: int, box=None, note: str = "") -> dict:
+def render_panels(sr: torch.Tensor, hr: torch.Tensor | None, scale: int, box=None,
+                  notes: tuple[str, ...] = ()) -> dict:
     """The figures of one output, rendered at once so the run keeps no full-size
     images: {"context": LR | bicubic figures, "sr": its figure, "hr": HR's, "box": the crop}.
     `box`: the crop of an earlier output of the same input (its captions side by
-    side show the same place); `note`: under the SR figure (its caption)."""
+    side show the same place); `notes`: lines under the SR figure (its caption, its scores)."""
     bicubic = None
     figures = {"context": "", "hr": ""}
     if hr is not None:
@@ -89,30 +91,31 @@ def render_panels(sr: torch.Tensor, hr: torch.Tensor | None, scale: int, box=Non
         figures["context"] = _figure("LR (nearest)", lr_view, box) + _figure("bicubic", bicubic, box)
         figures["hr"] = _figure("HR", hr, box)
     box = box or crop_box(sr, None)
-    figures["sr"] = _figure("SR", sr, box, note)
+    figures["sr"] = _figure("SR", sr, box, notes)
     figures["box"] = box
     return figures
 
 
 _SCRIPT = """
 document.querySelectorAll('th[data-col]').forEach(th => th.addEventListener('click', () => {
-  const body = th.closest('table').tBodies[0], col = +th.dataset.col, asc = th.dataset.asc !== '1';
+  const table = th.closest('table'), col = +th.dataset.col, asc = th.dataset.asc !== '1';
   th.dataset.asc = asc ? '1' : '0';
-  const key = r => { const v = r.cells[col].dataset.v ?? r.cells[col].textContent; return isNaN(+v) ? v : +v; };
-  [...body.rows].sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (asc ? 1 : -1))
-    .forEach(r => body.appendChild(r));
+  const key = b => { const c = b.rows[0].cells[col], v = c.dataset.v ?? c.textContent; return isNaN(+v) ? v : +v; };
+  [...table.tBodies].sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (asc ? 1 : -1))
+    .forEach(b => table.appendChild(b));
 }));
 """
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top}
+tbody{border-top:3px solid #999}tr.scores td{background:#fafafa}
 th[data-col]{cursor:pointer;background:#f2f2f2}th[data-col]:hover{background:#e2e2e2}
-td.panels{white-space:nowrap}figure{display:inline-block;margin:0 4px;text-align:center;vertical-align:top}
-figcaption{font-size:12px;max-width:200px;white-space:normal}.caption{font-size:12px;color:#555;max-width:16em}
+div.panels{display:flex;flex-wrap:wrap;gap:8px 6px}figure{margin:0;text-align:center;width:%dpx}
+figcaption{font-size:12px}.note{color:#555}.caption{font-size:12px;color:#555;max-width:16em}
 table.summary{margin-bottom:1em}
 img{image-rendering:pixelated;display:block}
-"""
+""" % THUMB  # panels wrap onto more lines rather than past the window's edge
 
 
 def input_of(image: str) -> str:
@@ -122,27 +125,28 @@ def input_of(image: str) -> str:
 
 
 def write_report(out_dir: Path, rows: list[dict], panels: dict[str, dict], metrics: list, title: str,
-                 bicubic: dict[str, dict] | None = None, captions: dict[str, str] | None = None) -> Path:
+                 bicubic: dict[str, dict] | None = None) -> Path:
     """One self-contained page: a summary (each metric's mean, and bicubic's),
-    then one row per input with the outputs of its captions side by side, each
-    captioned, and enlarged crops where the outputs differ most from bicubic.
-    rows: per-output metric dicts (key 'image'); panels: image -> render_panels();
-    bicubic: image -> the same metrics of bicubic; captions: image -> caption."""
-    bicubic, captions = bicubic or {}, captions or {}
+    then per input a row of scores and the outputs of its captions side by side,
+    each with its caption and scores under it, and enlarged crops where the
+    outputs differ most from bicubic.  rows: per-output metric dicts (key
+    'image'); panels: image -> render_panels(); bicubic: image -> the same
+    metrics of bicubic."""
+    bicubic = bicubic or {}
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(input_of(row["image"]), []).append(row)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>", _summary(rows, metrics, bicubic),
-             "<p>Click a column header to sort (an input's value: the mean of its outputs). Panels: LR (nearest) | "
-             "bicubic | SR for each caption | HR, each with an enlarged crop where the SR differs most from "
-             "bicubic.</p><table><thead><tr>"]
+             "<p>Click a column header to sort (an input's value: the mean of its outputs). Under each input: "
+             "LR (nearest) | bicubic | the SR of each caption, with its caption and scores | HR, each with an "
+             "enlarged crop where the SR differs most from bicubic.</p><table><thead><tr>"]
     head = ["image", *[f"{m.name} ({m.direction} is better)" for m in metrics]]
     parts += [f"<th data-col='{i}'>{html.escape(h)}</th>" for i, h in enumerate(head)]
-    parts.append("<th>images</th></tr></thead><tbody>")
+    parts.append("</tr></thead>")
     for name, members in groups.items():
-        parts.append(_group_row(name, members, panels, metrics, captions))
-    parts.append(f"</tbody></table><script>{_SCRIPT}</script></body></html>")
+        parts.append(_group(name, members, panels, metrics))
+    parts.append(f"</table><script>{_SCRIPT}</script></body></html>")
     page = out_dir / "index.html"
     atomic_write(page, lambda tmp: Path(tmp).write_text("".join(parts), encoding="utf-8"))
     return page
@@ -167,15 +171,14 @@ def _summary(rows: list[dict], metrics: list, bicubic: dict[str, dict]) -> str:
     return "".join(cells) + "</table>"
 
 
-def _group_row(name: str, members: list[dict], panels: dict[str, dict], metrics: list,
-               captions: dict[str, str]) -> str:
+def _group(name: str, members: list[dict], panels: dict[str, dict], metrics: list) -> str:
+    """One input: a row of its scores (the mean of its outputs), then its panels
+    across the table's width, so that its outputs stand side by side."""
     first = panels[members[0]["image"]]
-    label = html.escape(name) + "".join(f"<div class='caption'>{html.escape(captions[r['image']])}</div>"
-                                        for r in members if r["image"] in captions)
-    cells = [f"<td>{label}</td>"]
+    cells = [f"<td>{html.escape(name)}</td>"]
     for m in metrics:
         v = _mean([r[m.name] for r in members if m.name in r])
         cells.append("<td>-</td>" if v is None else f"<td data-v='{v}'>{v:.4f}</td>")
     figures = first["context"] + "".join(panels[r["image"]]["sr"] for r in members) + first["hr"]
-    cells.append(f"<td class='panels'>{figures}</td>")
-    return f"<tr>{''.join(cells)}</tr>"
+    return (f"<tbody><tr class='scores'>{''.join(cells)}</tr>"
+            f"<tr><td colspan='{len(cells)}'><div class='panels'>{figures}</div></td></tr></tbody>")

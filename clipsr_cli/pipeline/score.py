@@ -225,15 +225,18 @@ class FolderScoring:
         if captions:
             self.result.captions[row["image"]] = " | ".join(captions)
         if self.report_scale is not None:
-            self.add_to_report(row["image"], a, b, captions)
+            self.add_to_report(row, a, b, captions)
 
-    def add_to_report(self, image: str, a: torch.Tensor, b: torch.Tensor | None, captions) -> None:
-        """The report's figures of one output (its input's other outputs share the crop),
-        and bicubic's scores, the bar shown beside the SR's."""
+    def add_to_report(self, row: dict, a: torch.Tensor, b: torch.Tensor | None, captions) -> None:
+        """The report's figures of one output, with its caption and scores under it
+        (its input's other outputs share the crop), and bicubic's scores, the bar
+        shown beside the SR's."""
         from clipsr_cli.pipeline.report import bicubic_of, input_of, render_panels
 
+        image = row["image"]
         group = input_of(image)
-        figures = render_panels(a, b, self.report_scale, self.boxes.get(group), " | ".join(captions or []))
+        scores = "  ".join(f"{m.name} {row[m.name]:.4g}" for m in self.metrics if isinstance(row.get(m.name), float))
+        figures = render_panels(a, b, self.report_scale, self.boxes.get(group), (" | ".join(captions or []), scores))
         self.boxes.setdefault(group, figures["box"])
         self.result.panels[image] = figures
         if b is not None:
