@@ -149,7 +149,7 @@ def load_model(weights: str | Path | None = None, *, preset: str | None = None, 
 
 
 def _denoising(strength: float, weights, preset, scale, weights_dir, note, options: dict, dev) -> Model:
-    from clipsr_cli.model.bundled import DEFAULT_MODELS, interpolated, real_model
+    from clipsr_cli.model.bundled import DEFAULT_MODELS, DENOISE_MODELS, interpolated, real_model
     from clipsr_cli.model.checkpoint import load_generator
     from clipsr_cli.model.weights import resolve
     from clipsr_cli.pipeline.upscaler import Upscaler
@@ -159,9 +159,9 @@ def _denoising(strength: float, weights, preset, scale, weights_dir, note, optio
     if weights is not None or preset is not None:
         raise UsageError("--denoise-strength blends the bundled clean and real-world models; drop --weights/--preset")
     scale = scale or 4
-    names = DEFAULT_MODELS.get(scale), real_model(scale)
+    names = DEFAULT_MODELS.get(scale), real_model(scale, DENOISE_MODELS)
     clean, real = (load_generator(resolve(n, weights_dir=weights_dir), weights_dir=weights_dir) for n in names)
-    note(f"--denoise-strength {strength:g}: {names[0]} and {names[1]} blended, {strength:.0%} of the real-world model")
+    note(f"--denoise-strength {strength:g}: {names[0]} and {names[1]} blended, {strength:.0%} of the denoising model")
     return Model(Upscaler(interpolated(clean, real, strength), dev, **options), None)
 
 

@@ -129,6 +129,9 @@ def test_init_weights_starts_a_fine_tune_from_a_trained_generator(tmp_path):
 
 
 def test_the_real_model_is_chosen_by_name_or_by_real_and_denoise_strength_blends_it(tmp_path):
+    """--real is the bundled real model, the half-way blend of the clean and the
+    denoising model; --denoise-strength s blends the two at run time (0: clean,
+    1: the denoising model, 0.5: the real model up to its fp16 storage)."""
     from typer.testing import CliRunner
 
     from clipsr_cli.cli import app
@@ -139,12 +142,14 @@ def test_the_real_model_is_chosen_by_name_or_by_real_and_denoise_strength_blends
     runner, out = CliRunner(), {}
     for name, args in (("real", ["--real"]), ("named", ["--weights", "clipsr-default-real-x4"]),
                        ("clean", ["--weights", "clipsr-default-x4"]), ("s0", ["--denoise-strength", "0"]),
-                       ("s1", ["--denoise-strength", "1"]), ("half", ["--denoise-strength", "0.5"])):
+                       ("s1", ["--denoise-strength", "1"]), ("half", ["--denoise-strength", "0.5"]),
+                       ("denoise", ["--weights", "clipsr-default-real-denoise-x4"])):
         res = runner.invoke(app, ["upscale", str(lr), "--caption", "a", "-o", str(tmp_path / name), "-q", *args])
         assert res.exit_code == 0, (name, res.output)
         out[name] = np.asarray(Image.open(tmp_path / name / "a.png"), dtype=np.int16)
     assert np.array_equal(out["real"], out["named"])
-    assert np.abs(out["s1"] - out["real"]).max() <= 1 and np.abs(out["s0"] - out["clean"]).max() <= 1
+    assert np.abs(out["s1"] - out["denoise"]).max() <= 1 and np.abs(out["s0"] - out["clean"]).max() <= 1
+    assert np.abs(out["half"] - out["real"]).max() <= 1
     assert not np.array_equal(out["half"], out["s0"]) and not np.array_equal(out["half"], out["s1"])
     for bad in (["--denoise-strength", "1.5"], ["--denoise-strength", "0.5", "--weights", "clipsr-default-x4"],
                 ["--real", "-s", "8"]):

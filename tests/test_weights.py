@@ -118,7 +118,7 @@ def test_niqe_parameters_ship_in_the_package_and_work_offline(tmp_path):
 
 
 def test_a_file_without_its_seeded_clip_rebuilds_the_tower_the_clean_model_carries():
-    """clipsr-default-real-x4 leaves its random CLIP out (export --no-clip): loading
+    """The real-world models leave their random CLIP out (export --no-clip): loading
     rebuilds it from the preset's seed, which must be the tower clipsr-default-x4 stores."""
     import torch
     from safetensors.torch import load_file
@@ -126,6 +126,7 @@ def test_a_file_without_its_seeded_clip_rebuilds_the_tower_the_clean_model_carri
     from clipsr_cli.model.checkpoint import load_generator
 
     stored = {k[5:]: v for k, v in load_file(str(W.resolve("clipsr-default-x4"))).items() if k.startswith("clip.")}
-    assert stored and not any(k.startswith("clip.") for k in load_file(str(W.resolve("clipsr-default-real-x4"))))
-    rebuilt = load_generator(W.resolve("clipsr-default-real-x4")).clip.state_dict()
-    assert all(torch.equal(rebuilt[k].half(), v.half()) for k, v in stored.items())
+    for name in ("clipsr-default-real-x4", "clipsr-default-real-denoise-x4"):
+        assert stored and not any(k.startswith("clip.") for k in load_file(str(W.resolve(name))))
+        rebuilt = load_generator(W.resolve(name)).clip.state_dict()
+        assert all(torch.equal(rebuilt[k].half(), v.half()) for k, v in stored.items())

@@ -10,17 +10,20 @@ import torch
 from clipsr_cli.errors import UsageError
 
 DEFAULT_MODELS = {4: "clipsr-default-x4", 8: "clipsr-default-x8"}  # weights manifest names
-# trained on Real-ESRGAN's degradations for compressed, noisy photos (`--real`); the same
-# preset and scale as the clean model beside it, so `--denoise-strength` can blend the two
+# For compressed, noisy photos.  The denoise models are the clean ones fine-tuned on
+# Real-ESRGAN's degradations (the same preset and scale, so weights can be blended);
+# the real models (`--real`) are the half-way blend of the two, Real-ESRGAN's default
+# denoise strength (benchmarks/real_blend.py writes them; BENCHMARKS.md says why).
 REAL_MODELS = {4: "clipsr-default-real-x4"}
+DENOISE_MODELS = {4: "clipsr-default-real-denoise-x4"}
 
 
-def real_model(scale: int) -> str:
-    if scale not in REAL_MODELS:
+def real_model(scale: int, models: dict[int, str] = REAL_MODELS) -> str:
+    if scale not in models:
         raise UsageError(f"no bundled real-world model for x{scale} (bundled: "
-                         f"{', '.join(f'x{s}' for s in REAL_MODELS)}); drop --real or give --scale "
-                         f"{next(iter(REAL_MODELS))}")
-    return REAL_MODELS[scale]
+                         f"{', '.join(f'x{s}' for s in models)}); drop --real / --denoise-strength or give "
+                         f"--scale {next(iter(models))}")
+    return models[scale]
 
 
 def interpolated(clean, real, strength: float):
