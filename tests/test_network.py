@@ -128,3 +128,25 @@ def test_text_tower_skips_the_padding_with_the_same_results(tiny_cfg, tiny_clip)
     assert torch.allclose(sentence, full[torch.arange(2), eot] @ c.text_projection, atol=1e-5)
     assert pad.tolist() == (torch.arange(n)[None] > eot[:, None]).tolist()
     assert not pad[1].any() and pad[0].sum() == n - int(eot[0]) - 1
+
+
+def test_upsampler_channels_narrows_the_output_resolution_steps_only(tiny_cfg, tiny_clip, tmp_path):
+    from clipsr_cli.model.checkpoint import load_generator, save_generator
+
+    g = dataclasses.replace(tiny_cfg.generator, base_channels=32, upsampler_channels=8)
+    cfg = dataclasses.replace(tiny_cfg, generator=g)
+    gen = Generator(cfg, tiny_clip, 8)
+    assert gen.refiner.out_channels == 32
+    convs = list(gen.upsampler.body.values())
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(32, 32), (8, 32), (8, 32)]
+    assert gen.upsampler.to_rgb.in_channels == 8 and all(f.gamma[-1].out_features == 8 for f in gen.upsampler.fuse)
+    lr = torch.rand(2, 3, 12, 10)
+    with torch.no_grad():
+        sr = gen(lr, gen.encode_text(["a", "b"]))
+    assert sr.shape == (2, 3, 96, 80)
+    save_generator(tmp_path / "g.safetensors", gen)  # the width travels in the checkpoint's config
+    again = load_generator(tmp_path / "g.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(again(lr, again.encode_text(["a", "b"])), sr)
+    default = Generator(tiny_cfg, tiny_clip, 8)  # 0: the refiner's width, as every earlier checkpoint has it
+    assert all(c.out_channels == 4 * default.refiner.out_channels for c in default.upsampler.body.values())

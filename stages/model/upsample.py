@@ -33,14 +33,16 @@ class PixelShuffleUpsampler(nn.Module):
         self.scale = scale
         self.residual = cfg.generator.global_residual
         steps = int(math.log2(scale))
+        width = cfg.generator.upsampler_channels or in_channels
         # one conv per x2 step; keyed 0, 3, 6, ... as the checkpoints of the first
         # version (a Sequential of conv, shuffle, activation) name them
-        self.body = nn.ModuleDict({str(3 * i): nn.Conv2d(in_channels, 4 * in_channels, 3, 1, 1) for i in range(steps)})
+        self.body = nn.ModuleDict({str(3 * i): nn.Conv2d(in_channels if i == 0 else width, 4 * width, 3, 1, 1)
+                                   for i in range(steps)})
         self.uses_text = text_dim is not None
         if self.uses_text:
             self.reweight = TextReweight(text_dim)
-            self.fuse = nn.ModuleList(Affine(text_dim, in_channels) for _ in range(steps))
-        self.to_rgb = nn.Conv2d(in_channels, 3, 3, 1, 1)
+            self.fuse = nn.ModuleList(Affine(text_dim, width) for _ in range(steps))
+        self.to_rgb = nn.Conv2d(width, 3, 3, 1, 1)
         if self.residual:  # start close to bicubic: a small correction, not noise on top of it
             with torch.no_grad():
                 self.to_rgb.weight.mul_(0.1)
