@@ -452,33 +452,44 @@ def test_text_feature_cache_gives_the_encoders_features_and_encodes_each_caption
         return gen.text.encode(captions)
 
     cache = TextFeatureCache(encode)
-    first = ["a red bird", "a long caption about a small yellow bird on a branch", ""]
-    cache(first)
+    listed = ["a red bird", "a long caption about a small yellow bird on a branch", ""]
+    assert cache.fill(listed, chunk=2)
+    assert asked == [sorted(listed)[:2], sorted(listed)[2:]]  # up front, in a fixed order
     batch = ["", "a red bird", "a new one", "a red bird"]
     got = cache(batch)
-    assert asked == [first, ["a new one"]]  # repeats and known captions are not encoded again
+    assert asked[2:] == [["a new one"]]  # only the one not listed, alone
     want = gen.text.encode(batch)
-    assert got.tokens.shape[1] <= want.tokens.shape[1] and torch.equal(got.pad_mask, want.pad_mask[:, :got.tokens.shape[1]])
+    assert got.tokens.shape[1] <= want.tokens.shape[1]
+    assert torch.equal(got.pad_mask, want.pad_mask[:, : got.tokens.shape[1]])
     torch.testing.assert_close(got.sentence, want.sentence, atol=1e-5, rtol=0)
     with torch.no_grad():  # the prompts, which attend over the tokens, come out the same
         torch.testing.assert_close(gen.text(got).prompts, gen.text(want).prompts, atol=1e-5, rtol=0)
 
 
-def test_text_feature_cache_stays_within_its_bytes_keeping_the_batch(tiny_cfg, tiny_clip):
+def test_text_feature_cache_too_large_keeps_nothing_and_passes_batches_through(tiny_cfg, tiny_clip):
     from clipsr_cli.model.generator import Generator
     from clipsr_cli.train.text_cache import TextFeatureCache
 
     gen = Generator(tiny_cfg, tiny_clip, 4)
-    words = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple", "pink", "brown", "grey"]
-    captions = [f"a {w} bird" for w in words]  # one token per colour: entries of one size
+    captions = [f"a {w} bird" for w in ("red", "green", "blue", "yellow", "white", "black")]
     one = TextFeatureCache(gen.text.encode)
-    one(captions[:1])
+    assert one.fill(captions[:1])
     cache = TextFeatureCache(gen.text.encode, max_bytes=3 * one.bytes)
-    for a, b in zip(captions, captions[1:]):
-        cache([a, b])
-        assert cache.bytes <= cache.max_bytes and a in cache.entries and b in cache.entries
-    assert list(cache.entries) == captions[-3:]  # the least recently used went first
-    assert cache.bytes == sum(s.numel() * 4 + t.numel() * 4 for s, t in cache.entries.values())
+    assert not cache.fill(captions, chunk=2)  # judged after the first batch of two: six would not fit
+    assert cache.entries == {} and cache.bytes == 0 and not cache.filled
+    got, want = cache(captions[:2]), gen.text.encode(captions[:2])
+    assert torch.equal(got.sentence, want.sentence) and cache.entries == {}
+
+
+def test_every_caption_a_sample_can_carry_is_listed(tmp_path):
+    from clipsr_cli.train.data import SRDataset
+
+    records = load_folder(make_folder(tmp_path / "d", n=2), "train", str(tmp_path / "d" / "caps.json"))
+    records[0] = dataclasses.replace(records[0], captions=(*records[0].captions, "a bird facing left"))
+    data = SRDataset(records, 32, 4, hflip=True, caption_dropout=0.1)
+    drawn = {data[(epoch, i)].caption for epoch in range(40) for i in range(2)}
+    assert drawn <= data.possible_captions()
+    assert {"a bird facing right", ""} <= data.possible_captions()
 
 
 def test_the_optimisers_use_the_fused_kernel_where_pytorch_has_one(tmp_path):

@@ -110,6 +110,16 @@ class SRDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def possible_captions(self) -> set[str]:
+        """Every caption a sample can carry: the records', their mirrored forms
+        where flips are on, and the empty one of caption dropout."""
+        captions = {c for r in self.records for c in r.captions}
+        if self.hflip:
+            captions |= {m for c in captions if (m := mirror_caption(c)) is not None}
+        if self.caption_dropout:
+            captions.add("")
+        return captions
+
     def _image(self, index: int) -> Image.Image:
         if self._cache is None:
             return open_rgb(self.records[index])

@@ -1,9 +1,8 @@
-"""The frozen text features of each caption, computed once per training run."""
+"""The frozen text features of every caption training can draw, computed once."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -14,30 +13,45 @@ class TextFeatureCache:
     """`encode(captions)` of a text encoder, kept per caption.
 
     TextFeatures are frozen by contract (`plugins/protocols.py`), so a caption
-    seen again (every epoch, and the empty caption of caption dropout) costs a
+    drawn again (every epoch, and the empty caption of caption dropout) costs a
     lookup instead of BPE tokenisation and a text-tower pass: 10% of a
-    tiny-preset training step on the CPU (BENCHMARKS.md).  An entry keeps only
-    its own tokens; a batch is padded to its longest caption with masked zeros,
-    as the encoder masks its own padding.  The least recently used entries go
-    once the cache holds `max_bytes`, so a data set of a million captions costs
-    memory no larger than that (and finds few of its captions again)."""
+    tiny-preset training step on the CPU (BENCHMARKS.md).  `fill` encodes them
+    all up front, in a fixed order, so that a caption's features never depend
+    on the batch it was first drawn in: a resumed run computes with the same
+    bits as an uninterrupted one.  An entry keeps only its own tokens; a batch
+    is padded to its longest caption with masked zeros, as the encoder masks its
+    own padding.  Until `fill` succeeds, every call is passed to the encoder."""
 
     def __init__(self, encode: Callable[[list[str]], TextFeatures], max_bytes: int = 256 << 20):
         self.encode = encode
         self.max_bytes = max_bytes
         self.bytes = 0
-        self.entries: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.entries: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.filled = False
+
+    def fill(self, captions: Iterable[str], chunk: int = 64) -> bool:
+        """Encode every caption now, sorted, in batches of `chunk`.  False, keeping
+        nothing, where they would not fit in `max_bytes` (judged as the batches
+        come, from the bytes per caption so far): training then encodes each
+        batch as it is drawn, as without a cache."""
+        unique = sorted(set(captions))
+        for start in range(0, len(unique), chunk):
+            part = unique[start : start + chunk]
+            self._add(part, self.encode(part))
+            if self.bytes / (start + len(part)) * len(unique) > self.max_bytes:
+                self.entries.clear()
+                self.bytes = 0
+                return False
+        self.filled = True
+        return True
 
     def __call__(self, captions: list[str]) -> TextFeatures:
-        new = [c for c in dict.fromkeys(captions) if c not in self.entries]
-        if new:
-            self._add(new, self.encode(new))
-        rows = []
-        for caption in captions:
-            self.entries.move_to_end(caption)
-            rows.append(self.entries[caption])
-        self._evict(keep=set(captions))
-        return _batch(rows)
+        if not self.filled:
+            return self.encode(captions)
+        for caption in dict.fromkeys(captions):
+            if caption not in self.entries:  # not listed by the data set: alone, so its bits do not depend on its batch
+                self._add([caption], self.encode([caption]))
+        return _batch([self.entries[c] for c in captions])
 
     def _add(self, captions: list[str], feats: TextFeatures) -> None:
         lengths = (~feats.pad_mask).sum(dim=1).tolist()
@@ -45,14 +59,6 @@ class TextFeatureCache:
             entry = (feats.sentence[i].clone(), feats.tokens[i, :n].clone())
             self.entries[caption] = entry
             self.bytes += sum(t.numel() * t.element_size() for t in entry)
-
-    def _evict(self, keep: set[str]) -> None:
-        while self.bytes > self.max_bytes and len(self.entries) > len(keep):
-            caption, entry = next(iter(self.entries.items()))
-            if caption in keep:  # only this batch's captions are left at the front
-                break
-            del self.entries[caption]
-            self.bytes -= sum(t.numel() * t.element_size() for t in entry)
 
 
 def _batch(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> TextFeatures:
