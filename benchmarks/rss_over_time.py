@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shutil
 import subprocess
 import sys
 import time
@@ -87,7 +88,7 @@ def main() -> None:
     args = p.parse_args()
     inputs, outputs = args.work / f"in-{args.images}-{args.size}", args.work / "out"
     make_images(inputs, args.images, args.size)
-    subprocess.run(["rm", "-rf", str(outputs)], check=True)
+    shutil.rmtree(outputs, ignore_errors=True)
     cmd = [sys.executable, "-m", "clipsr_cli", "upscale", str(inputs), "-o", str(outputs), "--weights", args.weights,
            "--caption", "a photo", "-q"]
     rows = sample(cmd, args.every)

@@ -112,7 +112,7 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 6px;verti
 tbody{border-top:3px solid #999}tr.scores td{background:#fafafa}
 th[data-col]{cursor:pointer;background:#f2f2f2}th[data-col]:hover{background:#e2e2e2}
 div.panels{display:flex;flex-wrap:wrap;gap:8px 6px}figure{margin:0;text-align:center;width:%dpx}
-figcaption{font-size:12px}.note{color:#555}.caption{font-size:12px;color:#555;max-width:16em}
+figcaption{font-size:12px}.note{color:#555}
 table.summary{margin-bottom:1em}
 img{image-rendering:pixelated;display:block}
 """ % THUMB  # panels wrap onto more lines rather than past the window's edge

@@ -176,7 +176,6 @@ class FolderScores:
     unavailable: dict[str, str] = field(default_factory=dict)
     panels: dict[str, dict] = field(default_factory=dict)  # image -> report figures, with --report
     bicubic: dict[str, dict] = field(default_factory=dict)  # image -> bicubic's metrics, with --report
-    captions: dict[str, str] = field(default_factory=dict)  # image -> the caption it was scored with
 
 
 class FolderScoring:
@@ -222,8 +221,6 @@ class FolderScoring:
             self.result.failed.append((sr, f"{sr}: {e}"))
             return
         self.result.rows.append(row)
-        if captions:
-            self.result.captions[row["image"]] = " | ".join(captions)
         if self.report_scale is not None:
             self.add_to_report(row, a, b, captions)
 
