@@ -3,12 +3,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from clipsr_cli.cli import app
 
 runner = CliRunner()
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def _img(path, size=(12, 10), mode="RGB"):
@@ -692,23 +694,47 @@ def test_a_cuda_index_beyond_the_machines_devices_is_a_usage_error(monkeypatch, 
     assert res.exit_code == 2 and "has 2 CUDA device(s), cuda:0 to cuda:1" in res.output, res.output
 
 
-def test_precision_choice(tiny_cfg, tiny_clip):
+@pytest.mark.parametrize("amx, avx512_bf16, speedup, want, why", [
+    (False, False, None, "float32", "neither AMX nor AVX512-BF16"),
+    (True, True, 5.9, "bfloat16", "AMX and AVX512-BF16 ran a bf16 product 5.9x faster"),
+    (False, True, 1.1, "float32", "only 1.1x"),
+])
+def test_unset_precision_on_a_cpu_follows_its_bf16_units(monkeypatch, amx, avx512_bf16, speedup, want, why):
     import torch
 
-    from clipsr_cli.model.generator import Generator
-    from clipsr_cli.pipeline.devices import pick_precision
-    from clipsr_cli.pipeline.upscaler import Upscaler
+    from clipsr_cli.pipeline import devices
 
-    cpu = torch.device("cpu")
-    assert pick_precision(None, cpu) == torch.float32  # bf16 is slower than fp32 on this kind of CPU
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(devices, "bf16_speedup", lambda: speedup)  # None: must not be measured
+    devices._cpu_precision.cache_clear()
+    try:
+        dtype, said = devices.choose_precision(None, torch.device("cpu"))
+    finally:
+        devices._cpu_precision.cache_clear()
+    assert str(dtype) == f"torch.{want}" and why in said
+    assert devices.choose_precision("fp32", torch.device("cpu")) == (torch.float32, "--precision fp32")
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
-        pick_precision("fp16", cpu)
-    gen = Generator(tiny_cfg, tiny_clip, 2)
-    rgb = torch.rand(3, 16, 16)
-    a = Upscaler(gen, cpu).upscale(rgb, "a cat", "x.png")
-    b = Upscaler(gen, cpu, dtype=torch.bfloat16).upscale(rgb, "a cat", "x.png")
-    assert a.dtype == b.dtype == torch.float32
-    assert 0 < (a - b).abs().max() < 0.1  # bf16 really ran, and stays close
+        devices.pick_precision("fp16", torch.device("cpu"))
+
+
+def test_bf16_on_the_cpu_casts_the_weights_once_and_stays_within_45_db(tmp_path):
+    """A bundled model in bf16 against fp32 on crops of the examples: weights
+    in bf16 (no cast per call), the image and its global residual in fp32."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from clipsr_cli.api import load_model
+
+    fp32, bf16 = (load_model("clipsr-default-x4", device="cpu", precision=p) for p in ("fp32", "bf16"))
+    assert {p.dtype for p in bf16.upscaler.gen.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in fp32.upscaler.gen.parameters()} == {torch.float32}
+    for name, caption in (("coffee.png", "a cup of coffee on a saucer"), ("rocket.jpg", "a rocket on its pad")):
+        lr = Image.open(EXAMPLES / name).convert("RGB").crop((40, 40, 88, 88))
+        a, b = (np.asarray(m.upscale(lr, caption), dtype=np.float64) for m in (fp32, bf16))
+        mse = np.mean((a - b) ** 2)
+        assert 0 < mse and 10 * np.log10(255**2 / mse) >= 45  # bf16 really ran, and stays close
 
 
 def test_fp16_on_cpu_is_a_usage_error(folder, tmp_path):
@@ -860,3 +886,16 @@ def test_bundled_demo_model_draws_the_pattern_each_caption_names(tmp_path):
         hr = load(examples / "hr" / name)
         scores = [float(psnr(load(out / f"{Path(name).stem}_c{i}.png"), hr, 8)[0]) for i in range(len(caps))]
         assert scores[0] > max(scores[1:]) + 5.0, (name, scores)
+
+
+def test_first_line_says_the_precision_and_why(folder, tmp_path):
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder / "a.png"), "-o", str(tmp_path / "o"),
+                              "--caption", "x", "--device", "cpu", "--precision", "bf16"])
+    assert res.exit_code == 0, res.output
+    assert "device cpu, bfloat16 (--precision bf16)" in " ".join(res.output.split())  # unwrapped
+    from clipsr_cli.pipeline.devices import choose_precision
+
+    res = runner.invoke(app, ["upscale", "--preset", "tiny", str(folder / "a.png"), "-o", str(tmp_path / "p"),
+                              "--caption", "x", "--device", "cpu"])
+    dtype, why = choose_precision(None, torch.device("cpu"))  # this CPU's own answer
+    assert f"device cpu, {str(dtype).removeprefix('torch.')} ({why})" in " ".join(res.output.split())

@@ -16,6 +16,7 @@ from clipsr_cli.model.kernels import (
     conv_pixel_shuffle,
     dense,
     is_channels_last,
+    onednn_bf16,
     vit_block,
 )
 from clipsr_cli.pipeline.devices import pick_memory_format
@@ -231,3 +232,14 @@ def test_worker_threads_reuse_freed_memory_after_keep_freed_memory():
     # default maps every such block afresh: 25,600 faults of 4 KiB pages (fewer with huge pages)
     unfixed, fixed = refaulted_pages(fix=False), refaulted_pages(fix=True)
     assert fixed * 10 < unfixed, (fixed, unfixed)
+
+
+@pytest.mark.skipif(not onednn_bf16(), reason="this CPU has no bf16 units for oneDNN (AVX512-BF16, AMX or "
+                                              "AVX-NE-CONVERT): its bf16 products go to F.linear")
+def test_dense_in_bf16_packs_the_bf16_weight_once():
+    w, b = torch.randn(24, 16).bfloat16(), torch.randn(24).bfloat16()
+    x = torch.randn(600, 16).bfloat16()
+    with torch.inference_mode():
+        ours = dense(x, w, b)
+    assert ours.dtype == torch.bfloat16 and w._clipsr_packed[1] is not None
+    torch.testing.assert_close(ours.float(), F.linear(x.float(), w.float(), b.float()), rtol=2e-2, atol=5e-2)

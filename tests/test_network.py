@@ -150,3 +150,24 @@ def test_upsampler_channels_narrows_the_output_resolution_steps_only(tiny_cfg, t
         torch.testing.assert_close(again(lr, again.encode_text(["a", "b"])), sr)
     default = Generator(tiny_cfg, tiny_clip, 8)  # 0: the refiner's width, as every earlier checkpoint has it
     assert all(c.out_channels == 4 * default.refiner.out_channels for c in default.upsampler.body.values())
+
+
+def test_upsampler_in_chunks_gives_what_the_whole_batch_gives(tiny_cfg, tiny_clip, monkeypatch):
+    """On the CPU the upsampler takes a large batch a few images at a time (its
+    maps at the output's size were the forward pass's peak memory): the same
+    output, each image with its own caption."""
+    import stages.model.upsample as upsample
+
+    gen = Generator(tiny_cfg, tiny_clip, 4).eval().to(memory_format=torch.channels_last)
+    lr = torch.rand(5, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    widest = gen.upsampler.to_rgb.in_channels * 64 * 64 * 4  # bytes of one image's widest map
+    with torch.no_grad():
+        cond = gen.encode_text(["a red bird", "a blue car", "stripes", "", "a cat"])
+        monkeypatch.setattr(upsample, "CPU_CHUNK_BYTES", 1 << 40)
+        whole = gen(lr, cond)
+        monkeypatch.setattr(upsample, "CPU_CHUNK_BYTES", 2 * widest)
+        assert gen.upsampler.chunk(torch.empty(5, 16, 16, 16)) == 2  # chunks of 2, 2 and 1
+        chunked = gen(lr, cond)
+    assert chunked.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
+    assert not torch.equal(chunked[0], chunked[1])  # each image its own caption

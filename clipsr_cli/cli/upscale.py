@@ -89,7 +89,8 @@ def upscale(
     if not quiet:
         resize = f" resized to x{outscale:g}" if setup["outscale"] is not None else ""
         console.print(f"{len(images)} image(s){f' (shard {shard_spec})' if shard_spec else ''}, x{setup['scale']}"
-                      f"{resize}, preset {setup['preset']!r}, device {setup['device']}, {setup['precision']}, "
+                      f"{resize}, preset {setup['preset']!r}, device {setup['device']}, {setup['precision']} "
+                      f"({_precision_why(model, precision)}), "
                       f"tiles of {setup['tile'] or 'any'} LR px, batch {batch_size or 'auto'}, {lanes.n} lane(s)")
     report = _run_with_progress(model.upscaler, lanes, root, images, output, caps, suffix, ext and ext.lower(),
                                 skip_existing, batch_size, quiet, json_report, setup)
@@ -111,6 +112,14 @@ def _precision(precision: str | None, fp32: bool) -> str | None:
     if fp32 and precision not in (None, "fp32"):
         raise UsageError(f"--fp32 and --precision {precision} disagree; give one of them")
     return "fp32" if fp32 else precision
+
+
+def _precision_why(model, precision: str | None) -> str:
+    """Why the run computes in its dtype (the first line says it)."""
+    from clipsr_cli.pipeline.devices import choose_precision
+
+    dtype, why = choose_precision(precision, model.device)
+    return why if dtype == model.dtype else "the only precision of this model's runtime"
 
 
 def _setup(model, shard_spec: str | None, policy) -> dict:

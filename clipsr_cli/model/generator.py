@@ -43,9 +43,15 @@ class Generator(nn.Module):
         pad_h, pad_w = (-h) % m, (-w) % m
         padded = pad_h or pad_w or torch.compiler.is_compiling()  # an exported graph pads whatever the size
         x = F.pad(lr, (0, pad_w, 0, pad_h), mode="replicate") if padded else lr
-        features = self.refiner(x, cond) if self.refiner is not None else None
+        # in the weights' dtype (bf16 once cast for a CPU); the upsampler's global
+        # residual takes the LR as given and returns the image in its dtype
+        features = self.refiner(x.to(self.weights_dtype), cond) if self.refiner is not None else None
         sr = self.upsampler(features, x, cond.sentence if self.upsampler_text else None)
         return sr[..., : h * self.scale, : w * self.scale]
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        return next(self.upsampler.parameters(), torch.empty(0)).dtype
 
     # --- parameters that are ours (not the frozen CLIP) ---------------------
     def own_state_dict(self) -> dict[str, torch.Tensor]:

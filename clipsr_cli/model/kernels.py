@@ -29,15 +29,24 @@ from torch import nn
 ONEDNN_MIN_ROWS = 512  # below this MKL is as fast or faster (the ViT at batch 1: 66 rows)
 
 
+@functools.lru_cache(maxsize=1)
+def onednn_bf16() -> bool:
+    """Whether oneDNN computes bf16 in hardware here (AVX512-BF16/AMX, or AVX-NE-CONVERT):
+    elsewhere it refuses bf16 weights in its blocked layout."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def _onednn_dense(x: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    return (x.device.type == "cpu" and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and onednn_bf16()))
+            and torch.backends.mkldnn.is_available()
             and not torch.compiler.is_compiling())  # an exported graph (ONNX) takes the plain ops
 
 
 def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
           min_rows: int = ONEDNN_MIN_ROWS) -> torch.Tensor:
-    """F.linear(x, weight, bias), on the CPU computed by oneDNN from `min_rows` rows."""
-    if not _onednn_dense(x) or x.numel() < min_rows * x.shape[-1]:
+    """F.linear(x, weight, bias), on the CPU computed by oneDNN from `min_rows` rows
+    (fp32; bf16 where the CPU has bf16 units, with bf16 weights packed once as fp32's are)."""
+    if not _onednn_dense(x) or x.numel() < min_rows * x.shape[-1] or weight.dtype != x.dtype:
         return F.linear(x, weight, bias)
     n, k = weight.shape
     rows = x.reshape(-1, k)

@@ -40,9 +40,13 @@ class Upscaler:
                  dtype: torch.dtype = torch.float32, tile: int | None = None, tile_pad: int = 16,
                  cuda_graphs: bool = True, outscale: float | None = None):
         self.layout = pick_memory_format(device)
-        self.gen = gen.to(device, memory_format=self.layout).eval()
+        # bf16 on a CPU: the weights cast once (autocast would cast each of them at
+        # every call: the paper preset ran slower than fp32 so, the issue measured);
+        # elsewhere computed under autocast from fp32 weights.  Outputs are fp32.
+        weights = dtype if device.type == "cpu" and dtype == torch.bfloat16 else None
+        self.gen = gen.to(device, weights, memory_format=self.layout).eval()
         self.device = device
-        self.dtype = dtype  # computed under autocast; weights and outputs stay fp32
+        self.dtype = dtype
         self.warn = warn
         self.tile_pad = tile_pad
         self.tile = tile if tile is not None else auto_tile(self.bytes_per_lr_pixel(), device)
@@ -156,8 +160,8 @@ class Upscaler:
 
     def _eager(self, x: torch.Tensor, cond) -> torch.Tensor:
         # no autocast weight cache: a graph capture must not keep casts made outside it
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32,
-                            cache_enabled=False):
+        autocast = self.dtype != torch.float32 and self.device.type != "cpu"
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast, cache_enabled=False):
             return self.gen(x, cond)
 
     def _forward(self, lr: torch.Tensor, cond, as_uint8: bool, finish=None) -> torch.Tensor:

@@ -13,6 +13,13 @@ from clipsr_cli.model.kernels import bicubic_upsample, conv_pixel_shuffle
 from clipsr_cli.plugins.hookspecs import hookimpl
 from stages.model.tifblock import Affine, TextReweight
 
+# On the CPU a batch goes through the upsampler a few images at a time, so that
+# its widest map (the last step's, at the output's size) stays near this many
+# bytes: the maps of a whole batch at the output's size were the forward pass's
+# peak (the paper preset at batch 4, x4: 148 of it in MiB), and chunks this
+# size are as fast (BENCHMARKS.md, "Memory").
+CPU_CHUNK_BYTES = 32 << 20
+
 
 class PixelShuffleUpsampler(nn.Module):
     """log2(scale) blocks of conv3x3 (stride 1, pad 1) + PixelShuffle(2), then a
@@ -49,14 +56,31 @@ class PixelShuffleUpsampler(nn.Module):
                 self.to_rgb.bias.zero_()
 
     def forward(self, features: torch.Tensor, lr: torch.Tensor, sentence: torch.Tensor | None = None) -> torch.Tensor:
-        x = features
         text = self.reweight(sentence) if self.uses_text else None
+        n = self.chunk(features)
+        if n >= features.shape[0]:
+            return self._upsample(features, lr, text)
+        parts = [self._upsample(features[i : i + n], lr[i : i + n], None if text is None else text[i : i + n])
+                 for i in range(0, features.shape[0], n)]
+        return torch.cat(parts)
+
+    def chunk(self, features: torch.Tensor) -> int:
+        """Images per pass through the upsampler: all of them on an accelerator
+        and in an exported graph, else as many as keep the widest map near
+        CPU_CHUNK_BYTES (at least one)."""
+        if features.device.type != "cpu" or torch.compiler.is_compiling():
+            return features.shape[0]
+        b, c, h, w = features.shape
+        widest = self.to_rgb.in_channels * h * w * self.scale**2 * features.element_size()
+        return max(1, CPU_CHUNK_BYTES // widest)
+
+    def _upsample(self, x: torch.Tensor, lr: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
         for i, conv in enumerate(self.body.values()):
             x = conv_pixel_shuffle(x, conv, 2)
             if text is not None:
                 x = self.fuse[i](x, text)
             x = F.leaky_relu_(x, 0.2)
-        out = self.to_rgb(x)
+        out = self.to_rgb(x).to(lr.dtype)  # bf16 features: the image and its residual in fp32
         return out.add_(bicubic_upsample(lr, self.scale)) if self.residual else out
 
 
