@@ -76,12 +76,15 @@ def build(preset: str, scale: int):
 def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repeats: int = 4,
         device: str = "cpu", precision: str | None = None, n_lanes: int | None = None,
         work_dir: str | None = None, cuda_graphs: bool = True, decoders: int | None = None,
-        keep_files: bool = False) -> dict:
+        keep_files: bool = False, io: str = "auto") -> dict:
+    """io: where decoding and writing run: "auto" (as `upscale` chooses),
+    "threads", or "processes" (`HostWorkers`, started inside the timed run)."""
     import torch
 
     from clipsr_cli.io.captions import Captions
     from clipsr_cli.io.images import load_image
     from clipsr_cli.pipeline.devices import pick_device, pick_precision
+    from clipsr_cli.pipeline.host_workers import HostWorkers, worker_counts
     from clipsr_cli.pipeline.lanes import Lanes, default_lanes
     from clipsr_cli.pipeline.memory import keep_freed_memory
     from clipsr_cli.pipeline.upscale import run
@@ -98,6 +101,16 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
     lane_spec = default_lanes(dev) if n_lanes is None else \
         (n_lanes, max(1, threads // n_lanes) if dev.type == "cpu" else None)
     result["lanes"] = lane_spec[0] if decoders is None else f"{lane_spec[0]}, {decoders} decoders"
+
+    def host_workers():
+        if io == "auto":
+            return HostWorkers.for_run(dev, n)
+        return HostWorkers(*worker_counts()) if io == "processes" else None
+
+    probe = host_workers()
+    result["lanes"] = f"{result['lanes']}, {probe.describe() if probe else 'I/O in threads'}"
+    if probe is not None:
+        probe.close()
 
     def device_peak() -> dict:
         if dev.type != "cuda":
@@ -138,8 +151,13 @@ def one(preset: str, scale: int, n: int, batch: int, tile_test: int | None, repe
                 lanes_forward.append(n / (time.perf_counter() - start))
             with cpu_split(upscaler) as split:
                 start = time.perf_counter()
-                report = run(upscaler, lr, paths, tmp / f"sr{attempt}", Captions(lr, text=caption),
-                             batch_size=batch, lanes=Lanes(*lane_spec), decoders=decoders)
+                host = host_workers()
+                try:
+                    report = run(upscaler, lr, paths, tmp / f"sr{attempt}", Captions(lr, text=caption),
+                                 batch_size=batch, lanes=Lanes(*lane_spec), decoders=decoders, host=host)
+                finally:
+                    if host is not None:
+                        host.close()
                 end_to_end.append(n / (time.perf_counter() - start))
             host_share.append(split.host_share())
             assert len(report.done) == n, report.failed
@@ -233,15 +251,18 @@ def process_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def host_ceiling(n: int, batch: int, lanes: int, caller_driven: bool, repeats: int) -> float:
+def host_ceiling(n: int, batch: int, lanes: int, caller_driven: bool, repeats: int, processes: bool = False) -> float:
     """img/s of upscale.run when the network costs nothing (nearest-neighbour x4
     in its place): the most the host's decoding, quantising, encoding, writing
     and bookkeeping allow.  caller_driven: as on an accelerator (forward in the
-    main thread, lanes only write); else as on the CPU (forward in the lanes)."""
+    main thread, lanes only write); else as on the CPU (forward in the lanes).
+    processes: decoding and writing in worker processes (`HostWorkers`, as
+    many as `upscale` starts on this machine's cores; their start is timed too)."""
     import torch
     import torch.nn.functional as F
 
     from clipsr_cli.io.captions import Captions
+    from clipsr_cli.pipeline.host_workers import HostWorkers, worker_counts
     from clipsr_cli.pipeline.lanes import Lanes
     from clipsr_cli.pipeline.memory import keep_freed_memory
     from clipsr_cli.pipeline.upscale import run
@@ -263,8 +284,13 @@ def host_ceiling(n: int, batch: int, lanes: int, caller_driven: bool, repeats: i
         paths = make_folder(lr, n, LR_SIDE[4])
         for attempt in range(repeats):
             start = time.perf_counter()
-            report = run(upscaler, lr, paths, Path(tmp) / f"sr{attempt}", Captions(lr, text="a bird"),
-                         batch_size=batch, lanes=Lanes(lanes, 1 if not caller_driven else None))
+            host = HostWorkers(*worker_counts()) if processes else None
+            try:
+                report = run(upscaler, lr, paths, Path(tmp) / f"sr{attempt}", Captions(lr, text="a bird"),
+                             batch_size=batch, lanes=Lanes(lanes, 1 if not caller_driven else None), host=host)
+            finally:
+                if host is not None:
+                    host.close()
             best = max(best, n / (time.perf_counter() - start))
             assert len(report.done) == n, report.failed
     return best
@@ -444,6 +470,8 @@ def main() -> None:
     p.add_argument("--no-tile-test", action="store_true", help="skip the 1024x1024 x8 runs")
     p.add_argument("--eager", action="store_true", help="CUDA: no graphs, every kernel launched from Python")
     p.add_argument("--decoders", type=int, help="decoding threads, 0: in the main thread (default: upscale's)")
+    p.add_argument("--io", choices=("auto", "threads", "processes"), default="auto",
+                   help="decoding and writing in threads or worker processes (auto: as upscale chooses)")
     args = p.parse_args()
     if args.folders:
         if len(args.folders) < 3:
@@ -457,11 +485,13 @@ def main() -> None:
                   f"({min(v['ratios']):.0%}–{max(v['ratios']):.0%}) |")
         return
     if args.host_ceiling:
-        print("| lanes | forward driven from | host ceiling, tiny x4 outputs (img/s) |\n|---|---|---|")
+        print("| lanes | forward driven from | decoding and writing in | host ceiling, tiny x4 outputs (img/s) |\n"
+              "|---|---|---|---|")
         for lanes in args.lanes or [1, 2, 4]:
-            for caller in (False, True):
-                ips = host_ceiling(args.images or 512, args.batch or 16, lanes, caller, args.repeats)
-                print(f"| {lanes} | {'main thread' if caller else 'lanes'} | {ips:.0f} |", flush=True)
+            for caller, processes in ((False, False), (True, False), (True, True)):
+                ips = host_ceiling(args.images or 512, args.batch or 16, lanes, caller, args.repeats, processes)
+                where = "processes" if processes else "threads" if caller else "lanes / main thread"
+                print(f"| {lanes} | {'main thread' if caller else 'lanes'} | {where} | {ips:.0f} |", flush=True)
         return
     if args.ablate:
         preset, scale = args.ablate
@@ -478,7 +508,7 @@ def main() -> None:
         preset, scale, n, batch = args.one
         print(json.dumps(one(preset, int(scale), int(n), int(batch), args.tile_test, args.repeats, args.device,
                              args.precision, args.lanes[0] if args.lanes else None, args.work_dir,
-                             cuda_graphs=not args.eager, decoders=args.decoders, keep_files=args.keep_files)))
+                             cuda_graphs=not args.eager, decoders=args.decoders, keep_files=args.keep_files, io=args.io)))
         return
 
     run_dir = Path(tempfile.mkdtemp(prefix="clipsr-bench-", dir=args.work_dir))  # removed at the end
@@ -492,7 +522,7 @@ def run_all(args, run_dir: Path) -> None:
     """Each configuration and the tile test in its own process, their files kept in run_dir."""
     device_args = ["--device", args.device] + (["--precision", args.precision] if args.precision else []) + \
         ["--work-dir", str(run_dir), "--keep-files"] + (["--eager"] if args.eager else []) + \
-        (["--decoders", str(args.decoders)] if args.decoders is not None else [])
+        (["--decoders", str(args.decoders)] if args.decoders is not None else []) + ["--io", args.io]
 
     def child(*extra) -> dict:
         done = subprocess.run([sys.executable, __file__, *extra], capture_output=True, text=True, check=True)

@@ -1,3 +1,4 @@
 from clipsr_cli.cli import main
 
-main()
+if __name__ == "__main__":  # not when a worker process imports this module again
+    main()

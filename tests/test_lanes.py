@@ -283,3 +283,53 @@ def test_an_input_gone_since_listing_is_reported_while_existing_outputs_are_chec
     assert [i.name for i, *_ in report.done] == ["a.png"]
     assert [o.image.name for o in report.failed] == ["b.png"]
     assert Image.open(out / "a.png").size == (16, 16)  # an old output is replaced, it is no input
+
+
+def test_worker_processes_decode_and_write_what_threads_do(tiny_cfg, tiny_clip, tmp_path):
+    """An accelerator's host: inputs decoded and outputs written in worker
+    processes give the files the threads give, in the report's input order;
+    a broken input and an unwritable output are reported by name; the outputs
+    of a gray image and one with alpha keep their modes."""
+    from clipsr_cli.pipeline.host_workers import HostWorkers, worker_counts
+
+    folder = tmp_path / "lr"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(12, 16)] * 5 + [(9, 9)] * 4):
+        mode = {6: "L", 7: "RGBA"}.get(i, "RGB")
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).convert(mode).save(folder / f"{i}.png")
+    (folder / "3.png").write_bytes(b"not a png")
+    images = sorted(folder.glob("*.png"))
+    (tmp_path / "acc").mkdir()
+    (tmp_path / "acc" / "5.png").mkdir()  # an output path that cannot be written
+    gen = Generator(tiny_cfg, tiny_clip, 2)
+    with torch.no_grad():
+        gen.upsampler.to_rgb.weight.normal_(0, 0.05)
+    caps = Captions(folder, text="a photo")
+    reference = run(Upscaler(gen, torch.device("cpu"), tile=0), folder, images, tmp_path / "ref", caps,
+                    batch_size=2, lanes=Lanes(1))
+    up = Upscaler(gen, torch.device("cpu"), tile=0)
+    up.forward_in_lanes = False  # what an accelerator gets: forward here, lanes hand the writes on
+    host = HostWorkers(2, 2)
+    try:
+        report = run(up, folder, images, tmp_path / "acc", caps, batch_size=2, lanes=Lanes(2), host=host)
+        assert host._decode._processes and host._write._processes  # the work went to processes
+    finally:
+        host.close()
+    assert [o.image.name for o in report.failed] == ["3.png", "5.png"]
+    assert "not a readable image" in report.failed[0].reason and report.failed[0].kind == "not a readable image"
+    assert "5.png" in report.failed[1].reason and isinstance(report.failed[1].kind, str)
+    assert [i.name for i, *_ in report.done] == [i.name for i, *_ in reference.done if i.name != "5.png"]
+    for _, out, _ in report.done:
+        a = np.asarray(Image.open(out), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "ref" / out.name), dtype=np.int16)
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1
+    assert Image.open(tmp_path / "acc" / "6.png").mode == "L" and Image.open(tmp_path / "acc" / "7.png").mode == "RGBA"
+    assert not list((tmp_path / "acc").glob("*.tmp*"))  # nothing half-written left behind
+    assert worker_counts(16) == (7, 7) and worker_counts(2) == (1, 1) and worker_counts(64) == (8, 8)
+    # the CPU computes with its own cores, and a short run ends before workers pay off
+    assert HostWorkers.for_run(torch.device("cpu"), 1000) is None
+    assert HostWorkers.for_run(torch.device("cuda"), 10) is None
+    workers = HostWorkers.for_run(torch.device("cuda"), 1000)
+    assert workers.describe() == "{} decoding + {} writing processes".format(*worker_counts())
+    workers.close()

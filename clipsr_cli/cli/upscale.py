@@ -66,6 +66,7 @@ def upscale(
     """Upscale images, each steered by its caption."""
     from clipsr_cli.api import load_model, pick
     from clipsr_cli.io.captions import Captions, MissingPolicy
+    from clipsr_cli.pipeline.host_workers import HostWorkers
     from clipsr_cli.pipeline.lanes import Lanes, default_lanes
 
     if missing_caption not in MissingPolicy.__members__:
@@ -85,15 +86,21 @@ def upscale(
                        note=None if quiet else lambda m: console.print(f"[cyan]note:[/cyan] {m}", highlight=False),
                        warn=lambda m: console.print(f"[yellow]warning:[/yellow] {m}", highlight=False))
     lanes = Lanes(*default_lanes(model.device))
+    host = HostWorkers.for_run(model.device, len(images))
     setup = _setup(model, shard_spec, policy)
     if not quiet:
         resize = f" resized to x{outscale:g}" if setup["outscale"] is not None else ""
         console.print(f"{len(images)} image(s){f' (shard {shard_spec})' if shard_spec else ''}, x{setup['scale']}"
                       f"{resize}, preset {setup['preset']!r}, device {setup['device']}, {setup['precision']} "
                       f"({_precision_why(model, precision)}), "
-                      f"tiles of {setup['tile'] or 'any'} LR px, batch {batch_size or 'auto'}, {lanes.n} lane(s)")
-    report = _run_with_progress(model.upscaler, lanes, root, images, output, caps, suffix, ext and ext.lower(),
-                                skip_existing, batch_size, quiet, json_report, setup)
+                      f"tiles of {setup['tile'] or 'any'} LR px, batch {batch_size or 'auto'}, {lanes.n} lane(s)"
+                      f"{f', {host.describe()}' if host else ''}")
+    try:
+        report = _run_with_progress(model.upscaler, lanes, root, images, output, caps, suffix, ext and ext.lower(),
+                                    skip_existing, batch_size, quiet, json_report, setup, host)
+    finally:
+        if host is not None:
+            host.close()
     _finish(report, policy, default_caption, output, quiet, json_report, setup)
 
 
@@ -174,7 +181,7 @@ def _inputs(input: str, recursive: bool, shard_spec: str | None, output: Path, s
 
 
 def _run_with_progress(upscaler, lanes, root, images, output, caps, suffix, ext, skip_existing, batch_size,
-                       quiet, json_report, setup):
+                       quiet, json_report, setup, host=None):
     """The batch run behind a progress bar; on Ctrl-C, what was done is said (and
     written to --json) before exit 130."""
     from clipsr_cli.pipeline.upscale import Report, run
@@ -190,7 +197,7 @@ def _run_with_progress(upscaler, lanes, root, images, output, caps, suffix, ext,
 
         try:
             run(upscaler, root, images, output, caps, suffix, ext, skip_existing,
-                progress=advance, batch_size=batch_size, lanes=lanes, report=report)
+                progress=advance, batch_size=batch_size, lanes=lanes, report=report, host=host)
         except KeyboardInterrupt:
             # batches already running have finished and are counted; queued ones were dropped.
             # Further Ctrl-Cs change nothing now: one message, exit 130

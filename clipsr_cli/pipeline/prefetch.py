@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -17,8 +17,6 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int | Callable[[],
     releases the GIL) overlaps with upscaling or scoring.  workers=0: in the
     caller's thread, as it asks.  Exceptions are returned, not raised, so one
     bad file does not end the run."""
-    ahead = depth if callable(depth) else (lambda: depth)
-
     def safe(item):
         try:
             return fn(item)
@@ -29,12 +27,21 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int | Callable[[],
         yield from ((item, safe(item)) for item in items)
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append((item, pool.submit(safe, item)))
-            if len(pending) > max(ahead(), 2 * workers):
-                first, fut = pending.popleft()
-                yield first, fut.result()
-        while pending:
+        yield from in_order(lambda item: pool.submit(safe, item), items, depth, 2 * workers)
+
+
+def in_order(submit: Callable[[T], Future], items: Iterable[T], depth: int | Callable[[], int] = 4,
+             least: int = 2) -> Iterator[tuple[T, R]]:
+    """(item, result) of submit(item)'s future for each item, in order, with at
+    most `depth` (at least `least`; a callable is asked again at each item)
+    submitted ahead of the one the caller waits for."""
+    ahead = depth if callable(depth) else (lambda: depth)
+    pending: deque = deque()
+    for item in items:
+        pending.append((item, submit(item)))
+        if len(pending) > max(ahead(), least):
             first, fut = pending.popleft()
             yield first, fut.result()
+    while pending:
+        first, fut = pending.popleft()
+        yield first, fut.result()

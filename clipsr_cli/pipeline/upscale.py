@@ -11,6 +11,7 @@ import errno
 import signal
 import threading
 from collections import Counter
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,9 +22,10 @@ import torch
 from clipsr_cli.io.captions import CaptionError, Captions
 from clipsr_cli.io.files import remove_stale_temporaries
 from clipsr_cli.io.images import ImageError, holds_alpha, is_plain_8bit, load_image, output_array, write_image
+from clipsr_cli.pipeline.host_workers import HostWorkers, as_tensors
 from clipsr_cli.pipeline.lanes import Lanes, default_lanes
 from clipsr_cli.pipeline.plan import OutputClaims, earlier_outputs, output_name, output_refusal
-from clipsr_cli.pipeline.prefetch import prefetch
+from clipsr_cli.pipeline.prefetch import in_order, prefetch
 from clipsr_cli.pipeline.upscaler import Upscaler
 
 
@@ -123,17 +125,19 @@ class _Item:
 def run(upscaler: Upscaler, root: Path, images: list[Path], out_dir: Path, captions: Captions,
         suffix: str = "", ext: str | None = None, skip_existing: bool = False,
         progress: Callable[[], None] = lambda: None, batch_size: int | None = 1,
-        lanes: Lanes | None = None, decoders: int | None = None, report: Report | None = None) -> Report:
+        lanes: Lanes | None = None, decoders: int | None = None, report: Report | None = None,
+        host: HostWorkers | None = None) -> Report:
     """Upscale every image (one output per caption).  Consecutive outputs of the
     same LR size go through the network together, up to `batch_size` (None:
     `Upscaler.auto_batch`); batches are carried from forward pass to written
     files by `lanes` (default: `default_lanes` for the upscaler's device), which
     run closes when done.  Images decode in `decoders` threads (default: none,
     in this thread, where the CPU's cores compute; one per two lanes on an
-    accelerator).  `report`: filled as the run goes (what was done so far,
-    should it be interrupted), and returned."""
+    accelerator), or in `host`'s worker processes, which then also encode and
+    write the outputs (the caller closes them).  `report`: filled as the run
+    goes (what was done so far, should it be interrupted), and returned."""
     batch_run = BatchRun(upscaler, root, out_dir, captions, suffix, ext, skip_existing, progress, batch_size,
-                         lanes or Lanes(*default_lanes(upscaler.device)), report or Report())
+                         lanes or Lanes(*default_lanes(upscaler.device)), report or Report(), host)
     batch_run.plan(images)
     return batch_run.execute(decoders)
 
@@ -145,8 +149,9 @@ class BatchRun:
 
     def __init__(self, upscaler: Upscaler, root: Path, out_dir: Path, captions: Captions, suffix: str,
                  ext: str | None, skip_existing: bool, progress: Callable[[], None], batch_size: int | None,
-                 lanes: Lanes, report: Report):
+                 lanes: Lanes, report: Report, host: HostWorkers | None = None):
         self.upscaler, self.root, self.out_dir, self.captions = upscaler, root, out_dir, captions
+        self.host = host
         self.suffix, self.ext, self.skip_existing = suffix, ext, skip_existing
         self.progress, self.batch_size, self.lanes, self.report = progress, batch_size, lanes, report
         self.jobs: list[_Job] = []
@@ -229,15 +234,15 @@ class BatchRun:
         upscaler, lanes, on_done = self.upscaler, self.lanes, partial(self.done, batch)
         if upscaler.is_tiled(batch[0].rgb):
             # its tiles are sized for the whole machine's memory
-            lanes.run_alone(partial(_upscale_and_write, upscaler, batch), on_done)
+            lanes.run_alone(partial(_upscale_and_write, upscaler, batch, self.host), on_done)
         elif upscaler.forward_in_lanes:
-            lanes.submit(partial(_upscale_and_write, upscaler, batch), on_done)
+            lanes.submit(partial(_upscale_and_write, upscaler, batch, self.host), on_done)
         else:
             # an accelerator is driven from this thread alone (a new thread's first
             # launches set up its own library handles: the forward in 2-8 lanes ran
             # 1.7-4.3x slower on an H100, BENCHMARKS.md); the lanes quantise, encode, write
             srs = _outcome(_upscale, upscaler, batch, _plain(batch))
-            lanes.submit(partial(_write_outputs, batch, srs), on_done)
+            lanes.submit(partial(_write_outputs, batch, srs, self.host), on_done)
 
     def queue(self, job: _Job, decoded) -> None:
         """A decoded input's outputs into the gathering batch (flushed when full
@@ -291,11 +296,17 @@ class BatchRun:
                 # so images decode in threads, up to two batches ahead (on an H100, 2 decoders
                 # for 4 lanes ended 1.2x faster than 4: they share the GIL)
                 decoders = 0 if self.upscaler.forward_in_lanes else max(1, self.lanes.n // 2)
-            self.decoding = prefetch(lambda j: load_image(j.image), self.jobs,
-                                     depth=lambda: max(4, 2 * self.limit), workers=decoders)
+            def depth() -> int:
+                return max(4, 2 * self.limit)
+
+            if self.host is not None:
+                self.decoding = in_order(lambda j: self.host.decode(j.image), self.jobs, depth,
+                                         2 * self.host.decoders)
+            else:
+                self.decoding = prefetch(lambda j: load_image(j.image), self.jobs, depth, decoders)
             with deferred_interrupts() as interrupted:
                 for job, decoded in self.decoding:
-                    self.queue(job, decoded)
+                    self.queue(job, as_tensors(decoded) if self.host is not None else decoded)
                     if interrupted.is_set():
                         break
                 else:
@@ -337,15 +348,16 @@ def deferred_interrupts():
         signal.signal(signal.SIGINT, signal.SIG_IGN if event.is_set() else previous)
 
 
-def _upscale_and_write(upscaler: Upscaler, batch: list[_Item]) -> list[Exception | None]:
+def _upscale_and_write(upscaler: Upscaler, batch: list[_Item], host: HostWorkers | None = None
+                       ) -> list[Exception | None]:
     """One batch through the network, its outputs quantised and written (in a
     lane): the error of each output, or None.  A failed forward pass raises.
     A tiled image becomes its file's integer image band by band as its tiles
     finish: it is never whole in float."""
     if upscaler.is_tiled(batch[0].rgb):  # alone in its batch, unless the tile shrank since it was queued
         return _write_outputs(batch, [upscaler.upscale_batch([it.rgb], [it.caption], finish=partial(_output_rows, it))[0]
-                                      for it in batch])
-    return _write_outputs(batch, _upscale(upscaler, batch))
+                                      for it in batch], host)
+    return _write_outputs(batch, _upscale(upscaler, batch), host)
 
 
 def _output_rows(it: _Item, band: torch.Tensor, top: int) -> torch.Tensor:
@@ -373,18 +385,30 @@ def _outcome(fn: Callable, *args):
         return e
 
 
-def _write_outputs(batch: list[_Item], srs: torch.Tensor | list[torch.Tensor] | Exception) -> list[Exception | None]:
-    """The batch's outputs quantised and written: the error of each, or None.
-    `srs` is the forward pass's result, or its error (raised here)."""
+def _write_outputs(batch: list[_Item], srs: torch.Tensor | list[torch.Tensor] | Exception,
+                   host: HostWorkers | None = None) -> list[Exception | None]:
+    """The batch's outputs quantised and written (encoded and written in `host`'s
+    worker processes, all of the batch at once, where given): the error of
+    each, or None.  `srs` is the forward pass's result, or its error (raised here)."""
     if isinstance(srs, Exception):
         raise srs
-    errors: list[Exception | None] = []
+    outcomes: list = []  # per output: None (written), its error, or a worker's future
     for it, sr in zip(batch, srs):
         try:
             arr = sr.numpy() if sr.dtype in (torch.uint8, torch.uint16) else \
                 output_array(it.target, sr, it.alpha, it.gray, it.bits, consume=True)  # this batch's own outputs
-            write_image(it.target, arr)
-            errors.append(None)
+            outcomes.append(host.write(it.target, arr) if host is not None else write_image(it.target, arr))
         except (OSError, ImageError) as e:
-            errors.append(e)
-    return errors
+            outcomes.append(e)
+    return [_written(o) for o in outcomes]
+
+
+def _written(outcome) -> Exception | None:
+    """A worker's write waited for: None, or its error."""
+    if not isinstance(outcome, Future):
+        return outcome
+    try:
+        outcome.result()
+    except (OSError, ImageError) as e:
+        return e
+    return None

@@ -57,6 +57,7 @@ class TrainConfig:
     beta1: float = _opt(0.0, "Adam beta1.")
     beta2: float = _opt(0.9, "Adam beta2.")
     l1_weight: float = _opt(1.0, "Weight of L1(SR, HR).")
+    mse_weight: float = _opt(0.0, "Weight of MSE(SR, HR), the loss PSNR measures.")
     perceptual_weight: float = _opt(1.0, "Weight of the VGG-19 perceptual loss (0: off, no VGG needed).")
     perceptual_layers: tuple[float, float, float, float, float] = _opt(
         (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0), "Weights of VGG-19 relu1_1, relu2_1, relu3_1, relu4_1, relu5_1.")

@@ -155,6 +155,9 @@ class Trainer:
         c = self.cfg
         out = {"l1": F.l1_loss(sr.float(), hr)}
         total = c.l1_weight * out["l1"]
+        if c.mse_weight:
+            out["mse"] = F.mse_loss(sr.float(), hr)
+            total = total + c.mse_weight * out["mse"]
         if self.perceptual is not None:
             with self.autocast():
                 out["perceptual"] = self.perceptual(sr, hr).float()
