@@ -495,3 +495,14 @@ def test_every_caption_a_sample_can_carry_is_listed(tmp_path):
 def test_the_optimisers_use_the_fused_kernel_where_pytorch_has_one(tmp_path):
     trainer = Trainer(tiny_run(tmp_path, adversarial_weight=0.01), CPU, Dist(), Experiment(tmp_path / "exp"))
     assert trainer.opt_g.defaults["fused"] and trainer.opt_d.defaults["fused"]
+
+
+def test_pixel_losses_are_weighted_as_configured(tmp_path):
+    trainer = train(tiny_run(tmp_path, max_steps=1, l1_weight=0.5, mse_weight=3.0, adversarial_weight=0.0,
+                             val_every=0, sample_every=0))
+    hr, sr = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    out = trainer.g_losses(hr, sr, None)
+    torch.testing.assert_close(out["mse"], ((sr - hr) ** 2).mean())
+    torch.testing.assert_close(out["loss_g"], 0.5 * (sr - hr).abs().mean() + 3.0 * ((sr - hr) ** 2).mean())
+    assert "mse" not in train(tiny_run(tmp_path / "l1", max_steps=1, adversarial_weight=0.0, val_every=0,
+                                       sample_every=0)).g_losses(hr, sr, None)  # 0: not computed

@@ -4,7 +4,9 @@ On an accelerator the main thread launches the forward passes while threads
 decode, encode and write; they all take turns at the one GIL, so the device
 waits (on an H100 the main thread spent 26% of its time waiting for decoded
 images, and end to end reached 18-22% of the forward pass, BENCHMARKS.md).
-Processes have an interpreter each.  The main process keeps the order, the
+Processes have an interpreter each, but every image then crosses a pipe: on
+a 2-core host threads were faster (BENCHMARKS.md), so processes are used
+where the host has cores to spare.  The main process keeps the order, the
 report and the decisions (skip, fail, stop); a worker only decodes one file
 or writes one output, atomically as before.  On the CPU the cores compute the
 forward passes themselves, and the threads stay (measured faster there).
@@ -30,6 +32,7 @@ import torch
 from clipsr_cli.io.images import Decoded, load_image, write_image
 
 MIN_IMAGES = 64  # a smaller run ends before the workers' start (importing torch) pays off
+MIN_CORES = 8  # 2 cores: threads 535 img/s, 2 + 2 processes 453 (no-op network; BENCHMARKS.md)
 
 
 def worker_counts(cores: int | None = None) -> tuple[int, int]:
@@ -52,11 +55,11 @@ class HostWorkers:
         self._write = ProcessPoolExecutor(writers, mp_context=ctx, initializer=_worker_setup)
 
     @classmethod
-    def for_run(cls, device: torch.device, images: int) -> "HostWorkers | None":
+    def for_run(cls, device: torch.device, images: int, cores: int | None = None) -> "HostWorkers | None":
         """Workers for a run of `images` inputs on `device`, or None (threads do it)."""
-        if device.type == "cpu" or images < MIN_IMAGES:
+        if device.type == "cpu" or images < MIN_IMAGES or (cores or os.cpu_count() or 1) < MIN_CORES:
             return None
-        return cls(*worker_counts())
+        return cls(*worker_counts(cores))
 
     def describe(self) -> str:
         return f"{self.decoders} decoding + {self.writers} writing processes"

@@ -16,8 +16,8 @@ from stages.model.tifblock import Affine, TextReweight
 # On the CPU a batch goes through the upsampler a few images at a time, so that
 # its widest map (the last step's, at the output's size) stays near this many
 # bytes: the maps of a whole batch at the output's size were the forward pass's
-# peak (the paper preset at batch 4, x4: 148 of it in MiB), and chunks this
-# size are as fast (BENCHMARKS.md, "Memory").
+# peak (the paper preset at batch 4, x4: 148 MiB; chunked, 78), for 1-4% more
+# time per image (BENCHMARKS.md, "Peak memory against the authors' generator").
 CPU_CHUNK_BYTES = 32 << 20
 
 
