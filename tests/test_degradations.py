@@ -155,3 +155,38 @@ def test_the_real_model_is_chosen_by_name_or_by_real_and_denoise_strength_blends
                 ["--real", "-s", "8"]):
         res = runner.invoke(app, ["upscale", str(lr), "--caption", "a", "-o", str(tmp_path / "x"), *bad])
         assert res.exit_code == 2, (bad, res.output)
+
+
+def test_unsharp_mask_raises_edge_contrast_and_leaves_flat_areas_and_faint_detail():
+    from clipsr_cli.train.sharpen import gaussian_1d, unsharp_mask
+
+    assert abs(float(gaussian_1d(8.0).sum()) - 1) < 1e-6 and len(gaussian_1d(8.0)) == 49
+    flat = torch.full((3, 40, 48), 0.4)
+    torch.testing.assert_close(unsharp_mask(flat), flat)
+    faint = flat + 0.01 * torch.randn(3, 40, 48)  # under the 10-level threshold everywhere
+    assert (unsharp_mask(faint) - faint).abs().max() < 0.01
+    edge = torch.full((3, 40, 48), 0.2)
+    edge[:, :, 24:] = 0.7
+    sharp = unsharp_mask(edge)
+    assert sharp[:, :, 22].max() < 0.2 - 0.02 and sharp[:, :, 25].min() > 0.7 + 0.02  # under- and overshoot
+    torch.testing.assert_close(sharp[:, :, 0], edge[:, :, 0], atol=2e-3, rtol=0)  # far from it: unchanged
+
+
+@pytest.mark.parametrize("degradation", [None, "realistic"])
+def test_gt_usm_sharpens_the_target_and_makes_the_lr_from_it(tmp_path, degradation):
+    from clipsr_cli.plugins.protocols import Record
+    from clipsr_cli.train.data import SRDataset, downsample, to_image, to_tensor
+    from clipsr_cli.train.sharpen import unsharp_mask
+
+    rng = np.random.default_rng(0)
+    arr = np.kron(rng.integers(0, 256, (6, 6, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # blocks: edges
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    record = Record(tmp_path / "a.png", ("a photo",))
+    stage = lookup("degradation", degradation).factory(None) if degradation else None
+    plain, sharp = (SRDataset([record], 48, 4, hflip=False, degradation=stage, sharpen=s)[(0, 0)] for s in (0, 1))
+    torch.testing.assert_close(sharp.hr, unsharp_mask(plain.hr))
+    assert (sharp.hr - plain.hr).abs().max() > 0.05
+    if degradation is None:  # PIL's bicubic of the sharpened crop, as the paper's LR is made
+        torch.testing.assert_close(sharp.lr, to_tensor(downsample(to_image(sharp.hr), 4)))
+    else:  # the same random draws, from the sharpened crop
+        torch.testing.assert_close(sharp.lr, stage(sharp.hr, 4, np.random.default_rng([0, 0, 0])))

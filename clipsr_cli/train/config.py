@@ -41,6 +41,8 @@ class TrainConfig:
                                        "(Real-ESRGAN's blur, resize, noise and JPEG), or a plugin's.")
     degradation_params: str = _opt("", "TOML file replacing keys of the degradation's parameters "
                                        "(stages/degradations/realistic.toml).")
+    gt_usm: bool = _opt(False, "Sharpen each HR crop with an unsharp mask before its LR is made and the loss "
+                               "compares with it (Real-ESRGAN's gt_usm): sharper outputs, at some PSNR.")
     cache_images: bool = _opt(False, "Keep decoded training images in memory (small datasets).")
     num_workers: int = _opt(2, "Data loading worker processes (0: load in the main process).")
     # model

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, Sampler
 
 from clipsr_cli.errors import UserError
 from clipsr_cli.plugins.protocols import Record
+from clipsr_cli.train.sharpen import unsharp_mask
 
 # Words a horizontal flip turns into their mirror image, both ways.
 MIRRORED_WORDS = {
@@ -52,6 +53,11 @@ def mirror_caption(caption: str) -> str | None:
 
 def to_tensor(im: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def to_image(t: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [0, 1] -> an 8-bit RGB image."""
+    return Image.fromarray((t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
 
 
 def downsample(hr: Image.Image, scale: int) -> Image.Image:
@@ -98,13 +104,15 @@ class SRDataset(Dataset):
     """(HR crop, bicubic LR, one random caption) per record."""
 
     def __init__(self, records: list[Record], hr_crop: int, scale: int, seed: int = 0,
-                 hflip: bool = True, cache: bool = False, caption_dropout: float = 0.0, degradation=None):
+                 hflip: bool = True, cache: bool = False, caption_dropout: float = 0.0, degradation=None,
+                 sharpen: bool = False):
         if hr_crop % scale:
             raise ValueError(f"hr_crop {hr_crop} is not a multiple of scale {scale}")
         self.records = records
         self.hr_crop, self.scale, self.seed, self.hflip = hr_crop, scale, seed, hflip
         self.caption_dropout = caption_dropout
         self.degradation = degradation  # a registered Degradation; None: bicubic (PIL), the paper's
+        self.sharpen = sharpen  # the HR unsharp-masked before the LR is made from it (train/sharpen.py)
         self._cache: dict[int, Image.Image] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -146,6 +154,10 @@ class SRDataset(Dataset):
         if self.caption_dropout and rng.random() < self.caption_dropout:
             caption = ""  # so that an image upscaled without a caption gets the caption-free estimate
         hr_t = to_tensor(hr)
+        if self.sharpen:
+            hr_t = unsharp_mask(hr_t)
+            if self.degradation is None:  # the LR from the sharpened HR, as PIL's bicubic makes it
+                return Sample(hr_t, to_tensor(downsample(to_image(hr_t), self.scale)), caption, index)
         if self.degradation is None:
             return Sample(hr_t, to_tensor(downsample(hr, self.scale)), caption, index)
         # its random choices from (seed, epoch, index) too: a resumed run draws the same LR
