@@ -8,6 +8,11 @@ the real weights.
 
     python3 benchmarks/train_speed.py            # tiny and paper, x4 and x8
     python3 benchmarks/train_speed.py --one tiny 4 16 3
+    python3 benchmarks/train_speed.py --precisions fp32 bf16 --loss l1-vgg   # side by side (an AMX CPU)
+
+--precisions runs each configuration once per precision, alternating, and
+gives bf16's samples/s over fp32's; --loss l1-vgg leaves the discriminator out
+(L1 + VGG-19 perceptual only).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ def offline_preset(name: str, folder: Path) -> str:
     return str(dst)
 
 
-def one(preset: str, scale: int, batch: int, steps: int) -> dict:
+def one(preset: str, scale: int, batch: int, steps: int, precision: str = "fp32", adversarial: bool = True) -> dict:
     import torch
 
     from clipsr_cli.train.config import TrainConfig
@@ -52,7 +57,8 @@ def one(preset: str, scale: int, batch: int, steps: int) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(preset=offline_preset(preset, Path(tmp)), scale=scale, batch_size=batch,
-                          exp_dir=tmp, data_root=tmp).validate()
+                          exp_dir=tmp, data_root=tmp, precision=precision,
+                          **({} if adversarial else {"adversarial_weight": 0.0})).validate()
         trainer = RandomVGGTrainer(cfg, torch.device("cpu"), Dist(), Experiment(Path(tmp)))
         crop = trainer.model_cfg.generator.hr_crop
         batch_data = {"hr": torch.rand(batch, 3, crop, crop), "lr": torch.rand(batch, 3, crop // scale, crop // scale),
@@ -69,22 +75,31 @@ def one(preset: str, scale: int, batch: int, steps: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--one", nargs=4, metavar=("PRESET", "SCALE", "BATCH", "STEPS"))
+    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=("fp32", "bf16"))
+    p.add_argument("--loss", choices=("full", "l1-vgg"), default="full")
     args = p.parse_args()
+    adversarial = args.loss == "full"
     if args.one:
         preset, scale, batch, steps = args.one
-        print(json.dumps(one(preset, int(scale), int(batch), int(steps))))
+        print(json.dumps(one(preset, int(scale), int(batch), int(steps), args.precisions[0], adversarial)))
         return
     import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, full loss, 256 px HR crops")
-    print("| preset | scale | batch | s / step | samples / s | peak RSS |")
-    print("|---|---|---|---|---|---|")
+    loss = "full loss" if adversarial else "L1 + VGG-19 perceptual"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {loss}, 256 px HR crops")
+    print("| preset | scale | batch | precision | s / step | samples / s | against fp32 | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|")
     for preset, scale, batch, steps in CONFIGS:
-        done = subprocess.run([sys.executable, __file__, "--one", preset, str(scale), str(batch), str(steps)],
-                              capture_output=True, text=True, check=True)
-        r = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"| {preset} | x{scale} | {batch} | {r['s_per_step']:.2f} | {r['samples_per_s']:.2f} | "
-              f"{r['peak_rss_gib']:.2f} GiB |")
+        fp32 = None
+        for precision in args.precisions:
+            done = subprocess.run([sys.executable, __file__, "--one", preset, str(scale), str(batch), str(steps),
+                                   "--precisions", precision, "--loss", args.loss],
+                                  capture_output=True, text=True, check=True)
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            fp32 = r["samples_per_s"] if precision == "fp32" else fp32
+            ratio = f"{r['samples_per_s'] / fp32:.2f}x" if fp32 else "—"
+            print(f"| {preset} | x{scale} | {batch} | {precision} | {r['s_per_step']:.2f} | {r['samples_per_s']:.2f} "
+                  f"| {ratio} | {r['peak_rss_gib']:.2f} GiB |", flush=True)
 
 
 if __name__ == "__main__":
