@@ -41,8 +41,8 @@ class TrainConfig:
                                        "(Real-ESRGAN's blur, resize, noise and JPEG), or a plugin's.")
     degradation_params: str = _opt("", "TOML file replacing keys of the degradation's parameters "
                                        "(stages/degradations/realistic.toml).")
-    gt_usm: bool = _opt(False, "Sharpen each HR crop with an unsharp mask before its LR is made and the loss "
-                               "compares with it (Real-ESRGAN's gt_usm): sharper outputs, at some PSNR.")
+    gt_usm: float = _opt(0.0, "Sharpen each HR crop with an unsharp mask of this weight before its LR is made "
+                              "and the loss compares with it (Real-ESRGAN's gt_usm, weight 0.5; 0: off).")
     cache_images: bool = _opt(False, "Keep decoded training images in memory (small datasets).")
     num_workers: int = _opt(2, "Data loading worker processes (0: load in the main process).")
     # model
@@ -104,6 +104,8 @@ class TrainConfig:
                               "dataset there in its official layout, or pass --data-root where it is")
         if self.batch_size < 1 or self.max_steps < 0 or self.epochs < 1:
             raise ConfigError("batch_size and epochs must be >= 1, max_steps >= 0")
+        if self.gt_usm < 0:
+            raise ConfigError(f"gt_usm {self.gt_usm} must be >= 0 (0: no sharpening; Real-ESRGAN's is 0.5)")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ConfigError(f"caption_dropout {self.caption_dropout} must be in [0, 1)")
         if self.lr_schedule not in ("constant", "cosine"):

@@ -105,14 +105,14 @@ class SRDataset(Dataset):
 
     def __init__(self, records: list[Record], hr_crop: int, scale: int, seed: int = 0,
                  hflip: bool = True, cache: bool = False, caption_dropout: float = 0.0, degradation=None,
-                 sharpen: bool = False):
+                 sharpen: float = 0.0):
         if hr_crop % scale:
             raise ValueError(f"hr_crop {hr_crop} is not a multiple of scale {scale}")
         self.records = records
         self.hr_crop, self.scale, self.seed, self.hflip = hr_crop, scale, seed, hflip
         self.caption_dropout = caption_dropout
         self.degradation = degradation  # a registered Degradation; None: bicubic (PIL), the paper's
-        self.sharpen = sharpen  # the HR unsharp-masked before the LR is made from it (train/sharpen.py)
+        self.sharpen = sharpen  # weight of the HR's unsharp mask, applied before the LR is made (train/sharpen.py)
         self._cache: dict[int, Image.Image] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -155,7 +155,7 @@ class SRDataset(Dataset):
             caption = ""  # so that an image upscaled without a caption gets the caption-free estimate
         hr_t = to_tensor(hr)
         if self.sharpen:
-            hr_t = unsharp_mask(hr_t)
+            hr_t = unsharp_mask(hr_t, amount=self.sharpen)
             if self.degradation is None:  # the LR from the sharpened HR, as PIL's bicubic makes it
                 return Sample(hr_t, to_tensor(downsample(to_image(hr_t), self.scale)), caption, index)
         if self.degradation is None:
