@@ -40,8 +40,8 @@ class Upscaler:
                  dtype: torch.dtype = torch.float32, tile: int | None = None, tile_pad: int = 16,
                  cuda_graphs: bool = True, outscale: float | None = None):
         self.layout = pick_memory_format(device)
-        # bf16 on a CPU: the weights cast once (autocast would cast each of them at
-        # every call: the paper preset ran slower than fp32 so, the issue measured);
+        # bf16 on a CPU: the weights cast once (autocast casts each of them at every
+        # call: the paper preset ran slower than in fp32 so on an AMX Xeon, BENCHMARKS.md);
         # elsewhere computed under autocast from fp32 weights.  Outputs are fp32.
         weights = dtype if device.type == "cpu" and dtype == torch.bfloat16 else None
         self.gen = gen.to(device, weights, memory_format=self.layout).eval()

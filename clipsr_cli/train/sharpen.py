@@ -23,24 +23,23 @@ def gaussian_1d(sigma: float) -> torch.Tensor:
 
 
 def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(C, H, W) blurred separably, borders mirrored (clamped to the image's size)."""
-    k = gaussian_1d(sigma)
-    c, h, w = img.shape
+    """(C, H, W) blurred separably, along the width then the height, borders
+    mirrored (the kernel cut to what a side smaller than it can mirror)."""
+    k, c = gaussian_1d(sigma), img.shape[0]
     x = img[None]
-    pad_w, pad_h = min(len(k) // 2, w - 1), min(len(k) // 2, h - 1)
-    x = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect")
-    kw = k[len(k) // 2 - pad_w : len(k) // 2 + pad_w + 1]
-    x = F.conv2d(x, (kw / kw.sum()).view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    x = F.pad(x, (0, 0, pad_h, pad_h), mode="reflect")
-    kh = k[len(k) // 2 - pad_h : len(k) // 2 + pad_h + 1]
-    return F.conv2d(x, (kh / kh.sum()).view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)[0]
+    for wide in (True, False):
+        pad = min(len(k) // 2, x.shape[3 if wide else 2] - 1)
+        taps = k[len(k) // 2 - pad : len(k) // 2 + pad + 1]
+        taps = (taps / taps.sum()).view((1, -1) if wide else (-1, 1)).expand(c, 1, -1, -1)
+        x = F.conv2d(F.pad(x, (pad, pad, 0, 0) if wide else (0, 0, pad, pad), mode="reflect"), taps, groups=c)
+    return x[0]
 
 
 def unsharp_mask(img: torch.Tensor, sigma: float = 8.0, amount: float = 0.5, threshold: float = 10 / 255
                  ) -> torch.Tensor:
     """img + amount * (img - blur(img)), clipped to [0, 1], blended in by a
-    soft mask of where |img - blur| exceeds `threshold` (Real-ESRGAN's USM:
-    a 51-tap Gaussian, sigma 8, weight 0.5, threshold 10 levels)."""
+    soft mask of where |img - blur| exceeds `threshold` (as Real-ESRGAN's USM:
+    a Gaussian of sigma 8, weight 0.5, threshold 10 levels)."""
     detail = img - gaussian_blur(img, sigma)
     mask = gaussian_blur((detail.abs() > threshold).float(), sigma)
     sharp = (img + amount * detail).clamp_(0, 1)
