@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from clipsr_cli.io.images import Decoded, load_image, write_image
+from clipsr_cli.pipeline.prefetch import outcome
 
 MIN_IMAGES = 64  # a smaller run ends before the workers' start (importing torch) pays off
 MIN_CORES = 8  # 2 cores: threads 535 img/s, 2 + 2 processes 453 (no-op network; BENCHMARKS.md)
@@ -90,10 +91,9 @@ def _decode(path: Path) -> Decoded | Exception:
     """In a worker: the decoded image as numpy arrays (they cross the pipe as
     bytes; torch tensors would each go through a shared-memory file), or the
     exception, returned so that one bad file does not end the run."""
-    try:
-        d = load_image(path)
-    except Exception as e:
-        return e
+    d = outcome(load_image, path)
+    if isinstance(d, Exception):
+        return d
     return replace(d, rgb=d.rgb.numpy(), alpha=None if d.alpha is None else d.alpha.numpy())
 
 

@@ -17,17 +17,20 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int | Callable[[],
     releases the GIL) overlaps with upscaling or scoring.  workers=0: in the
     caller's thread, as it asks.  Exceptions are returned, not raised, so one
     bad file does not end the run."""
-    def safe(item):
-        try:
-            return fn(item)
-        except Exception as e:  # handed back to the caller with its item
-            return e
-
     if workers == 0:
-        yield from ((item, safe(item)) for item in items)
+        yield from ((item, outcome(fn, item)) for item in items)
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        yield from in_order(lambda item: pool.submit(safe, item), items, depth, 2 * workers)
+        yield from in_order(lambda item: pool.submit(outcome, fn, item), items, depth, 2 * workers)
+
+
+def outcome(fn: Callable, *args):
+    """fn(*args), or the exception it raised, handed back to be reported (or
+    raised again) where the result is used."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        return e
 
 
 def in_order(submit: Callable[[T], Future], items: Iterable[T], depth: int | Callable[[], int] = 4,

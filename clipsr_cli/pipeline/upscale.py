@@ -25,7 +25,7 @@ from clipsr_cli.io.images import ImageError, holds_alpha, is_plain_8bit, load_im
 from clipsr_cli.pipeline.host_workers import HostWorkers, as_tensors
 from clipsr_cli.pipeline.lanes import Lanes, default_lanes
 from clipsr_cli.pipeline.plan import OutputClaims, earlier_outputs, output_name, output_refusal
-from clipsr_cli.pipeline.prefetch import in_order, prefetch
+from clipsr_cli.pipeline.prefetch import in_order, outcome, prefetch
 from clipsr_cli.pipeline.upscaler import Upscaler
 
 
@@ -241,7 +241,7 @@ class BatchRun:
             # an accelerator is driven from this thread alone (a new thread's first
             # launches set up its own library handles: the forward in 2-8 lanes ran
             # 1.7-4.3x slower on an H100, BENCHMARKS.md); the lanes quantise, encode, write
-            srs = _outcome(_upscale, upscaler, batch, _plain(batch))
+            srs = outcome(_upscale, upscaler, batch, _plain(batch))
             lanes.submit(partial(_write_outputs, batch, srs, self.host), on_done)
 
     def queue(self, job: _Job, decoded) -> None:
@@ -376,13 +376,6 @@ def _plain(batch: list[_Item]) -> bool:
 def _upscale(upscaler: Upscaler, batch: list[_Item], as_uint8: bool = False) -> torch.Tensor:
     return upscaler.upscale_batch([it.rgb for it in batch], [it.caption for it in batch], as_uint8)
 
-
-def _outcome(fn: Callable, *args):
-    """fn(*args), or the exception it raised (raised again where the result is used)."""
-    try:
-        return fn(*args)
-    except Exception as e:
-        return e
 
 
 def _write_outputs(batch: list[_Item], srs: torch.Tensor | list[torch.Tensor] | Exception,
