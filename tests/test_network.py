@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipsr_cli.model.config import ModelConfig
+from clipsr_cli.model.config import ConfigError, ModelConfig
 from clipsr_cli.model.discriminator import Discriminator
 from clipsr_cli.model.generator import Generator
 from stages.model.tifblock import TextReweight
@@ -150,6 +150,31 @@ def test_upsampler_channels_narrows_the_output_resolution_steps_only(tiny_cfg, t
         torch.testing.assert_close(again(lr, again.encode_text(["a", "b"])), sr)
     default = Generator(tiny_cfg, tiny_clip, 8)  # 0: the refiner's width, as every earlier checkpoint has it
     assert all(c.out_channels == 4 * default.refiner.out_channels for c in default.upsampler.body.values())
+
+
+def test_upsampler_convs_adds_caption_modulated_convs_at_each_output_step(tiny_cfg, tiny_clip, tmp_path):
+    from clipsr_cli.model.checkpoint import load_generator, save_generator
+
+    cfg = dataclasses.replace(tiny_cfg, generator=dataclasses.replace(tiny_cfg.generator, upsampler_convs=3))
+    torch.manual_seed(0)
+    gen = Generator(cfg, tiny_clip, 8)
+    up = gen.upsampler
+    assert [len(step) for step in up.extra] == [2, 2, 2] and [len(step) for step in up.extra_fuse] == [2, 2, 2]
+    lr = torch.rand(2, 3, 12, 10)
+    sr = gen(lr, gen.encode_text(["a red bird", "green stripes"]))
+    assert sr.shape == (2, 3, 96, 80)
+    sr.square().mean().backward()  # every further conv and its caption affine take part
+    assert all(float(p.grad.abs().sum()) > 0 for step in up.extra for conv in step for p in conv.parameters())
+    assert all(float(a.gamma[-1].weight.grad.abs().sum()) > 0 for step in up.extra_fuse for a in step)
+    sr = sr.detach()
+    save_generator(tmp_path / "g.safetensors", gen)  # the key travels in the checkpoint's config
+    again = load_generator(tmp_path / "g.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(again(lr, again.encode_text(["a red bird", "green stripes"])), sr)
+    paper = Generator(tiny_cfg, tiny_clip, 8)  # 1, the paper's: no further modules, earlier files load as before
+    assert paper.upsampler.extra is None and not hasattr(paper.upsampler, "extra_fuse")
+    with pytest.raises(ConfigError, match="upsampler_convs must be >= 1"):
+        dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, upsampler_convs=0)).validate()
 
 
 def test_upsampler_in_chunks_gives_what_the_whole_batch_gives(tiny_cfg, tiny_clip, monkeypatch):

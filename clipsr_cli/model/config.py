@@ -51,6 +51,9 @@ class GeneratorSpec:
     # channels of the upsampling steps; 0: the refiner's output width.  Narrower than the
     # refiner, the work at output resolution stays small while the LR-size network widens
     upsampler_channels: int = 0
+    # convolutions per x2 upsampling step (the paper's: 1); each further one is a residual
+    # conv -> caption affine -> LeakyReLU at that step's resolution, where outlines are drawn
+    upsampler_convs: int = 1
     affine_text: bool = True  # false: the TIFBlocks get a learned constant instead of the caption (ablation)
 
     @property
@@ -119,9 +122,10 @@ class ModelConfig:
 
     def validate(self, origin: str = "config") -> None:
         g = self.generator
-        if g.iterations < 1 or g.prompt_tokens < 0 or g.base_channels < 1 or g.upsampler_channels < 0:
-            raise ConfigError(f"{origin}: iterations and base_channels must be >= 1, prompt_tokens and "
-                              "upsampler_channels >= 0")
+        if (g.iterations < 1 or g.prompt_tokens < 0 or g.base_channels < 1 or g.upsampler_channels < 0
+                or g.upsampler_convs < 1):
+            raise ConfigError(f"{origin}: iterations, base_channels and upsampler_convs must be >= 1, "
+                              "prompt_tokens and upsampler_channels >= 0")
         b = g.prompt_blocks
         if b and (len(b) != g.prompt_tokens or min(b) < 0 or list(b) != sorted(set(b))):
             raise ConfigError(f"{origin}: prompt_blocks {list(b)} must be {g.prompt_tokens} distinct "

@@ -64,6 +64,9 @@ class TrainConfig:
     perceptual_layers: tuple[float, float, float, float, float] = _opt(
         (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0), "Weights of VGG-19 relu1_1, relu2_1, relu3_1, relu4_1, relu5_1.")
     adversarial_weight: float = _opt(0.01, "lambda_adv of the generator's adversarial term (0: no discriminator).")
+    pixel_adversarial_weight: float = _opt(0.0, "Weight of a U-Net texture critic's per-pixel GAN loss "
+                                                "(Real-ESRGAN's, 0.1; trained from scratch, no download; 0: off).")
+    pixel_disc_channels: int = _opt(64, "Width of the U-Net texture critic (Real-ESRGAN's 64).")
     clip_alpha: float = _opt(4.0, "alpha: weight of cos(CLIP_img(SR), CLIP_txt(T)) in the adversarial term.")
     magp_weight: float = _opt(2.0, "Weight of the matching-aware gradient penalty (MA-GP).")
     magp_power: float = _opt(6.0, "Power of the gradient norm in MA-GP.")
@@ -112,6 +115,10 @@ class TrainConfig:
             raise ConfigError(f"lr_schedule {self.lr_schedule!r}: choose constant or cosine")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"precision {self.precision!r}: choose fp32, bf16 or fp16")
+        if self.pixel_adversarial_weight < 0 or self.pixel_disc_channels < 1:
+            raise ConfigError("pixel_adversarial_weight must be >= 0 and pixel_disc_channels >= 1")
+        if self.pixel_adversarial_weight and self.hr_crop % 8:
+            raise ConfigError(f"hr_crop {self.hr_crop}: the texture critic needs a multiple of 8")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay {self.ema_decay} must be in [0, 1)")
         return self
@@ -181,7 +188,8 @@ def with_preset_defaults(preset: str) -> TrainConfig:
 
 
 # Keys a resumed run cannot change: they fix the model or the data order.
-FIXED_ON_RESUME = ("preset", "scale", "hr_crop", "seed", "batch_size", "dataset", "degradation", "degradation_params")
+FIXED_ON_RESUME = ("preset", "scale", "hr_crop", "seed", "batch_size", "dataset", "degradation", "degradation_params",
+                   "pixel_disc_channels")
 
 
 def run_config(config_file: Optional[Path], overrides: dict[str, Any]) -> TrainConfig:

@@ -3,7 +3,9 @@
 
 Per step: D first (hinge on real / fake / mismatched-caption pairs + MA-GP),
 then G (L1 + VGG-19 perceptual + lambda_adv * (-D(C(SR), T) - alpha * cos)),
-then the EMA.  The paper's ablations are configuration: `--adversarial-weight
+then the EMA.  With `pixel_adversarial_weight`, Real-ESRGAN's texture critic
+(a U-Net on the full-size image) takes its own step after D, and its per-pixel
+loss joins G's.  The paper's ablations are configuration: `--adversarial-weight
 0` builds no discriminator; the presets' `stages.text_encoder = "none"` and
 `stages.clip_vit = false` remove text and the CLIP-ViT.
 """
@@ -22,6 +24,7 @@ from clipsr_cli.model.clip import TextTower, load_clip
 from clipsr_cli.model.config import ConfigError, ModelConfig, load_preset
 from clipsr_cli.model.discriminator import Discriminator
 from clipsr_cli.model.generator import Generator, state_without
+from clipsr_cli.model.pixel_discriminator import UNetDiscriminator, d_bce_loss, g_bce_loss
 from clipsr_cli.model.weights import WeightsError
 from clipsr_cli.pipeline.devices import pick_precision
 from clipsr_cli.plugins.registry import registry
@@ -94,6 +97,10 @@ class Trainer:
         self.opt_g = adam(self.g_params, cfg.lr_g, betas)
         self.d_params = [p for p in self.disc.parameters() if p.requires_grad] if self.disc else []
         self.opt_d = adam(self.d_params, cfg.lr_d, betas) if self.disc else None
+        # Real-ESRGAN's texture critic, beside (or instead of) the CLIP one
+        self.pixel_disc = UNetDiscriminator(cfg.pixel_disc_channels).to(device) if cfg.pixel_adversarial_weight else None
+        self.pixel_d_params = list(self.pixel_disc.parameters()) if self.pixel_disc else []
+        self.opt_pixel_d = adam(self.pixel_d_params, cfg.lr_d, betas) if self.pixel_disc else None
         try:
             self.dtype = pick_precision(cfg.precision, device)
         except ValueError as e:
@@ -162,6 +169,10 @@ class Trainer:
             with self.autocast():
                 out["perceptual"] = self.perceptual(sr, hr).float()
             total = total + c.perceptual_weight * out["perceptual"]
+        if self.pixel_disc is not None:
+            with self.autocast():
+                out["pixel_adv"] = g_bce_loss(self.pixel_disc(sr).float())
+            total = total + c.pixel_adversarial_weight * out["pixel_adv"]
         if self.disc is not None:
             with self.autocast():
                 maps, embedding = self.disc.features(sr)
@@ -189,7 +200,7 @@ class Trainer:
         factor = 1.0
         if self.cfg.lr_schedule == "cosine":
             factor = 0.5 * (1.0 + math.cos(math.pi * min(self.step / max(total, 1), 1.0)))
-        for opt, lr in ((self.opt_g, self.cfg.lr_g), (self.opt_d, self.cfg.lr_d)):
+        for opt, lr in ((self.opt_g, self.cfg.lr_g), (self.opt_d, self.cfg.lr_d), (self.opt_pixel_d, self.cfg.lr_d)):
             for group in opt.param_groups if opt is not None else ():
                 group["lr"] = lr * factor
 
@@ -209,13 +220,18 @@ class Trainer:
             ok = self._apply(d["loss_d"], self.d_params, self.opt_d)
             logs.update(d)
             self.disc.requires_grad_(False)  # D is only a critic in G's step
+        if ok and self.pixel_disc is not None:
+            with self.autocast():
+                loss = d_bce_loss(self.pixel_disc(hr).float(), self.pixel_disc(sr.detach()).float())
+            ok = self._apply(loss, self.pixel_d_params, self.opt_pixel_d)
+            logs["loss_pixel_d"] = loss.detach()
+            self.pixel_disc.requires_grad_(False)
         if ok:
             g = self.g_losses(hr, sr, sentence)
             ok = self._apply(g["loss_g"], self.g_params, self.opt_g)
             logs.update(g)
-        if self.disc is not None:
-            for p in self.d_params:
-                p.requires_grad_(True)
+        for p in self.d_params + self.pixel_d_params:
+            p.requires_grad_(True)
         self.scaler.update()
         if ok:
             self.bad_steps = 0
@@ -281,6 +297,8 @@ class Trainer:
             "ema": self.ema.shadow if self.ema else {},
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict() if self.opt_d else {},
+            "pixel_disc": self.pixel_disc.state_dict() if self.pixel_disc else {},
+            "opt_pixel_d": self.opt_pixel_d.state_dict() if self.opt_pixel_d else {},
             "scaler": self.scaler.state_dict(),
             **({"previous_sentence": self.previous_sentence} if self.previous_sentence is not None else {}),
             "rng": {"torch": torch.get_rng_state(),
@@ -304,6 +322,12 @@ class Trainer:
         if self.disc:
             self.disc.load_state_dict(state["disc"], strict=False)
             self.opt_d.load_state_dict(state["opt_d"])
+        if self.pixel_disc:
+            if not state.get("pixel_disc"):
+                raise ConfigError("the checkpoint was trained without the texture critic; resume with "
+                                  "--pixel-adversarial-weight 0 or start a new --exp-dir")
+            self.pixel_disc.load_state_dict(state["pixel_disc"])
+            self.opt_pixel_d.load_state_dict(state["opt_pixel_d"])
         if self.ema:
             for k, v in state["ema"].items():
                 self.ema.shadow[k].copy_(v)
