@@ -3,6 +3,7 @@ levels (blur, bicubic x4 down, Gaussian noise, JPEG), scored with PSNR / SSIM
 (Y, crop = 4) against the HR and NIQE on the output; for bicubic and each model.
 
     python3 benchmarks/real_inputs.py [--models clipsr-default-x4 clipsr-default-real-x4] [--work DIR]
+    python3 benchmarks/real_inputs.py --hr examples --work /tmp/real-examples   # other photographs
 
 The degraded LR files are made once into WORK/lr/<level>/ from fixed seeds (the
 same bytes every run) and reused; the outputs go to WORK/sr/<model>/<level>/.
@@ -45,14 +46,15 @@ def degrade(hr: Image.Image, level: str, seed: int) -> Image.Image:
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
-def make_inputs(work: Path) -> dict[str, list[tuple[str, Image.Image, Path]]]:
+def make_inputs(work: Path, bench: Path) -> dict[str, list[tuple[str, Image.Image, Path]]]:
     """(name, HR cropped to a multiple of the scale, LR file) per level."""
     out = {}
-    names = sorted(p.relative_to(BENCH).as_posix() for p in BENCH.glob("Set*/*.png"))
+    names = sorted(p.relative_to(bench).as_posix() for p in (*bench.glob("*"), *bench.glob("*/*"))  # Set5/x.png
+                   if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     for level in LEVELS:
         rows = []
         for name in names:
-            hr = Image.open(BENCH / name).convert("RGB")
+            hr = Image.open(bench / name).convert("RGB")
             hr = hr.crop((0, 0, hr.width - hr.width % SCALE, hr.height - hr.height % SCALE))
             lr_path = work / "lr" / level / name
             if not lr_path.is_file():
@@ -67,11 +69,13 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--models", nargs="*", default=["clipsr-default-x4", "clipsr-default-real-x4"])
     p.add_argument("--work", type=Path, default=Path("/tmp/clipsr-real-inputs"))
+    p.add_argument("--hr", type=Path, default=BENCH, help="folder of HR photos (+ captions.json): default Set5 + Set14")
     p.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
     p.add_argument("--denoise", nargs="*", type=float, default=[], help="--denoise-strength values to add")
     args = p.parse_args()
-    captions = json.loads((BENCH / "captions.json").read_text())
-    inputs = make_inputs(args.work)
+    captions_file = args.hr / "captions.json"
+    captions = json.loads(captions_file.read_text()) if captions_file.is_file() else {}
+    inputs = make_inputs(args.work, args.hr)
     models = {"bicubic": None} | {m: clipsr.load_model(m, device="cpu") for m in args.models}
     models |= {f"denoise-strength {s:g}": clipsr.load_model(denoise_strength=s, device="cpu") for s in args.denoise}
     print("| level | method | PSNR-Y | SSIM-Y | NIQE |\n|---|---|---|---|---|")
