@@ -350,7 +350,7 @@ def test_report_shows_an_inputs_captions_side_by_side_cropped_where_they_differ(
     assert main.count("<tr>") == 1 and main.count("alt='SR'") == 2  # one input, its two outputs side by side
     assert "a white bird" in main and "a black bird" in main
     assert main.index("a white bird") < main.index("a black bird")
-    sr = torch.from_numpy(np.asarray(Image.open(sr_dir / "bird_c0.png"))).permute(2, 0, 1).float() / 255
+    sr = torch.from_numpy(np.array(Image.open(sr_dir / "bird_c0.png"))).permute(2, 0, 1).float() / 255
     top, left, side = crop_box(sr, torch.full_like(sr, 128 / 255))
     assert top <= 60 and top + side >= 76 and left <= 8 and left + side >= 24  # the crop holds the difference
     import base64
