@@ -510,7 +510,8 @@ def test_pixel_losses_are_weighted_as_configured(tmp_path):
 
 # --- the texture critic (Real-ESRGAN's U-Net discriminator) ---------------------------
 def test_texture_critic_learns_to_tell_sharp_from_blurred():
-    from clipsr_cli.model.pixel_discriminator import UNetDiscriminator, d_bce_loss
+    from clipsr_cli.model.pixel_discriminator import UNetDiscriminator
+    from clipsr_cli.train.losses import d_bce_loss
 
     torch.manual_seed(0)
     disc = UNetDiscriminator(channels=8)

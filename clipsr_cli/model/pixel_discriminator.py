@@ -46,13 +46,3 @@ class UNetDiscriminator(nn.Module):
             x = F.leaky_relu(conv(x), 0.2) + skips.pop()
         return self.tail(x)
 
-
-def d_bce_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """The discriminator's per-pixel binary cross-entropy: real -> 1, fake -> 0."""
-    return (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-            + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
-
-
-def g_bce_loss(fake: torch.Tensor) -> torch.Tensor:
-    """The generator's non-saturating loss: make D call each pixel real."""
-    return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))

@@ -1,5 +1,6 @@
 """Training losses (DESIGN.md §1): VGG-19 perceptual, GALIP hinge + MA-GP,
-and the generator's adversarial + CLIP-similarity term."""
+the generator's adversarial + CLIP-similarity term, and the texture critic's
+per-pixel cross-entropy (Real-ESRGAN)."""
 
 from __future__ import annotations
 
@@ -82,3 +83,14 @@ def g_adversarial(logits: torch.Tensor, image_embedding: torch.Tensor, sentence:
                   alpha: float = 4.0) -> torch.Tensor:
     """-D(C(SR), T) - alpha * cos(CLIP_image(SR), CLIP_text(T))."""
     return -logits.mean() - alpha * F.cosine_similarity(image_embedding, sentence, dim=-1).mean()
+
+
+def d_bce_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """The discriminator's per-pixel binary cross-entropy: real -> 1, fake -> 0."""
+    return (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+            + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+
+
+def g_bce_loss(fake: torch.Tensor) -> torch.Tensor:
+    """The generator's non-saturating loss: make D call each pixel real."""
+    return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))

@@ -24,7 +24,7 @@ from clipsr_cli.model.clip import TextTower, load_clip
 from clipsr_cli.model.config import ConfigError, ModelConfig, load_preset
 from clipsr_cli.model.discriminator import Discriminator
 from clipsr_cli.model.generator import Generator, state_without
-from clipsr_cli.model.pixel_discriminator import UNetDiscriminator, d_bce_loss, g_bce_loss
+from clipsr_cli.model.pixel_discriminator import UNetDiscriminator
 from clipsr_cli.model.weights import WeightsError
 from clipsr_cli.pipeline.devices import pick_precision
 from clipsr_cli.plugins.registry import registry
@@ -32,7 +32,15 @@ from clipsr_cli.train import distributed
 from clipsr_cli.train.config import TrainConfig
 from clipsr_cli.train.data import ValImage
 from clipsr_cli.train.experiment import Experiment
-from clipsr_cli.train.losses import PerceptualLoss, d_hinge_loss, g_adversarial, load_vgg19_features, ma_gp
+from clipsr_cli.train.losses import (
+    PerceptualLoss,
+    d_bce_loss,
+    d_hinge_loss,
+    g_adversarial,
+    g_bce_loss,
+    load_vgg19_features,
+    ma_gp,
+)
 from clipsr_cli.train.text_cache import TextFeatureCache
 
 
