@@ -45,17 +45,17 @@ class PixelShuffleUpsampler(nn.Module):
         # version (a Sequential of conv, shuffle, activation) name them
         self.body = nn.ModuleDict({str(3 * i): nn.Conv2d(in_channels if i == 0 else width, 4 * width, 3, 1, 1)
                                    for i in range(steps)})
-        # the preset's further convolutions per step (none in the paper's upsampler)
+        # the preset's further convolutions per step: empty lists in the paper's upsampler,
+        # which hold no tensors, so earlier checkpoints load unchanged
         extra = cfg.generator.upsampler_convs - 1
         self.extra = nn.ModuleList(nn.ModuleList(nn.Conv2d(width, width, 3, 1, 1) for _ in range(extra))
-                                   for _ in range(steps)) if extra else None
+                                   for _ in range(steps))
         self.uses_text = text_dim is not None
         if self.uses_text:
             self.reweight = TextReweight(text_dim)
             self.fuse = nn.ModuleList(Affine(text_dim, width) for _ in range(steps))
-            if extra:
-                self.extra_fuse = nn.ModuleList(nn.ModuleList(Affine(text_dim, width) for _ in range(extra))
-                                                for _ in range(steps))
+            self.extra_fuse = nn.ModuleList(nn.ModuleList(Affine(text_dim, width) for _ in range(extra))
+                                            for _ in range(steps))
         self.to_rgb = nn.Conv2d(width, 3, 3, 1, 1)
         if self.residual:  # start close to bicubic: a small correction, not noise on top of it
             with torch.no_grad():
@@ -87,7 +87,7 @@ class PixelShuffleUpsampler(nn.Module):
             if text is not None:
                 x = self.fuse[i](x, text)
             x = F.leaky_relu_(x, 0.2)
-            for j, extra in enumerate(self.extra[i] if self.extra is not None else ()):
+            for j, extra in enumerate(self.extra[i]):
                 h = extra(x)
                 h = self.extra_fuse[i][j](h, text) if text is not None else h
                 x = x + F.leaky_relu_(h, 0.2)
