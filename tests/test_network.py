@@ -177,6 +177,36 @@ def test_upsampler_convs_adds_caption_modulated_convs_at_each_output_step(tiny_c
         dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, upsampler_convs=0)).validate()
 
 
+def test_subpixel_rgb_draws_the_output_from_the_last_step_s_subpixels(tiny_cfg, tiny_clip, tmp_path):
+    """`subpixel_rgb`: the last x2 step's conv gives RGB sub-pixels, so no feature map
+    is made at the output's size; the image still starts at bicubic and trains."""
+    from clipsr_cli.model.checkpoint import load_generator, save_generator
+    from clipsr_cli.model.kernels import bicubic_upsample
+
+    cfg = dataclasses.replace(tiny_cfg, generator=dataclasses.replace(tiny_cfg.generator, subpixel_rgb=True,
+                                                                      upsampler_convs=2))
+    torch.manual_seed(0)
+    gen = Generator(cfg, tiny_clip, 8)
+    up = gen.upsampler
+    assert len(up.body) == 2 and len(up.extra) == 2 and len(up.fuse) == 2  # x2 twice, then the RGB step
+    assert (up.to_rgb.in_channels, up.to_rgb.out_channels) == (16, 12)
+    lr = torch.rand(2, 3, 12, 10)
+    sr = gen(lr, gen.encode_text(["a red bird", "green stripes"]))
+    assert sr.shape == (2, 3, 96, 80)
+    assert float((sr - bicubic_upsample(lr, 8)).abs().mean()) < 0.05  # a small correction at the start
+    sr.square().mean().backward()
+    assert float(up.body["0"].weight.grad.abs().sum()) > 0 and float(up.to_rgb.weight.grad.abs().sum()) > 0
+    sr = sr.detach()
+    save_generator(tmp_path / "g.safetensors", gen)  # the key travels in the checkpoint's config
+    again = load_generator(tmp_path / "g.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(again(lr, again.encode_text(["a red bird", "green stripes"])), sr)
+    x2 = Generator(cfg, tiny_clip, 2)  # one step: the RGB step alone, on the refiner's features
+    assert len(x2.upsampler.body) == 0 and x2.upsampler.to_rgb.in_channels == x2.refiner.out_channels
+    with torch.no_grad():
+        assert x2(lr, x2.encode_text(["a", "b"])).shape == (2, 3, 24, 20)
+
+
 def test_upsampler_in_chunks_gives_what_the_whole_batch_gives(tiny_cfg, tiny_clip, monkeypatch):
     """On the CPU the upsampler takes a large batch a few images at a time (its
     maps at the output's size were the forward pass's peak memory): the same

@@ -60,10 +60,16 @@ def tiny_run(tmp_path: Path, **kw) -> TrainConfig:
 
 
 def train(cfg: TrainConfig) -> Trainer:
+    """What `clipsr train` runs, in this process: with the run's thread count, as the
+    CLI sets it (a run compared with a CLI run must do its sums in the same order)."""
     exp = Experiment(Path(cfg.exp_dir))
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     try:
         return fit(cfg, CPU, Dist(), exp)
     finally:
+        torch.set_num_threads(threads)
         exp.close()
 
 

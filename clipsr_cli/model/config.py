@@ -54,6 +54,9 @@ class GeneratorSpec:
     # convolutions per x2 upsampling step (the paper's: 1); each further one is a residual
     # conv -> caption affine -> LeakyReLU at that step's resolution, where outlines are drawn
     upsampler_convs: int = 1
+    # the last x2 step's convolution gives the RGB sub-pixels directly (ESPCN's output layer):
+    # no feature maps at the output's size, the costliest part of a training step at x8
+    subpixel_rgb: bool = False
     affine_text: bool = True  # false: the TIFBlocks get a learned constant instead of the caption (ablation)
 
     @property

@@ -31,7 +31,12 @@ class PixelShuffleUpsampler(nn.Module):
     output is modulated by the caption as in a TIFBlock (re-weighting, then a
     channel-wise affine before the activation): the detail a caption names
     lives at the output's resolution, where the refiner's LR-size features
-    would otherwise have to encode it for a text-blind decoder."""
+    would otherwise have to encode it for a text-blind decoder.
+
+    With `subpixel_rgb` the last x2 step's conv gives the RGB sub-pixels itself
+    (ESPCN's output layer): no feature maps at the output's size, a quarter less
+    CPU per training step of the tiny preset at x8, about the same PSNR on the
+    text-guidance benchmark (BENCHMARKS.md)."""
 
     uses_features = True
 
@@ -40,23 +45,27 @@ class PixelShuffleUpsampler(nn.Module):
         self.scale = scale
         self.residual = cfg.generator.global_residual
         steps = int(math.log2(scale))
+        # with `subpixel_rgb` the last x2 step is the RGB output layer itself
+        self.subpixel = cfg.generator.subpixel_rgb
+        feature_steps = steps - 1 if self.subpixel else steps
         width = cfg.generator.upsampler_channels or in_channels
         # one conv per x2 step; keyed 0, 3, 6, ... as the checkpoints of the first
         # version (a Sequential of conv, shuffle, activation) name them
         self.body = nn.ModuleDict({str(3 * i): nn.Conv2d(in_channels if i == 0 else width, 4 * width, 3, 1, 1)
-                                   for i in range(steps)})
+                                   for i in range(feature_steps)})
         # the preset's further convolutions per step: empty lists in the paper's upsampler,
         # which hold no tensors, so earlier checkpoints load unchanged
         extra = cfg.generator.upsampler_convs - 1
         self.extra = nn.ModuleList(nn.ModuleList(nn.Conv2d(width, width, 3, 1, 1) for _ in range(extra))
-                                   for _ in range(steps))
+                                   for _ in range(feature_steps))
         self.uses_text = text_dim is not None
         if self.uses_text:
             self.reweight = TextReweight(text_dim)
-            self.fuse = nn.ModuleList(Affine(text_dim, width) for _ in range(steps))
+            self.fuse = nn.ModuleList(Affine(text_dim, width) for _ in range(feature_steps))
             self.extra_fuse = nn.ModuleList(nn.ModuleList(Affine(text_dim, width) for _ in range(extra))
-                                            for _ in range(steps))
-        self.to_rgb = nn.Conv2d(width, 3, 3, 1, 1)
+                                            for _ in range(feature_steps))
+        last = width if feature_steps else in_channels
+        self.to_rgb = nn.Conv2d(last, 3 * 4 if self.subpixel else 3, 3, 1, 1)
         if self.residual:  # start close to bicubic: a small correction, not noise on top of it
             with torch.no_grad():
                 self.to_rgb.weight.mul_(0.1)
@@ -91,7 +100,8 @@ class PixelShuffleUpsampler(nn.Module):
                 h = extra(x)
                 h = self.extra_fuse[i][j](h, text) if text is not None else h
                 x = x + F.leaky_relu_(h, 0.2)
-        out = self.to_rgb(x).to(lr.dtype)  # bf16 features: the image and its residual in fp32
+        # bf16 features: the image and its residual in fp32
+        out = (conv_pixel_shuffle(x, self.to_rgb, 2) if self.subpixel else self.to_rgb(x)).to(lr.dtype)
         return out.add_(bicubic_upsample(lr, self.scale)) if self.residual else out
 
 
