@@ -133,7 +133,7 @@ def test_text_tower_skips_the_padding_with_the_same_results(tiny_cfg, tiny_clip)
 def test_upsampler_channels_narrows_the_output_resolution_steps_only(tiny_cfg, tiny_clip, tmp_path):
     from clipsr_cli.model.checkpoint import load_generator, save_generator
 
-    g = dataclasses.replace(tiny_cfg.generator, base_channels=32, upsampler_channels=8)
+    g = dataclasses.replace(tiny_cfg.generator, base_channels=32, upsampler_channels=8, subpixel_rgb=False)
     cfg = dataclasses.replace(tiny_cfg, generator=g)
     gen = Generator(cfg, tiny_clip, 8)
     assert gen.refiner.out_channels == 32
@@ -148,14 +148,16 @@ def test_upsampler_channels_narrows_the_output_resolution_steps_only(tiny_cfg, t
     again = load_generator(tmp_path / "g.safetensors")
     with torch.no_grad():
         torch.testing.assert_close(again(lr, again.encode_text(["a", "b"])), sr)
-    default = Generator(tiny_cfg, tiny_clip, 8)  # 0: the refiner's width, as every earlier checkpoint has it
+    paper_width = dataclasses.replace(g, upsampler_channels=0)  # 0: the refiner's width, as earlier checkpoints have it
+    default = Generator(dataclasses.replace(tiny_cfg, generator=paper_width), tiny_clip, 8)
     assert all(c.out_channels == 4 * default.refiner.out_channels for c in default.upsampler.body.values())
 
 
 def test_upsampler_convs_adds_caption_modulated_convs_at_each_output_step(tiny_cfg, tiny_clip, tmp_path):
     from clipsr_cli.model.checkpoint import load_generator, save_generator
 
-    cfg = dataclasses.replace(tiny_cfg, generator=dataclasses.replace(tiny_cfg.generator, upsampler_convs=3))
+    cfg = dataclasses.replace(tiny_cfg, generator=dataclasses.replace(tiny_cfg.generator, upsampler_convs=3,
+                                                                      subpixel_rgb=False))
     torch.manual_seed(0)
     gen = Generator(cfg, tiny_clip, 8)
     up = gen.upsampler
@@ -189,7 +191,7 @@ def test_subpixel_rgb_draws_the_output_from_the_last_step_s_subpixels(tiny_cfg, 
     gen = Generator(cfg, tiny_clip, 8)
     up = gen.upsampler
     assert len(up.body) == 2 and len(up.extra) == 2 and len(up.fuse) == 2  # x2 twice, then the RGB step
-    assert (up.to_rgb.in_channels, up.to_rgb.out_channels) == (16, 12)
+    assert (up.to_rgb.in_channels, up.to_rgb.out_channels) == (up.body["0"].out_channels // 4, 12)
     lr = torch.rand(2, 3, 12, 10)
     sr = gen(lr, gen.encode_text(["a red bird", "green stripes"]))
     assert sr.shape == (2, 3, 96, 80)
