@@ -217,7 +217,8 @@ def test_upsampler_in_chunks_gives_what_the_whole_batch_gives(tiny_cfg, tiny_cli
 
     gen = Generator(tiny_cfg, tiny_clip, 4).eval().to(memory_format=torch.channels_last)
     lr = torch.rand(5, 3, 16, 16).contiguous(memory_format=torch.channels_last)
-    widest = gen.upsampler.to_rgb.in_channels * 64 * 64 * 4  # bytes of one image's widest map
+    widest = gen.upsampler.widest_map(16, 16) * 4  # bytes of one image's widest map
+    assert widest == 32 * 32 * 32 * 4  # the tiny preset's: 32 channels at half the output's size
     with torch.no_grad():
         cond = gen.encode_text(["a red bird", "a blue car", "stripes", "", "a cat"])
         monkeypatch.setattr(upsample, "CPU_CHUNK_BYTES", 1 << 40)

@@ -34,9 +34,9 @@ class PixelShuffleUpsampler(nn.Module):
     would otherwise have to encode it for a text-blind decoder.
 
     With `subpixel_rgb` the last x2 step's conv gives the RGB sub-pixels itself
-    (ESPCN's output layer): no feature maps at the output's size, a quarter less
-    CPU per training step of the tiny preset at x8, about the same PSNR on the
-    text-guidance benchmark (BENCHMARKS.md)."""
+    (ESPCN's output layer): no feature maps at the output's size, which were a
+    quarter of the tiny preset's training step at x8; the tiny preset spends that
+    on 32-channel steps (BENCHMARKS.md, text guidance)."""
 
     uses_features = True
 
@@ -45,7 +45,6 @@ class PixelShuffleUpsampler(nn.Module):
         self.scale = scale
         self.residual = cfg.generator.global_residual
         steps = int(math.log2(scale))
-        # with `subpixel_rgb` the last x2 step is the RGB output layer itself
         self.subpixel = cfg.generator.subpixel_rgb
         feature_steps = steps - 1 if self.subpixel else steps
         width = cfg.generator.upsampler_channels or in_channels
@@ -87,8 +86,13 @@ class PixelShuffleUpsampler(nn.Module):
         if features.device.type != "cpu" or torch.compiler.is_compiling():
             return features.shape[0]
         b, c, h, w = features.shape
-        widest = self.to_rgb.in_channels * h * w * self.scale**2 * features.element_size()
-        return max(1, CPU_CHUNK_BYTES // widest)
+        return max(1, CPU_CHUNK_BYTES // (self.widest_map(h, w) * features.element_size()))
+
+    def widest_map(self, h: int, w: int) -> int:
+        """Elements of one image's widest map, for features of h x w: the RGB conv's
+        input or output, at the output's size (half of it with `subpixel_rgb`)."""
+        side = self.scale // 2 if self.subpixel else self.scale
+        return max(self.to_rgb.in_channels, self.to_rgb.out_channels) * h * w * side**2
 
     def _upsample(self, x: torch.Tensor, lr: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
         for i, conv in enumerate(self.body.values()):
