@@ -510,8 +510,8 @@ def test_pixel_losses_are_weighted_as_configured(tmp_path):
     out = trainer.g_losses(hr, sr, None)
     torch.testing.assert_close(out["mse"], ((sr - hr) ** 2).mean())
     torch.testing.assert_close(out["loss_g"], 0.5 * (sr - hr).abs().mean() + 3.0 * ((sr - hr) ** 2).mean())
-    assert "mse" not in train(tiny_run(tmp_path / "l1", max_steps=1, adversarial_weight=0.0, val_every=0,
-                                       sample_every=0)).g_losses(hr, sr, None)  # 0: not computed
+    assert "mse" not in train(tiny_run(tmp_path / "l1", max_steps=1, mse_weight=0.0, adversarial_weight=0.0,
+                                       val_every=0, sample_every=0)).g_losses(hr, sr, None)  # 0: not computed
 
 
 # --- the texture critic (Real-ESRGAN's U-Net discriminator) ---------------------------
