@@ -136,6 +136,26 @@ def test_small_images_are_enlarged_to_the_crop(tmp_path):
     assert s.hr.shape == (3, 32, 32)
 
 
+def test_hr_rescale_shows_the_photo_smaller_and_stays_reproducible(tmp_path):
+    ramp = np.tile(np.arange(128, dtype=np.uint8) * 2, (128, 1))  # 2 levels a pixel, left to right
+    Image.fromarray(np.stack([ramp] * 3, -1)).save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("x\n")
+    records = load_folder(tmp_path, "train")
+
+    def slope(ds, key):  # levels per pixel along x of the HR crop, in its middle rows and columns
+        hr = ds[key].hr[0, 8:24, 8:24].numpy() * 255
+        return float(np.diff(hr, axis=1).mean())
+
+    plain = SRDataset(records, hr_crop=32, scale=4, hflip=False)
+    half = SRDataset(records, hr_crop=32, scale=4, hflip=False, hr_rescale=(0.5, 0.5))
+    assert slope(plain, (0, 0)) == pytest.approx(2.0, abs=0.05)
+    assert slope(half, (0, 0)) == pytest.approx(4.0, abs=0.1)  # half the size: twice the slope
+    ranged = SRDataset(records, hr_crop=32, scale=4, hflip=False, hr_rescale=(0.4, 1.0))
+    slopes = [slope(ranged, (e, 0)) for e in range(12)]
+    assert 2.0 - 0.1 < min(slopes) < max(slopes) < 5.0 + 0.1 and max(slopes) - min(slopes) > 0.5
+    assert torch.equal(ranged[(3, 0)].hr, ranged[(3, 0)].hr) and ranged[(3, 0)].lr.shape == (3, 8, 8)
+
+
 def test_sampler_ranks_are_disjoint_and_resume_mid_epoch():
     full = list(ResumableSampler(50, batch_size=4, seed=1))
     assert len(full) == 48 and len({i for _, i in full}) == 48  # the incomplete tail is dropped

@@ -67,6 +67,26 @@ def test_realistic_is_reproducible_from_its_rng_and_lands_on_the_lr_grid():
     assert 0 <= a.min() and a.max() <= 1 and torch.equal(a, (a * 255).round() / 255)
 
 
+def test_antialias_prob_makes_the_resizes_low_pass_as_image_software_does(tmp_path):
+    # only resizes: no blur, noise or sinc, JPEG at 100; the HR is white noise, whose every
+    # frequency above the LR's Nyquist an aliasing resize folds back in and a low-pass one removes
+    quiet = ("blur_prob = 0.0\nresize_prob = [0, 0, 1]\nnoise_range = [0.0, 0.0]\n"
+             "poisson_scale_range = [0.0, 0.0]\ngaussian_noise_prob = 1.0\njpeg_range = [100, 100]\n")
+    hr = torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(0))
+
+    def lr_spread(prob):  # the LR's standard deviation, per random draw
+        params = tmp_path / f"aa{prob}.toml"
+        params.write_text(f"[first]\n{quiet}[second]\n{quiet}[final]\nsinc_prob = 0.0\n"
+                          f"[mix]\nantialias_prob = {prob}\n")
+        d = lookup("degradation", "realistic").factory(params)
+        return [float(d(hr, 4, np.random.default_rng([0, 0, i])).std()) for i in range(12)]
+
+    assert max(lr_spread(1.0)) < 0.1  # a 4x average of noise of std 0.29 is about 0.07
+    aliased = lr_spread(0.0)
+    assert max(aliased) > 0.12  # a bilinear draw keeps half of it
+    assert lr_spread(0.0) == aliased  # Real-ESRGAN's setting (0) draws nothing more: its stream unchanged
+
+
 def test_parameters_are_data_and_unknown_keys_are_errors(tmp_path):
     mine = tmp_path / "mine.toml"
     mine.write_text("[first]\nnoise_range = [2.0, 3.0]\n")

@@ -93,6 +93,13 @@ def test_config_precedence_defaults_file_cli(tmp_path):
     f.write_text('batch_size = "big"\n')
     with pytest.raises(ConfigError, match="batch_size"):
         resolve_config(f, {})
+    f.write_text("hr_rescale = [0.5, 1]\n")
+    assert resolve_config(f, {}).hr_rescale == (0.5, 1.0)
+    for bad in ((1.0, 0.5), (0.0, 1.0)):
+        bad_cfg = dataclasses.replace(resolve_config(None, {}), hr_rescale=bad,
+                                      exp_dir=str(tmp_path), data_root=str(tmp_path))
+        with pytest.raises(ConfigError, match=r"hr_rescale .*0 < low <= high"):
+            bad_cfg.validate()
 
 
 def test_every_config_key_is_a_train_option():

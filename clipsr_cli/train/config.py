@@ -43,6 +43,9 @@ class TrainConfig:
                                        "(stages/degradations/realistic.toml).")
     gt_usm: float = _opt(0.0, "Sharpen each HR crop with an unsharp mask of this weight before its LR is made "
                               "and the loss compares with it (Real-ESRGAN's gt_usm, weight 0.5; 0: off).")
+    hr_rescale: tuple[float, float] = _opt((1.0, 1.0), "Show each training photo at a random scale in this range "
+                                                       "before cropping: downscaled copies of large photos are "
+                                                       "sharper, cleaner targets (Real-ESRGAN's multi-scale HR).")
     cache_images: bool = _opt(False, "Keep decoded training images in memory (small datasets).")
     num_workers: int = _opt(2, "Data loading worker processes (0: load in the main process).")
     # model
@@ -109,6 +112,8 @@ class TrainConfig:
             raise ConfigError("batch_size and epochs must be >= 1, max_steps >= 0")
         if self.gt_usm < 0:
             raise ConfigError(f"gt_usm {self.gt_usm} must be >= 0 (0: no sharpening; Real-ESRGAN's is 0.5)")
+        if not 0.0 < self.hr_rescale[0] <= self.hr_rescale[1]:
+            raise ConfigError(f"hr_rescale {list(self.hr_rescale)}: give [low, high] with 0 < low <= high")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ConfigError(f"caption_dropout {self.caption_dropout} must be in [0, 1)")
         if self.lr_schedule not in ("constant", "cosine"):

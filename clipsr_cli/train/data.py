@@ -105,7 +105,7 @@ class SRDataset(Dataset):
 
     def __init__(self, records: list[Record], hr_crop: int, scale: int, seed: int = 0,
                  hflip: bool = True, cache: bool = False, caption_dropout: float = 0.0, degradation=None,
-                 sharpen: float = 0.0):
+                 sharpen: float = 0.0, hr_rescale: tuple[float, float] = (1.0, 1.0)):
         if hr_crop % scale:
             raise ValueError(f"hr_crop {hr_crop} is not a multiple of scale {scale}")
         self.records = records
@@ -113,6 +113,7 @@ class SRDataset(Dataset):
         self.caption_dropout = caption_dropout
         self.degradation = degradation  # a registered Degradation; None: bicubic (PIL), the paper's
         self.sharpen = sharpen  # weight of the HR's unsharp mask, applied before the LR is made (train/sharpen.py)
+        self.hr_rescale = hr_rescale  # the photo's scale drawn from this range before cropping
         self._cache: dict[int, Image.Image] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -144,8 +145,15 @@ class SRDataset(Dataset):
         if min(im.size) < c:  # too small for the crop: enlarge, keeping the aspect ratio
             f = c / min(im.size)
             im = im.resize((max(c, round(im.width * f)), max(c, round(im.height * f))), Image.BICUBIC)
-        x, y = rng.randint(0, im.width - c), rng.randint(0, im.height - c)
-        hr = im.crop((x, y, x + c, y + c))
+        window = c
+        if self.hr_rescale != (1.0, 1.0):
+            # the crop of a photo shown at scale f: a window of c / f pixels resized to c, which is
+            # what cropping the whole resized photo gives, at the cost of one small resize
+            window = min(min(im.size), max(1, round(c / rng.uniform(*self.hr_rescale))))
+        x, y = rng.randint(0, im.width - window), rng.randint(0, im.height - window)
+        hr = im.crop((x, y, x + window, y + window))
+        if window != c:
+            hr = hr.resize((c, c), Image.BICUBIC)
         flip = self.hflip and rng.random() < 0.5
         caption = rng.choice(self.records[index].captions)
         if flip and (mirrored := mirror_caption(caption)) is not None:

@@ -81,7 +81,8 @@ class Run:
         if cfg.init_weights and not cfg.resume:  # before the experiment is written: a mismatch leaves nothing
             self.trainer.init_from(cfg.init_weights)
         dataset = SRDataset(self.records, self.trainer.model_cfg.generator.hr_crop, cfg.scale, cfg.seed,
-                            cfg.hflip, cfg.cache_images, cfg.caption_dropout, degradation, cfg.gt_usm)
+                            cfg.hflip, cfg.cache_images, cfg.caption_dropout, degradation, cfg.gt_usm,
+                            cfg.hr_rescale)
         self.trainer.text_features.fill(dataset.possible_captions())
         self.sampler = ResumableSampler(len(dataset), cfg.batch_size, cfg.seed, dist.rank, dist.world)
         self.steps_per_epoch = self.sampler.steps_per_epoch()

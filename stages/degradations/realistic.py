@@ -47,9 +47,11 @@ def blur(img: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
     return F.conv2d(F.pad(img[None], (pad,) * 4, mode=mode), k, groups=3)[0]
 
 
-def resize(img: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+def resize(img: torch.Tensor, size: tuple[int, int], mode: str, antialias: bool = False) -> torch.Tensor:
+    """`antialias`: bilinear and bicubic low-pass before they shrink, as image software does when it
+    downsizes a photo; without it they alias, as Real-ESRGAN's F.interpolate does (area never aliases)."""
     size = (max(1, size[0]), max(1, size[1]))
-    extra = {} if mode == "area" else {"align_corners": False}
+    extra = {} if mode == "area" else {"align_corners": False, "antialias": antialias}
     return F.interpolate(img[None], size=size, mode=mode, **extra)[0]
 
 
@@ -79,13 +81,14 @@ class Realistic:
     def __init__(self, params_path: Path | None = None):
         self.params = load_params(params_path)
 
-    def _pass(self, img: torch.Tensor, rng: np.random.Generator, p: dict, base: tuple[int, int]) -> torch.Tensor:
+    def _pass(self, img: torch.Tensor, rng: np.random.Generator, p: dict, base: tuple[int, int],
+              antialias: bool) -> torch.Tensor:
         if rng.random() < p["blur_prob"]:
             img = blur(img, random_kernel(rng, p))
         which = rng.choice(3, p=np.asarray(p["resize_prob"]) / np.sum(p["resize_prob"]))
         factor = (rng.uniform(1, p["resize_range"][1]), rng.uniform(p["resize_range"][0], 1), 1.0)[which]
         mode = str(rng.choice(MODES))
-        img = resize(img, (int(base[0] * factor), int(base[1] * factor)), mode).clamp(0, 1)
+        img = resize(img, (int(base[0] * factor), int(base[1] * factor)), mode, antialias).clamp(0, 1)
         img = add_noise(img, rng, p)
         return jpeg(img, rng.integers(p["jpeg_range"][0], p["jpeg_range"][1] + 1))
 
@@ -95,12 +98,14 @@ class Realistic:
         if rng.random() < self.params["mix"]["bicubic_prob"]:  # a clean sample: the model keeps clean inputs sharp
             lr = F.interpolate(hr.float()[None], size=lr_size, mode="bicubic", antialias=True, align_corners=False)
             return (lr[0].clamp(0, 1) * 255).round() / 255  # antialiased, as PIL's (the paper's LR)
-        img = self._pass(hr.float(), rng, self.params["first"], (h, w))
+        # drawn only where asked for, so that Real-ESRGAN's settings keep their random stream
+        antialias = bool(self.params["mix"]["antialias_prob"]) and rng.random() < self.params["mix"]["antialias_prob"]
+        img = self._pass(hr.float(), rng, self.params["first"], (h, w), antialias)
         # the second pass resizes around the LR size (Real-ESRGAN's `ori / scale * factor`)
-        img = self._pass(img, rng, self.params["second"], lr_size)
+        img = self._pass(img, rng, self.params["second"], lr_size, antialias)
 
         def final_resize(x):
-            x = resize(x, lr_size, str(rng.choice(MODES)))
+            x = resize(x, lr_size, str(rng.choice(MODES)), antialias)
             if rng.random() < self.params["final"]["sinc_prob"]:
                 size = int(rng.choice(np.arange(7, 22, 2)))
                 x = blur(x, sinc_kernel(size, rng.uniform(np.pi / 3 if size < 13 else np.pi / 5, np.pi)))
