@@ -87,6 +87,29 @@ def test_antialias_prob_makes_the_resizes_low_pass_as_image_software_does(tmp_pa
     assert lr_spread(0.0) == aliased  # Real-ESRGAN's setting (0) draws nothing more: its stream unchanged
 
 
+def test_jpeg_last_prob_puts_the_final_jpegs_blocks_on_the_lr_grid(tmp_path):
+    quiet = ("blur_prob = 0.0\nnoise_range = [0.0, 0.0]\ngaussian_noise_prob = 1.0\n"
+             "poisson_scale_range = [0.0, 0.0]\n")
+    hr = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 260, 260, generator=torch.Generator().manual_seed(1)),
+                                        5, stride=1)[0]  # 256 px of detail, which JPEG 20 turns into blocks
+
+    def blockiness(prob):  # column steps across the LR's 8 px grid over those inside its blocks, per draw
+        params = tmp_path / f"last{prob}.toml"
+        params.write_text(f"[first]\n{quiet}resize_prob = [0, 0, 1]\njpeg_range = [100, 100]\n"
+                          f"[second]\n{quiet}resize_prob = [0, 1, 0]\nresize_range = [0.5, 1.0]\n"
+                          f"jpeg_range = [20, 20]\n[final]\nsinc_prob = 0.0\njpeg_last_prob = {prob}\n")
+        d = lookup("degradation", "realistic").factory(params)
+        out = []
+        for i in range(6):
+            steps = d(hr, 4, np.random.default_rng([0, 0, i])).diff(dim=-1).abs().mean(dim=(0, 1))
+            on_grid = torch.arange(steps.numel()) % 8 == 7
+            out.append(float(steps[on_grid].mean() / steps[~on_grid].mean()))
+        return out
+
+    assert np.median(blockiness(1.0)) > 1.5  # saved last, as a resized photo is: its blocks on the LR's grid
+    assert np.median(blockiness(0.0)) < 1.3  # resized after: the blocks smeared off it
+
+
 def test_parameters_are_data_and_unknown_keys_are_errors(tmp_path):
     mine = tmp_path / "mine.toml"
     mine.write_text("[first]\nnoise_range = [2.0, 3.0]\n")

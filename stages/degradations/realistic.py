@@ -112,7 +112,7 @@ class Realistic:
             return x.clamp(0, 1)
 
         quality = rng.integers(self.params["second"]["jpeg_range"][0], self.params["second"]["jpeg_range"][1] + 1)
-        if rng.random() < 0.5:
+        if rng.random() < self.params["final"]["jpeg_last_prob"]:  # as a photo resized, then saved
             img = jpeg(final_resize(img), quality)
         else:
             img = final_resize(jpeg(img, quality))
