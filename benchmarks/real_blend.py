@@ -14,6 +14,8 @@ benchmarks/configs/default-real-x4.toml (L1) and default-real-gan-x4.toml (GAN).
     python3 benchmarks/real_blend.py --l1 runs/default-real-x4/checkpoints/step_00001000.safetensors \\
         --gan runs/default-real-gan-x4/checkpoints/step_00000500.safetensors
     python3 benchmarks/real_blend.py --denoise FILE -o /tmp/real.safetensors   # only the real model, from FILE
+    python3 benchmarks/real_blend.py --scale 8 --l1 L1 --gan GAN   # x8: the denoising model alone (--real
+                                                                   # blends it with clipsr-default-x8 at load)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipsr_cli.model.bundled import DEFAULT_MODELS, DENOISE_MODELS, interpolated, model_file
+from clipsr_cli.model.bundled import DEFAULT_MODELS, DENOISE_MODELS, REAL_MODELS, interpolated, model_file
 from clipsr_cli.model.checkpoint import load_generator, save_generator
 from clipsr_cli.model.weights import resolve
 
@@ -31,11 +33,16 @@ def main() -> None:
     p.add_argument("--l1", type=Path, help="the L1 fine-tune (a checkpoint or generator file)")
     p.add_argument("--gan", type=Path, help="the GAN stage trained from it")
     p.add_argument("--gan-share", type=float, default=0.8)
-    p.add_argument("--denoise", type=Path, default=Path("weights/clipsr-default-real-denoise-x4.safetensors"),
-                   help="the denoising model: written from --l1 and --gan when given, else read")
+    p.add_argument("--scale", type=int, default=4, choices=sorted(DENOISE_MODELS))
+    p.add_argument("--denoise", type=Path, help="the denoising model: written from --l1 and --gan when given, "
+                                                "else read (default: the bundled one of --scale)")
     p.add_argument("--strength", type=float, default=0.5)
-    p.add_argument("-o", "--output", type=Path, default=Path("weights/clipsr-default-real-x4.safetensors"))
+    p.add_argument("-o", "--output", type=Path, help="the real model (default: the bundled one of --scale, "
+                                                     "where one is stored)")
     args = p.parse_args()
+    args.denoise = args.denoise or Path(f"weights/{DENOISE_MODELS[args.scale]}.safetensors")
+    if args.output is None and args.scale in REAL_MODELS:
+        args.output = Path(f"weights/{REAL_MODELS[args.scale]}.safetensors")
     if (args.l1 is None) != (args.gan is None):
         p.error("--l1 and --gan go together")
     if args.l1 is not None:
@@ -44,10 +51,12 @@ def main() -> None:
         save_generator(args.denoise, denoise, {"blend": f"{1 - args.gan_share:g} {args.l1} + {args.gan_share:g} "
                                                         f"{args.gan}"}, half=True, with_clip=False)
         print(f"wrote {args.denoise}")
-    clean = DEFAULT_MODELS[4]
+    if args.output is None:
+        return
+    clean = DEFAULT_MODELS[args.scale]
     gen = interpolated(load_generator(resolve(clean)), load_generator(model_file(args.denoise)), args.strength)
     save_generator(args.output, gen, {"blend": f"{1 - args.strength:g} {clean} + {args.strength:g} "
-                                               f"{DENOISE_MODELS[4]}"}, half=True, with_clip=False)
+                                               f"{args.denoise}"}, half=True, with_clip=False)
     print(f"wrote {args.output}")
 
 

@@ -4,9 +4,10 @@ levels (blur, bicubic x4 down, Gaussian noise, JPEG), scored with PSNR / SSIM
 
     python3 benchmarks/real_inputs.py [--models clipsr-default-x4 clipsr-default-real-x4] [--work DIR]
     python3 benchmarks/real_inputs.py --hr examples --work /tmp/real-examples   # other photographs
+    python3 benchmarks/real_inputs.py --scale 8 --models clipsr-default-x8 --denoise 0.5 1   # the x8 models
 
-The degraded LR files are made once into WORK/lr/<level>/ from fixed seeds (the
-same bytes every run) and reused; the outputs go to WORK/sr/<model>/<level>/.
+The degraded LR files are made once into WORK/lr/<level>/ (x8: WORK/lr-x8/<level>/) from fixed
+seeds (the same bytes every run) and reused.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from PIL import Image, ImageFilter
 import clipsr_cli as clipsr
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "sr-bench"
-SCALE = 4
+SCALE = 4  # the issue's; --scale 8 for the x8 models
 LEVELS = {  # blur sigma (HR px), Gaussian noise sigma (8-bit levels), JPEG quality
     "clean": None,
     "mild": (0.8, 2.0, 85),
@@ -32,12 +33,12 @@ LEVELS = {  # blur sigma (HR px), Gaussian noise sigma (8-bit levels), JPEG qual
 }
 
 
-def degrade(hr: Image.Image, level: str, seed: int) -> Image.Image:
+def degrade(hr: Image.Image, level: str, seed: int, scale: int = SCALE) -> Image.Image:
     """The LR of one HR image at one level; the noise drawn from `seed`."""
     spec = LEVELS[level]
     if spec is not None:
         hr = hr.filter(ImageFilter.GaussianBlur(spec[0]))
-    lr = hr.resize((hr.width // SCALE, hr.height // SCALE), Image.BICUBIC)
+    lr = hr.resize((hr.width // scale, hr.height // scale), Image.BICUBIC)
     if spec is None:
         return lr
     noisy = np.asarray(lr, np.float64) + np.random.default_rng(seed).normal(0, spec[1], (lr.height, lr.width, 3))
@@ -46,7 +47,7 @@ def degrade(hr: Image.Image, level: str, seed: int) -> Image.Image:
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
-def make_inputs(work: Path, bench: Path) -> dict[str, list[tuple[str, Image.Image, Path]]]:
+def make_inputs(work: Path, bench: Path, scale: int = SCALE) -> dict[str, list[tuple[str, Image.Image, Path]]]:
     """(name, HR cropped to a multiple of the scale, LR file) per level."""
     out = {}
     names = sorted(p.relative_to(bench).as_posix() for p in (*bench.glob("*"), *bench.glob("*/*"))  # Set5/x.png
@@ -55,11 +56,11 @@ def make_inputs(work: Path, bench: Path) -> dict[str, list[tuple[str, Image.Imag
         rows = []
         for name in names:
             hr = Image.open(bench / name).convert("RGB")
-            hr = hr.crop((0, 0, hr.width - hr.width % SCALE, hr.height - hr.height % SCALE))
-            lr_path = work / "lr" / level / name
+            hr = hr.crop((0, 0, hr.width - hr.width % scale, hr.height - hr.height % scale))
+            lr_path = work / ("lr" if scale == SCALE else f"lr-x{scale}") / level / name
             if not lr_path.is_file():
                 lr_path.parent.mkdir(parents=True, exist_ok=True)
-                degrade(hr, level, zlib.crc32(f"{level}/{name}".encode())).save(lr_path)
+                degrade(hr, level, zlib.crc32(f"{level}/{name}".encode()), scale).save(lr_path)
             rows.append((name, hr, lr_path))
         out[level] = rows
     return out
@@ -72,12 +73,13 @@ def main() -> None:
     p.add_argument("--hr", type=Path, default=BENCH, help="folder of HR photos (+ captions.json): default Set5 + Set14")
     p.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
     p.add_argument("--denoise", nargs="*", type=float, default=[], help="--denoise-strength values to add")
+    p.add_argument("--scale", type=int, default=SCALE, choices=[4, 8])
     args = p.parse_args()
     captions_file = args.hr / "captions.json"
     captions = json.loads(captions_file.read_text()) if captions_file.is_file() else {}
-    inputs = make_inputs(args.work, args.hr)
+    inputs = make_inputs(args.work, args.hr, args.scale)
     models = {"bicubic": None} | {m: clipsr.load_model(m, device="cpu") for m in args.models}
-    models |= {f"denoise-strength {s:g}": clipsr.load_model(denoise_strength=s, device="cpu") for s in args.denoise}
+    models |= {f"denoise-strength {s:g}": clipsr.load_model(denoise_strength=s, scale=args.scale, device="cpu") for s in args.denoise}
     print("| level | method | PSNR-Y | SSIM-Y | NIQE |\n|---|---|---|---|---|")
     for level in args.levels:
         rows = inputs[level]
@@ -90,8 +92,8 @@ def main() -> None:
                 else:
                     caption = captions.get(name, [""])
                     sr = model.upscale(lr, caption[0] if isinstance(caption, list) else caption)
-                values = clipsr.score(sr, hr, metrics=["psnr", "ssim"], crop_border=SCALE)
-                values |= clipsr.score(sr, metrics=["niqe"], crop_border=SCALE)
+                values = clipsr.score(sr, hr, metrics=["psnr", "ssim"], crop_border=args.scale)
+                values |= clipsr.score(sr, metrics=["niqe"], crop_border=args.scale)
                 scores.append(values)
             mean = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
             print(f"| {level} | {Path(label).stem if label.endswith('.safetensors') else label} | {mean['psnr']:.2f} | "

@@ -194,10 +194,32 @@ def test_the_real_model_is_chosen_by_name_or_by_real_and_denoise_strength_blends
     assert np.abs(out["s1"] - out["denoise"]).max() <= 1 and np.abs(out["s0"] - out["clean"]).max() <= 1
     assert np.abs(out["half"] - out["real"]).max() <= 1
     assert not np.array_equal(out["half"], out["s0"]) and not np.array_equal(out["half"], out["s1"])
-    for bad in (["--denoise-strength", "1.5"], ["--denoise-strength", "0.5", "--weights", "clipsr-default-x4"],
-                ["--real", "-s", "8"]):
+    for bad, says in ((["--denoise-strength", "1.5"], "must be in [0, 1]"),
+                      (["--denoise-strength", "0.5", "--weights", "clipsr-default-x4"], "drop --weights"),
+                      (["--real", "-s", "2"], "no bundled real-world model for x2 (bundled: x4, x8)"),
+                      (["--real", "--denoise-strength", "0.5"], "--real is --denoise-strength 0.5")):
         res = runner.invoke(app, ["upscale", str(lr), "--caption", "a", "-o", str(tmp_path / "x"), *bad])
-        assert res.exit_code == 2, (bad, res.output)
+        assert res.exit_code == 2 and says in " ".join(res.output.split()), (bad, res.output)
+
+
+def test_real_at_x8_is_the_x8_pair_blended_half_way(tmp_path):
+    """x8 stores only its denoising model (the weights budget): --real -s 8 blends it with
+    clipsr-default-x8 at load, exactly as --denoise-strength 0.5 does."""
+    from typer.testing import CliRunner
+
+    from clipsr_cli.cli import app
+
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(lr / "a.png")
+    runner, out = CliRunner(), {}
+    for name, args in (("real", ["--real"]), ("half", ["--denoise-strength", "0.5"]),
+                       ("clean", ["--weights", "clipsr-default-x8"])):
+        res = runner.invoke(app, ["upscale", str(lr), "--caption", "a", "-s", "8", "-o", str(tmp_path / name), *args])
+        assert res.exit_code == 0, (name, res.output)
+        out[name] = np.asarray(Image.open(tmp_path / name / "a.png"), dtype=np.int16)
+    assert out["real"].shape == (96, 96, 3) and np.array_equal(out["real"], out["half"])
+    assert not np.array_equal(out["real"], out["clean"])
 
 
 def test_unsharp_mask_raises_edge_contrast_and_leaves_flat_areas_and_faint_detail():

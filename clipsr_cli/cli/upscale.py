@@ -37,7 +37,7 @@ def upscale(
     weights: Optional[Path] = typer.Option(
         None, "--weights", help="A generator or training checkpoint (.safetensors), an experiment folder, or a model's name (`clipsr weights list`)."),
     real: bool = typer.Option(False, "--real", help="The bundled real-world model (compressed, noisy photos): "
-                                                   "--weights clipsr-default-real-x4."),
+                                                   "x4 --weights clipsr-default-real-x4, x8 --denoise-strength 0.5."),
     denoise_strength: Optional[float] = typer.Option(
         None, "--denoise-strength", help="0..1: the clean and real-world models blended (Real-ESRGAN's option); "
                                          "0 keeps the most texture, 1 removes the most noise."),
@@ -80,7 +80,8 @@ def upscale(
     caps = Captions(root, captions, caption, policy, default_caption)
     caps.check_inputs(images)
     _check_output_folder(output)
-    model = load_model(_real(real, weights, preset, scale), preset=preset, scale=scale, device=device, precision=precision,
+    weights, denoise_strength = _real(real, weights, preset, scale, denoise_strength)
+    model = load_model(weights, preset=preset, scale=scale, device=device, precision=precision,
                        weights_dir=weights_dir, tile=tile, tile_pad=tile_pad, outscale=outscale,
                        denoise_strength=denoise_strength,
                        note=None if quiet else lambda m: console.print(f"[cyan]note:[/cyan] {m}", highlight=False),
@@ -104,15 +105,23 @@ def upscale(
     _finish(report, policy, default_caption, output, quiet, json_report, setup)
 
 
-def _real(real: bool, weights: Path | None, preset: str | None, scale: int | None) -> Path | None:
-    """--real: the bundled real-world model of the scale, in place of --weights."""
+def _real(real: bool, weights: Path | None, preset: str | None, scale: int | None,
+          denoise_strength: float | None) -> tuple[Path | None, float | None]:
+    """--real: the bundled real-world model of the scale, in place of --weights: a stored
+    one, or the blend at its strength where only the denoising model is stored."""
     if not real:
-        return weights
-    from clipsr_cli.model.bundled import real_model
+        return weights, denoise_strength
+    from clipsr_cli.model.bundled import DENOISE_MODELS, REAL_MODELS, REAL_STRENGTH, real_model
 
     if weights is not None or preset is not None:
         raise UsageError("--real picks the bundled real-world model: drop --weights/--preset")
-    return Path(real_model(scale or 4))
+    if denoise_strength is not None:
+        raise UsageError(f"--real is --denoise-strength {REAL_STRENGTH:g}: give one of them")
+    scale = scale or 4
+    if scale in REAL_MODELS:
+        return Path(REAL_MODELS[scale]), None
+    real_model(scale, DENOISE_MODELS)  # none for this scale: the error lists the scales that have one
+    return None, REAL_STRENGTH
 
 
 def _precision(precision: str | None, fp32: bool) -> str | None:

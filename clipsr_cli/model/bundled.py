@@ -13,9 +13,12 @@ DEFAULT_MODELS = {4: "clipsr-default-x4", 8: "clipsr-default-x8"}  # weights man
 # For compressed, noisy photos.  The denoise models are the clean ones fine-tuned on
 # Real-ESRGAN's degradations (the same preset and scale, so weights can be blended);
 # the real models (`--real`) are the half-way blend of the two, Real-ESRGAN's default
-# denoise strength (benchmarks/real_blend.py writes them; BENCHMARKS.md says why).
+# denoise strength (benchmarks/real_blend.py writes them; BENCHMARKS.md says why).  A scale
+# with a denoise model but no stored real one (x8: the 25 MB budget of bundled weights)
+# makes that blend when it loads, as --denoise-strength does.
+REAL_STRENGTH = 0.5
 REAL_MODELS = {4: "clipsr-default-real-x4"}
-DENOISE_MODELS = {4: "clipsr-default-real-denoise-x4"}
+DENOISE_MODELS = {4: "clipsr-default-real-denoise-x4", 8: "clipsr-default-real-denoise-x8"}
 
 
 def real_model(scale: int, models: dict[int, str] = REAL_MODELS) -> str:
