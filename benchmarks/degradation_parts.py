@@ -10,34 +10,22 @@ The noise is drawn from the same seeds as real_inputs.py's, so "medium" here is 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
-from real_inputs import BENCH, LEVELS, SCALE
+from PIL import Image
+from real_inputs import BENCH, SCALE, degrade
 
 import clipsr_cli as clipsr
 
-PARTS = ("blur", "blur + noise", "blur + JPEG", "medium")
-
-
-def lr_variants(hr: Image.Image, seed: int) -> dict[str, Image.Image]:
-    blur, sigma, quality = LEVELS["medium"]
-    lr = hr.filter(ImageFilter.GaussianBlur(blur)).resize((hr.width // SCALE, hr.height // SCALE), Image.BICUBIC)
-    noise = np.random.default_rng(seed).normal(0, sigma, (lr.height, lr.width, 3))
-
-    def saved(noisy: bool, compressed: bool) -> Image.Image:
-        arr = np.asarray(lr, np.float64) + (noise if noisy else 0)
-        buf = io.BytesIO()
-        Image.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8)).save(
-            buf, format="JPEG" if compressed else "PNG", **({"quality": quality} if compressed else {}))
-        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-    return {"blur": lr, "blur + noise": saved(True, False), "blur + JPEG": saved(False, True),
-            "medium": saved(True, True)}
+PARTS = {  # the parts of real_inputs.py's medium level each LR keeps besides the blur
+    "blur": {"noise": False, "jpeg": False},
+    "blur + noise": {"jpeg": False},
+    "blur + JPEG": {"noise": False},
+    "medium": {},
+}
 
 
 def main() -> None:
@@ -56,7 +44,8 @@ def main() -> None:
         name = path.relative_to(args.hr).as_posix()
         caption = captions.get(name, [""])
         caption = caption[0] if isinstance(caption, list) else caption
-        for part, lr in lr_variants(hr, zlib.crc32(f"medium/{name}".encode())).items():  # real_inputs.py's seed
+        for part, keep in PARTS.items():
+            lr = degrade(hr, "medium", zlib.crc32(f"medium/{name}".encode()), **keep)  # real_inputs.py's seed
             for label, model in models.items():
                 sr = lr.resize(hr.size, Image.BICUBIC) if model is None else model.upscale(lr, caption)
                 psnr = clipsr.score(sr, hr, metrics=["psnr"], crop_border=SCALE)["psnr"]

@@ -33,17 +33,24 @@ LEVELS = {  # blur sigma (HR px), Gaussian noise sigma (8-bit levels), JPEG qual
 }
 
 
-def degrade(hr: Image.Image, level: str, seed: int, scale: int = SCALE) -> Image.Image:
-    """The LR of one HR image at one level; the noise drawn from `seed`."""
+def degrade(hr: Image.Image, level: str, seed: int, scale: int = SCALE, noise: bool = True,
+            jpeg: bool = True) -> Image.Image:
+    """The LR of one HR image at one level; the noise drawn from `seed`.  `noise` or `jpeg`
+    False leaves that part of the level out (degradation_parts.py)."""
     spec = LEVELS[level]
     if spec is not None:
         hr = hr.filter(ImageFilter.GaussianBlur(spec[0]))
     lr = hr.resize((hr.width // scale, hr.height // scale), Image.BICUBIC)
-    if spec is None:
+    if spec is None or not (noise or jpeg):
         return lr
-    noisy = np.asarray(lr, np.float64) + np.random.default_rng(seed).normal(0, spec[1], (lr.height, lr.width, 3))
+    arr = np.asarray(lr, np.float64)
+    if noise:
+        arr = arr + np.random.default_rng(seed).normal(0, spec[1], (lr.height, lr.width, 3))
+    out = Image.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8))
+    if not jpeg:
+        return out
     buf = io.BytesIO()
-    Image.fromarray(np.clip(noisy, 0, 255).round().astype(np.uint8)).save(buf, format="JPEG", quality=spec[2])
+    out.save(buf, format="JPEG", quality=spec[2])
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
