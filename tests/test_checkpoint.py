@@ -32,6 +32,25 @@ def test_truncated_checkpoint_is_refused(tiny_cfg, tiny_clip, tmp_path):
         load_generator(path)
 
 
+def test_a_network_this_version_lacks_is_refused_naming_the_version_that_wrote_it(tiny_cfg, tiny_clip, tmp_path):
+    """A generator key this clipsr does not know (a later version's network) is an error that
+    says which version wrote the file, not "export it again", which cannot help."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = tmp_path / "g.safetensors"
+    save_generator(path, Generator(tiny_cfg, tiny_clip, 4))
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    config = json.loads(meta["model_config"])
+    config["generator"]["lr_cleaner"] = 6
+    save_file(tensors, str(path), metadata=meta | {"model_config": json.dumps(config), "clipsr_version": "9.0"})
+    with pytest.raises(CheckpointError, match=r"unknown key\(s\) lr_cleaner.*written by clipsr 9.0 \(this is "):
+        load_generator(path)
+
+
 def test_foreign_safetensors_is_refused(tmp_path):
     from safetensors.torch import save_file
 

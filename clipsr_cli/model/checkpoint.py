@@ -83,6 +83,9 @@ def checkpoint_config(meta: dict[str, str], path: str | Path = "checkpoint") -> 
         raise CheckpointError(f"{path}: metadata model_config is not JSON ({e})") from None
     except (ValueError, ConfigError) as e:
         msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+        if "unknown key" in msg:  # a network this clipsr does not have: exporting again here cannot help
+            raise CheckpointError(f"{msg}; written by clipsr {meta.get('clipsr_version', 'of another version')} "
+                                  f"(this is {__version__}): load it with the clipsr that wrote it") from None
         raise CheckpointError(f"{msg}; the checkpoint's metadata is invalid: export it again") from None
 
 
