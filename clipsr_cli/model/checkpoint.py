@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from clipsr_cli import __version__
 from clipsr_cli.errors import UserError
 from clipsr_cli.io.files import atomic_write
-from clipsr_cli.model.config import ConfigError, ModelConfig, check_scale
+from clipsr_cli.model.config import ConfigError, ModelConfig, UnknownKeysError, check_scale
 
 FORMAT = "clipsr-generator"
 TRAIN_FORMAT = "clipsr-train-state"  # a training checkpoint (`clipsr_cli.train.state`): loadable too
@@ -83,7 +83,7 @@ def checkpoint_config(meta: dict[str, str], path: str | Path = "checkpoint") -> 
         raise CheckpointError(f"{path}: metadata model_config is not JSON ({e})") from None
     except (ValueError, ConfigError) as e:
         msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
-        if "unknown key" in msg:  # a network this clipsr does not have: exporting again here cannot help
+        if isinstance(e, UnknownKeysError):  # a network this clipsr does not have: exporting again cannot help
             raise CheckpointError(f"{msg}; written by clipsr {meta.get('clipsr_version', 'of another version')} "
                                   f"(this is {__version__}): load it with the clipsr that wrote it") from None
         raise CheckpointError(f"{msg}; the checkpoint's metadata is invalid: export it again") from None

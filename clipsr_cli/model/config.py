@@ -25,6 +25,10 @@ class ConfigError(UserError, ValueError):
     pass
 
 
+class UnknownKeysError(ConfigError):
+    """Keys this version does not read: a typo in a file, or a checkpoint of a later version."""
+
+
 @dataclass(frozen=True)
 class ClipSpec:
     model: str = "ViT-B-32"  # open_clip model name
@@ -156,7 +160,7 @@ def _checked(value: Any, kind: str, where: str) -> Any:
 def _check_keys(data: dict, allowed: set[str], origin: str) -> None:
     unknown = set(data) - allowed
     if unknown:
-        raise ConfigError(
+        raise UnknownKeysError(
             f"{origin}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}"
         )
 
