@@ -10,13 +10,12 @@ The noise is drawn from the same seeds as real_inputs.py's, so "medium" here is 
 from __future__ import annotations
 
 import argparse
-import json
 import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from real_inputs import BENCH, SCALE, degrade
+from real_inputs import BENCH, SCALE, degrade, first_captions
 
 import clipsr_cli as clipsr
 
@@ -34,16 +33,14 @@ def main() -> None:
     p.add_argument("--models", nargs="*", default=["clipsr-default-x4", "clipsr-default-real-x4"])
     args = p.parse_args()
     names = sorted(q for q in (*args.hr.glob("*"), *args.hr.glob("*/*")) if q.suffix.lower() in (".png", ".jpg"))
-    captions_file = args.hr / "captions.json"  # as real_inputs.py upscales: with the photo's first caption
-    captions = json.loads(captions_file.read_text()) if captions_file.is_file() else {}
+    captions = first_captions(args.hr)  # as real_inputs.py upscales
     models = {"bicubic": None} | {m: clipsr.load_model(m, device="cpu") for m in args.models}
     scores: dict[tuple[str, str], list[float]] = {}
     for path in names:
         hr = Image.open(path).convert("RGB")
         hr = hr.crop((0, 0, hr.width - hr.width % SCALE, hr.height - hr.height % SCALE))
         name = path.relative_to(args.hr).as_posix()
-        caption = captions.get(name, [""])
-        caption = caption[0] if isinstance(caption, list) else caption
+        caption = captions.get(name, "")
         for part, keep in PARTS.items():
             lr = degrade(hr, "medium", zlib.crc32(f"medium/{name}".encode()), **keep)  # real_inputs.py's seed
             for label, model in models.items():

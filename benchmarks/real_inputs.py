@@ -54,6 +54,14 @@ def degrade(hr: Image.Image, level: str, seed: int, scale: int = SCALE, noise: b
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
+def first_captions(hr_dir: Path) -> dict[str, str]:
+    """Each photo's first caption from HR_DIR/captions.json (none: every photo gets "");
+    the benchmarks upscale a photo with it."""
+    path = hr_dir / "captions.json"
+    captions = json.loads(path.read_text()) if path.is_file() else {}
+    return {name: c[0] if isinstance(c, list) else c for name, c in captions.items()}
+
+
 def make_inputs(work: Path, bench: Path, scale: int = SCALE) -> dict[str, list[tuple[str, Image.Image, Path]]]:
     """(name, HR cropped to a multiple of the scale, LR file) per level."""
     out = {}
@@ -82,8 +90,7 @@ def main() -> None:
     p.add_argument("--denoise", nargs="*", type=float, default=[], help="--denoise-strength values to add")
     p.add_argument("--scale", type=int, default=SCALE, choices=[4, 8])
     args = p.parse_args()
-    captions_file = args.hr / "captions.json"
-    captions = json.loads(captions_file.read_text()) if captions_file.is_file() else {}
+    captions = first_captions(args.hr)
     inputs = make_inputs(args.work, args.hr, args.scale)
     models = {"bicubic": None} | {m: clipsr.load_model(m, device="cpu") for m in args.models}
     models |= {f"denoise-strength {s:g}": clipsr.load_model(denoise_strength=s, scale=args.scale, device="cpu") for s in args.denoise}
@@ -97,8 +104,7 @@ def main() -> None:
                 if model is None:
                     sr = lr.resize(hr.size, Image.BICUBIC)
                 else:
-                    caption = captions.get(name, [""])
-                    sr = model.upscale(lr, caption[0] if isinstance(caption, list) else caption)
+                    sr = model.upscale(lr, captions.get(name, ""))
                 values = clipsr.score(sr, hr, metrics=["psnr", "ssim"], crop_border=args.scale)
                 values |= clipsr.score(sr, metrics=["niqe"], crop_border=args.scale)
                 scores.append(values)

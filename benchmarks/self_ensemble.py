@@ -9,12 +9,11 @@ mirror) and of 8 (every flip and rotation) on the LRs of benchmarks/real_inputs.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from real_inputs import BENCH, make_inputs
+from real_inputs import BENCH, first_captions, make_inputs
 
 import clipsr_cli as clipsr
 
@@ -33,8 +32,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/clipsr-real-inputs"))
     p.add_argument("--levels", nargs="+", default=["medium", "clean"])
     args = p.parse_args()
-    captions_file = args.hr / "captions.json"
-    captions = json.loads(captions_file.read_text()) if captions_file.is_file() else {}
+    captions = first_captions(args.hr)
     inputs = make_inputs(args.work, args.hr)
     print("| level | model | ensemble of | PSNR-Y | NIQE |\n|---|---|---|---|---|")
     for level in args.levels:
@@ -43,8 +41,7 @@ def main() -> None:
             scores = {k: [] for k in SIZES}
             for image, hr, lr_path in inputs[level]:
                 lr = Image.open(lr_path).convert("RGB")
-                caption = captions.get(image, [""])
-                caption = caption[0] if isinstance(caption, list) else caption
+                caption = captions.get(image, "")
                 outs = []
                 for turn, back in TURNS:
                     sr = model.upscale(lr if turn is None else lr.transpose(turn), caption)
