@@ -72,7 +72,8 @@ def make_inputs(work: Path, bench: Path, scale: int = SCALE) -> dict[str, list[t
         for name in names:
             hr = Image.open(bench / name).convert("RGB")
             hr = hr.crop((0, 0, hr.width - hr.width % scale, hr.height - hr.height % scale))
-            lr_path = work / ("lr" if scale == SCALE else f"lr-x{scale}") / level / name
+            # PNG whatever the HR's format: a .jpg name would save the LR as a JPEG again
+            lr_path = (work / ("lr" if scale == SCALE else f"lr-x{scale}") / level / name).with_suffix(".png")
             if not lr_path.is_file():
                 lr_path.parent.mkdir(parents=True, exist_ok=True)
                 degrade(hr, level, zlib.crc32(f"{level}/{name}".encode()), scale).save(lr_path)

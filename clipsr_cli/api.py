@@ -94,7 +94,7 @@ class Model:
 def load_model(weights: str | Path | None = None, *, preset: str | None = None, scale: int | None = None,
                device: str = "auto", precision: str | None = None, weights_dir: str | Path | None = None,
                tile: int | None = None, tile_pad: int = 16, outscale: float | None = None,
-               denoise_strength: float | None = None,
+               denoise_strength: float | str | None = None,
                note: Callable[[str], None] | None = None, warn: Callable[[str], None] = print) -> Model:
     """A generator ready to upscale.  `weights`: a bundled or manifest model name
     (`clipsr-default-x8`), a generator file, a training checkpoint or an
@@ -102,10 +102,12 @@ def load_model(weights: str | Path | None = None, *, preset: str | None = None, 
     bundled default for `scale` (4 unless given).  `device` "auto" and
     `precision` None choose as the CLI does (half on CUDA, fp32 elsewhere).
     `denoise_strength` (0..1): the bundled clean and real-world models of the
-    scale blended weight by weight (Real-ESRGAN's option; 1 is the real model).
+    scale blended weight by weight (Real-ESRGAN's option; 1 is the denoising
+    model); "auto": each image at the strength its JPEG quality calls for, as
+    the real models (`clipsr-default-real-x4`, `--real`) do.
     `note(text)` hears which model was chosen and why; `warn(text)` hears
     warnings (long captions, out-of-memory retries)."""
-    from clipsr_cli.model.bundled import default_model, model_file
+    from clipsr_cli.model.bundled import AUTO, default_model, model_file, real_model_scale
     from clipsr_cli.model.checkpoint import checkpoint_config, load_generator, read_metadata
     from clipsr_cli.model.clip import load_clip
     from clipsr_cli.model.config import check_scale, load_preset
@@ -114,6 +116,14 @@ def load_model(weights: str | Path | None = None, *, preset: str | None = None, 
 
     dev, dtype = pick(device, precision)
     note = note or (lambda text: None)
+    real_scale = real_model_scale(weights)
+    if real_scale is not None:  # a real model's name: the auto blend of its scale
+        if denoise_strength is not None:
+            raise UsageError(f"{weights} is --denoise-strength auto: drop --denoise-strength, or --weights for "
+                             "another strength")
+        if scale is not None and scale != real_scale:
+            raise UsageError(f"--scale {scale} but {weights} is a x{real_scale} model; drop --scale")
+        weights, scale, denoise_strength = None, real_scale, AUTO
     if denoise_strength is not None:
         return _denoising(denoise_strength, weights, preset, scale, weights_dir, note,
                           dict(warn=warn, dtype=dtype, tile=tile, tile_pad=tile_pad, outscale=outscale), dev)
@@ -148,21 +158,48 @@ def load_model(weights: str | Path | None = None, *, preset: str | None = None, 
     return Model(upscaler, weights)
 
 
-def _denoising(strength: float, weights, preset, scale, weights_dir, note, options: dict, dev) -> Model:
-    from clipsr_cli.model.bundled import DEFAULT_MODELS, DENOISE_MODELS, interpolated, real_model
+def _denoising(strength: float | str, weights, preset, scale, weights_dir, note, options: dict, dev) -> Model:
+    from clipsr_cli.model.bundled import AUTO, DEFAULT_MODELS, DENOISE_MODELS, interpolated, real_model
     from clipsr_cli.model.checkpoint import load_generator
     from clipsr_cli.model.weights import resolve
+    from clipsr_cli.pipeline.auto_denoise import FULL_DENOISE, NO_DENOISE, AutoDenoise
     from clipsr_cli.pipeline.upscaler import Upscaler
 
-    if not 0.0 <= strength <= 1.0:  # also refuses nan
-        raise UsageError(f"--denoise-strength {strength}: must be in [0, 1] (0 keeps texture, 1 removes noise)")
+    strength = parse_strength(strength)
     if weights is not None or preset is not None:
         raise UsageError("--denoise-strength blends the bundled clean and real-world models; drop --weights/--preset")
     scale = scale or 4
     names = DEFAULT_MODELS.get(scale), real_model(scale, DENOISE_MODELS)
-    clean, real = (load_generator(resolve(n, weights_dir=weights_dir), weights_dir=weights_dir) for n in names)
+    paths = [resolve(n, weights_dir=weights_dir) for n in names]
+
+    def blended(s: float) -> Upscaler:  # the files read again for each strength met: each its own network
+        clean, real = (load_generator(p, weights_dir=weights_dir) for p in paths)
+        return Upscaler(interpolated(clean, real, s), dev, **options)
+
+    if strength == AUTO:
+        note(f"denoise strength auto: {names[0]} and {names[1]} blended for each image by the JPEG quality "
+             f"its pixels show (none at quality {NO_DENOISE} and above or without JPEG traces, all at "
+             f"{FULL_DENOISE} and below)")
+        return Model(AutoDenoise(blended), None)
     note(f"--denoise-strength {strength:g}: {names[0]} and {names[1]} blended, {strength:.0%} of the denoising model")
-    return Model(Upscaler(interpolated(clean, real, strength), dev, **options), None)
+    return Model(blended(strength), None)
+
+
+def parse_strength(strength: float | str) -> float | str:
+    """A denoise strength as given: a number in [0, 1] or "auto"."""
+    from clipsr_cli.model.bundled import AUTO
+
+    if isinstance(strength, str):
+        if strength.strip().lower() == AUTO:
+            return AUTO
+        try:
+            strength = float(strength)
+        except ValueError:
+            raise UsageError(f"--denoise-strength {strength}: give a number in [0, 1] or {AUTO}") from None
+    if not 0.0 <= strength <= 1.0:  # also refuses nan
+        raise UsageError(f"--denoise-strength {strength}: must be in [0, 1] (0 keeps texture, 1 removes noise) "
+                         f"or {AUTO}")
+    return strength
 
 
 def pick(device: str = "auto", precision: str | None = None) -> tuple[torch.device, torch.dtype]:

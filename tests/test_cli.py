@@ -331,8 +331,8 @@ def test_weights_by_model_name_or_file(folder, tmp_path):
     assert res.exit_code == 0 and Image.open(out / "a_f.png").size == (96, 80), res.output
     res = runner.invoke(app, ["upscale", str(folder), "-o", str(out), "--caption", "x", "--weights", "clipsr-x3"])
     assert res.exit_code == 2 and ("nor a model name (models: clipsr-default-real-denoise-x4, "
-                                   "clipsr-default-real-denoise-x8, clipsr-default-real-x4, clipsr-default-x4, "
-                                   "clipsr-default-x8, clipsr-demo-x8)") in res.output
+                                   "clipsr-default-real-denoise-x8, clipsr-default-real-x4, clipsr-default-real-x8, "
+                                   "clipsr-default-x4, clipsr-default-x8, clipsr-demo-x8)") in res.output
 
 
 def test_outscale_and_scale_usage_errors(folder, tmp_path):

@@ -171,55 +171,72 @@ def test_init_weights_starts_a_fine_tune_from_a_trained_generator(tmp_path):
         tiny.init_from("clipsr-default-x4")
 
 
+def photo_like(seed: int, size: int = 48) -> Image.Image:
+    """Smooth colours plus grain, off white and black: the JPEG quality of its saves can be read."""
+    rng = np.random.default_rng(seed)
+    smooth = Image.fromarray(rng.integers(40, 216, (4, 4, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
+    grain = rng.normal(0, 12, (size, size, 3))
+    return Image.fromarray(np.clip(np.asarray(smooth, np.float64) + grain, 0, 255).astype(np.uint8))
+
+
 def test_the_real_model_is_chosen_by_name_or_by_real_and_denoise_strength_blends_it(tmp_path):
-    """--real is the bundled real model, the half-way blend of the clean and the
-    denoising model; --denoise-strength s blends the two at run time (0: clean,
-    1: the denoising model, 0.5: the real model up to its fp16 storage)."""
+    """--real, --weights clipsr-default-real-x4 and --denoise-strength auto are one model:
+    each image at the strength its JPEG quality calls for (a clean PNG: the clean model;
+    a JPEG saved at 40: the denoising model).  --denoise-strength s blends the pair at run
+    time (0: clean, 1: the denoising model)."""
     from typer.testing import CliRunner
 
     from clipsr_cli.cli import app
 
     lr = tmp_path / "lr"
     lr.mkdir()
-    Image.fromarray(np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(lr / "a.png")
+    photo = photo_like(3)
+    photo.save(lr / "a.png")
+    photo.save(lr / "b.jpg", quality=40)
     runner, out = CliRunner(), {}
     for name, args in (("real", ["--real"]), ("named", ["--weights", "clipsr-default-real-x4"]),
+                       ("auto", ["--denoise-strength", "auto"]),
                        ("clean", ["--weights", "clipsr-default-x4"]), ("s0", ["--denoise-strength", "0"]),
                        ("s1", ["--denoise-strength", "1"]), ("half", ["--denoise-strength", "0.5"]),
                        ("denoise", ["--weights", "clipsr-default-real-denoise-x4"])):
-        res = runner.invoke(app, ["upscale", str(lr), "--caption", "a", "-o", str(tmp_path / name), "-q", *args])
+        res = runner.invoke(app, ["upscale", str(lr), "--caption", "a", "-o", str(tmp_path / name), "-q",
+                                  "--ext", "png", *args])
         assert res.exit_code == 0, (name, res.output)
-        out[name] = np.asarray(Image.open(tmp_path / name / "a.png"), dtype=np.int16)
-    assert np.array_equal(out["real"], out["named"])
-    assert np.abs(out["s1"] - out["denoise"]).max() <= 1 and np.abs(out["s0"] - out["clean"]).max() <= 1
-    assert np.abs(out["half"] - out["real"]).max() <= 1
-    assert not np.array_equal(out["half"], out["s0"]) and not np.array_equal(out["half"], out["s1"])
+        out[name] = {f: np.asarray(Image.open(tmp_path / name / f"{f}.png"), dtype=np.int16) for f in "ab"}
+    for f in "ab":
+        assert np.array_equal(out["real"][f], out["named"][f]) and np.array_equal(out["real"][f], out["auto"][f])
+        assert np.abs(out["s1"][f] - out["denoise"][f]).max() <= 1 and np.abs(out["s0"][f] - out["clean"][f]).max() <= 1
+    assert np.abs(out["real"]["a"] - out["clean"]["a"]).max() <= 1  # no JPEG traces: the clean model
+    assert np.abs(out["real"]["b"] - out["denoise"]["b"]).max() <= 1  # quality 40: the denoising model
+    assert not np.array_equal(out["half"]["b"], out["s0"]["b"]) and not np.array_equal(out["half"]["b"], out["s1"]["b"])
     for bad, says in ((["--denoise-strength", "1.5"], "must be in [0, 1]"),
+                      (["--denoise-strength", "most"], "give a number in [0, 1] or auto"),
                       (["--denoise-strength", "0.5", "--weights", "clipsr-default-x4"], "drop --weights"),
                       (["--real", "-s", "2"], "no bundled real-world model for x2 (bundled: x4, x8)"),
-                      (["--real", "--denoise-strength", "0.5"], "--real is --denoise-strength 0.5")):
+                      (["--real", "--denoise-strength", "0.5"], "--real is --denoise-strength auto"),
+                      (["--weights", "clipsr-default-real-x4", "-s", "8"], "is a x4 model")):
         res = runner.invoke(app, ["upscale", str(lr), "--caption", "a", "-o", str(tmp_path / "x"), *bad])
         assert res.exit_code == 2 and says in " ".join(res.output.split()), (bad, res.output)
 
 
-def test_real_at_x8_is_the_x8_pair_blended_half_way(tmp_path):
-    """x8 stores only its denoising model (the weights budget): --real -s 8 blends it with
-    clipsr-default-x8 at load, exactly as --denoise-strength 0.5 does."""
+def test_real_at_x8_is_the_x8_pair_blended_by_jpeg_quality(tmp_path):
+    """x8 has its real model too: the x8 pair, blended per image as at x4."""
     from typer.testing import CliRunner
 
     from clipsr_cli.cli import app
 
     lr = tmp_path / "lr"
     lr.mkdir()
-    Image.fromarray(np.random.default_rng(4).integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(lr / "a.png")
+    photo_like(4).save(lr / "a.jpg", quality=30)
     runner, out = CliRunner(), {}
-    for name, args in (("real", ["--real"]), ("half", ["--denoise-strength", "0.5"]),
-                       ("clean", ["--weights", "clipsr-default-x8"])):
-        res = runner.invoke(app, ["upscale", str(lr), "--caption", "a", "-s", "8", "-o", str(tmp_path / name), *args])
+    for name, args in (("real", ["--real"]), ("named", ["--weights", "clipsr-default-real-x8"]),
+                       ("s1", ["--denoise-strength", "1"]), ("clean", ["--weights", "clipsr-default-x8"])):
+        res = runner.invoke(app, ["upscale", str(lr), "--caption", "a", "-s", "8", "-o", str(tmp_path / name),
+                                  "--ext", "png", *args])
         assert res.exit_code == 0, (name, res.output)
         out[name] = np.asarray(Image.open(tmp_path / name / "a.png"), dtype=np.int16)
-    assert out["real"].shape == (96, 96, 3) and np.array_equal(out["real"], out["half"])
-    assert not np.array_equal(out["real"], out["clean"])
+    assert out["real"].shape == (384, 384, 3) and np.array_equal(out["real"], out["named"])
+    assert np.array_equal(out["real"], out["s1"]) and not np.array_equal(out["real"], out["clean"])
 
 
 def test_unsharp_mask_raises_edge_contrast_and_leaves_flat_areas_and_faint_detail():

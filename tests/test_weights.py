@@ -126,7 +126,7 @@ def test_a_file_without_its_seeded_clip_rebuilds_the_tower_the_clean_model_carri
     from clipsr_cli.model.checkpoint import load_generator
 
     stored = {k[5:]: v for k, v in load_file(str(W.resolve("clipsr-default-x4"))).items() if k.startswith("clip.")}
-    for name in ("clipsr-default-real-x4", "clipsr-default-real-denoise-x4"):
+    for name in ("clipsr-default-real-denoise-x4", "clipsr-default-real-denoise-x8"):
         assert stored and not any(k.startswith("clip.") for k in load_file(str(W.resolve(name))))
         rebuilt = load_generator(W.resolve(name)).clip.state_dict()
         assert all(torch.equal(rebuilt[k].half(), v.half()) for k, v in stored.items())

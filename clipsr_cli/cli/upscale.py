@@ -37,10 +37,11 @@ def upscale(
     weights: Optional[Path] = typer.Option(
         None, "--weights", help="A generator or training checkpoint (.safetensors), an experiment folder, or a model's name (`clipsr weights list`)."),
     real: bool = typer.Option(False, "--real", help="The bundled real-world model (compressed, noisy photos): "
-                                                   "x4 --weights clipsr-default-real-x4, x8 --denoise-strength 0.5."),
-    denoise_strength: Optional[float] = typer.Option(
+                                                   "--denoise-strength auto."),
+    denoise_strength: Optional[str] = typer.Option(
         None, "--denoise-strength", help="0..1: the clean and real-world models blended (Real-ESRGAN's option); "
-                                         "0 keeps the most texture, 1 removes the most noise."),
+                                         "0 keeps the most texture, 1 removes the most noise; auto: each image's "
+                                         "from the JPEG quality its pixels show."),
     preset: Optional[str] = typer.Option(None, "--preset",
                                          help="Run a preset with untrained weights (no --weights, no default model)."),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder holding manifest weights files."),
@@ -106,22 +107,18 @@ def upscale(
 
 
 def _real(real: bool, weights: Path | None, preset: str | None, scale: int | None,
-          denoise_strength: float | None) -> tuple[Path | None, float | None]:
-    """--real: the bundled real-world model of the scale, in place of --weights: a stored
-    one, or the blend at its strength where only the denoising model is stored."""
-    if not real:
-        return weights, denoise_strength
-    from clipsr_cli.model.bundled import DENOISE_MODELS, REAL_MODELS, REAL_STRENGTH, real_model
+          denoise_strength: str | None) -> tuple[Path | None, float | str | None]:
+    """--real: the bundled real-world model of the scale, --denoise-strength auto."""
+    from clipsr_cli.api import parse_strength
+    from clipsr_cli.model.bundled import AUTO
 
+    if not real:
+        return weights, None if denoise_strength is None else parse_strength(denoise_strength)
     if weights is not None or preset is not None:
         raise UsageError("--real picks the bundled real-world model: drop --weights/--preset")
     if denoise_strength is not None:
-        raise UsageError(f"--real is --denoise-strength {REAL_STRENGTH:g}: give one of them")
-    scale = scale or 4
-    if scale in REAL_MODELS:
-        return Path(REAL_MODELS[scale]), None
-    real_model(scale, DENOISE_MODELS)  # none for this scale: the error lists the scales that have one
-    return None, REAL_STRENGTH
+        raise UsageError(f"--real is --denoise-strength {AUTO}: give one of them")
+    return None, AUTO
 
 
 def _precision(precision: str | None, fp32: bool) -> str | None:

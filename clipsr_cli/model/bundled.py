@@ -11,14 +11,21 @@ from clipsr_cli.errors import UsageError
 
 DEFAULT_MODELS = {4: "clipsr-default-x4", 8: "clipsr-default-x8"}  # weights manifest names
 # For compressed, noisy photos.  The denoise models are the clean ones fine-tuned on
-# Real-ESRGAN's degradations (the same preset and scale, so weights can be blended);
-# the real models (`--real`) are the half-way blend of the two, Real-ESRGAN's default
-# denoise strength (benchmarks/real_blend.py writes them; BENCHMARKS.md says why).  A scale
-# with a denoise model but no stored real one (x8: the 25 MB budget of bundled weights)
-# makes that blend when it loads, as --denoise-strength does.
-REAL_STRENGTH = 0.5
-REAL_MODELS = {4: "clipsr-default-real-x4"}
+# Real-ESRGAN's degradations (the same preset and scale, so weights can be blended).
+# The real models (`--real`, or these names wherever a model name goes) are no file of
+# their own: the clean and denoise models blended for each image at the strength its
+# JPEG quality calls for (pipeline/auto_denoise.py; BENCHMARKS.md says why).
+AUTO = "auto"
+REAL_MODELS = {4: "clipsr-default-real-x4", 8: "clipsr-default-real-x8"}
 DENOISE_MODELS = {4: "clipsr-default-real-denoise-x4", 8: "clipsr-default-real-denoise-x8"}
+
+
+def real_model_scale(weights) -> int | None:
+    """The scale of a real model's name (`clipsr-default-real-x4`); None for anything else,
+    a file of that name included."""
+    if weights is None or Path(weights).exists():
+        return None
+    return next((scale for scale, name in REAL_MODELS.items() if name == str(weights)), None)
 
 
 def real_model(scale: int, models: dict[int, str] = REAL_MODELS) -> str:
@@ -67,7 +74,11 @@ def model_file(spec: Path, weights_dir=None) -> Path:
                          "(it has one once a checkpoint is written), a checkpoint file or a model name")
     if spec.exists():
         return spec
-    models = sorted(name for name, entry in manifest().items() if entry.filename.startswith("clipsr-"))
+    models = sorted([*(name for name, entry in manifest().items() if entry.filename.startswith("clipsr-")),
+                     *REAL_MODELS.values()])
+    if str(spec) in REAL_MODELS.values():  # load_model takes these by name, before any file
+        raise UsageError(f"--weights {spec}: a blend made at load (denoise strength {AUTO}), not a file; "
+                         "`clipsr upscale --real` or clipsr.load_model runs it")
     if str(spec) in models:
         return resolve(str(spec), weights_dir=weights_dir)
     raise UsageError(f"--weights {spec}: no such checkpoint file, nor a model name (models: {', '.join(models)})")
