@@ -159,7 +159,7 @@ def load_model(weights: str | Path | None = None, *, preset: str | None = None, 
 
 
 def _denoising(strength: float | str, weights, preset, scale, weights_dir, note, options: dict, dev) -> Model:
-    from clipsr_cli.model.bundled import AUTO, DEFAULT_MODELS, DENOISE_MODELS, interpolated, real_model
+    from clipsr_cli.model.bundled import AUTO, AUTO_TOP, DEFAULT_MODELS, DENOISE_MODELS, interpolated, real_model
     from clipsr_cli.model.checkpoint import load_generator
     from clipsr_cli.model.weights import resolve
     from clipsr_cli.pipeline.auto_denoise import FULL_DENOISE, NO_DENOISE, AutoDenoise
@@ -177,10 +177,11 @@ def _denoising(strength: float | str, weights, preset, scale, weights_dir, note,
         return Upscaler(interpolated(clean, real, s), dev, **options)
 
     if strength == AUTO:
+        top = AUTO_TOP[scale]
         note(f"denoise strength auto: {names[0]} and {names[1]} blended for each image by the JPEG quality "
-             f"its pixels show (none at quality {NO_DENOISE} and above or without JPEG traces, all at "
-             f"{FULL_DENOISE} and below)")
-        return Model(AutoDenoise(blended), None)
+             f"its pixels show (none without JPEG traces, {top:g} at quality {FULL_DENOISE} and below, "
+             f"falling to none at {NO_DENOISE})")
+        return Model(AutoDenoise(blended, top), None)
     note(f"--denoise-strength {strength:g}: {names[0]} and {names[1]} blended, {strength:.0%} of the denoising model")
     return Model(blended(strength), None)
 

@@ -8,7 +8,14 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from clipsr_cli.pipeline.auto_denoise import FULL_DENOISE, NO_DENOISE, AutoDenoise, auto_strength, image_strength
+from clipsr_cli.pipeline.auto_denoise import (
+    FULL_DENOISE,
+    NO_DENOISE,
+    STEPS,
+    AutoDenoise,
+    auto_strength,
+    image_strength,
+)
 from clipsr_cli.pipeline.jpeg_quality import jpeg_quality
 
 
@@ -59,6 +66,8 @@ def test_the_strength_falls_from_all_to_none_across_the_quality_range():
     assert strengths[1:4] == [1.0, 1.0, 1.0] and strengths[-2:] == [0.0, 0.0]
     assert 0 < strengths[4] < 1
     assert all(a >= b for a, b in zip(strengths[1:], strengths[2:]))  # lower quality, never less denoising
+    scaled = [auto_strength(q, top=0.75) for q in qualities]  # a pair's top: the same curve, lower
+    assert scaled[1] == 0.75 and all(abs(a - 0.75 * b) <= 1 / STEPS for a, b in zip(scaled, strengths))
     as_tensor = torch.from_numpy(np.array(saved_as_jpeg(photo_like(1), 40))).permute(2, 0, 1).float() / 255
     assert image_strength(as_tensor) == 1.0
     assert image_strength(torch.from_numpy(np.array(photo_like(1))).permute(2, 0, 1).float() / 255) == 0.0

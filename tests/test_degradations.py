@@ -220,23 +220,25 @@ def test_the_real_model_is_chosen_by_name_or_by_real_and_denoise_strength_blends
 
 
 def test_real_at_x8_is_the_x8_pair_blended_by_jpeg_quality(tmp_path):
-    """x8 has its real model too: the x8 pair, blended per image as at x4."""
+    """x8 has its real model too: the x8 pair, blended per image as at x4, up to x8's top
+    strength (quality 30: the top)."""
     from typer.testing import CliRunner
 
     from clipsr_cli.cli import app
+    from clipsr_cli.model.bundled import AUTO_TOP
 
     lr = tmp_path / "lr"
     lr.mkdir()
     photo_like(4).save(lr / "a.jpg", quality=30)
     runner, out = CliRunner(), {}
     for name, args in (("real", ["--real"]), ("named", ["--weights", "clipsr-default-real-x8"]),
-                       ("s1", ["--denoise-strength", "1"]), ("clean", ["--weights", "clipsr-default-x8"])):
+                       ("top", ["--denoise-strength", str(AUTO_TOP[8])]), ("clean", ["--weights", "clipsr-default-x8"])):
         res = runner.invoke(app, ["upscale", str(lr), "--caption", "a", "-s", "8", "-o", str(tmp_path / name),
                                   "--ext", "png", *args])
         assert res.exit_code == 0, (name, res.output)
         out[name] = np.asarray(Image.open(tmp_path / name / "a.png"), dtype=np.int16)
     assert out["real"].shape == (384, 384, 3) and np.array_equal(out["real"], out["named"])
-    assert np.array_equal(out["real"], out["s1"]) and not np.array_equal(out["real"], out["clean"])
+    assert np.array_equal(out["real"], out["top"]) and not np.array_equal(out["real"], out["clean"])
 
 
 def test_unsharp_mask_raises_edge_contrast_and_leaves_flat_areas_and_faint_detail():

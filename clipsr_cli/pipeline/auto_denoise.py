@@ -13,35 +13,36 @@ import torch
 
 from clipsr_cli.pipeline.jpeg_quality import jpeg_quality
 
-# From the JPEG quality to the strength: none at or above NO_DENOISE (and where no JPEG
-# grid shows), all of it at or below FULL_DENOISE, linear between.  Chosen on the
-# training photos, not on a benchmark's (benchmarks/auto_strength.py; BENCHMARKS.md).
+# From the JPEG quality to the strength: none where no JPEG grid shows, the pair's top
+# strength at or below FULL_DENOISE, linear from there to none at NO_DENOISE.  Measured on
+# the training photos, not on a benchmark's (benchmarks/auto_strength.py; BENCHMARKS.md).
 NO_DENOISE = 100
 FULL_DENOISE = 75
-STEPS = 10  # strengths used: multiples of 1/STEPS, a blended network kept for each one met
+STEPS = 20  # strengths used: multiples of 1/STEPS, a blended network kept for each one met
 
 
-def auto_strength(quality: int | None) -> float:
+def auto_strength(quality: int | None, top: float = 1.0) -> float:
     """The denoise strength for an image last saved as a JPEG of `quality` (None: no JPEG)."""
     if quality is None:
         return 0.0
-    fraction = (NO_DENOISE - quality) / (NO_DENOISE - FULL_DENOISE)
-    return round(min(1.0, max(0.0, fraction)) * STEPS) / STEPS
+    fraction = min(1.0, max(0.0, (NO_DENOISE - quality) / (NO_DENOISE - FULL_DENOISE)))
+    return round(fraction * top * STEPS) / STEPS
 
 
-def image_strength(rgb: torch.Tensor) -> float:
+def image_strength(rgb: torch.Tensor, top: float = 1.0) -> float:
     """(3, H, W) in [0, 1] -> its strength; decoded 8-bit values are exact multiples of 1/255."""
     pixels = rgb.detach().float().mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return auto_strength(jpeg_quality(np.ascontiguousarray(pixels)))
+    return auto_strength(jpeg_quality(np.ascontiguousarray(pixels)), top)
 
 
 class AutoDenoise:
     """An `Upscaler` to its callers: one per strength met (`make(strength)` builds it),
     each image sent to its strength's.  Sizes, tiling and batching are the same for
-    every strength, so they are asked of the clean one (strength 0)."""
+    every strength, so they are asked of the clean one (strength 0).  `top`: the
+    strength of the most compressed images."""
 
-    def __init__(self, make: Callable[[float], object]):
-        self._make = make
+    def __init__(self, make: Callable[[float], object], top: float = 1.0):
+        self._make, self.top = make, top
         self._by_strength: dict[float, object] = {}
         self._lock = threading.Lock()
         self.clean = self.at(0.0)
@@ -59,7 +60,7 @@ class AutoDenoise:
                       finish=None) -> torch.Tensor:
         groups: dict[float, list[int]] = {}
         for i, rgb in enumerate(rgbs):
-            groups.setdefault(image_strength(rgb), []).append(i)
+            groups.setdefault(image_strength(rgb, self.top), []).append(i)
         if len(groups) == 1:
             return self.at(next(iter(groups))).upscale_batch(rgbs, captions, as_uint8, finish)
         outputs: list[torch.Tensor | None] = [None] * len(rgbs)
