@@ -1,11 +1,12 @@
-"""The JPEG quality an image was last saved at, read from its pixels alone, and the
-denoise strength it calls for (`--denoise-strength auto`, the real models' default).
+"""The JPEG quality an image was last saved at, read from its pixels alone
+(`--denoise-strength auto`, pipeline/auto_denoise.py, turns it into a strength).
 
 A JPEG rounds each 8x8 block's DCT coefficients to multiples of a step from its
 quantisation table; decoding adds only rounding noise (about 0.3 of a level), so a
 decoded image's coefficients still sit on those multiples as long as it was not
-resized or cropped since.  The steps of a few low frequencies, against the IJG
-table every common encoder (libjpeg, PIL, browsers, phones) scales, give the quality.
+resized or cropped since.  The steps of a few low frequencies, against the IJG table
+that libjpeg (so PIL and most software) scales by the quality, give the quality; an
+encoder with tables of its own reads as the IJG quality nearest to them.
 """
 
 from __future__ import annotations
