@@ -159,6 +159,8 @@ def load_model(weights: str | Path | None = None, *, preset: str | None = None, 
 
 
 def _denoising(strength: float | str, weights, preset, scale, weights_dir, note, options: dict, dev) -> Model:
+    import copy
+
     from clipsr_cli.model.bundled import AUTO, AUTO_TOP, DEFAULT_MODELS, DENOISE_MODELS, interpolated, real_model
     from clipsr_cli.model.checkpoint import load_generator
     from clipsr_cli.model.weights import resolve
@@ -170,11 +172,10 @@ def _denoising(strength: float | str, weights, preset, scale, weights_dir, note,
         raise UsageError("--denoise-strength blends the bundled clean and real-world models; drop --weights/--preset")
     scale = scale or 4
     names = DEFAULT_MODELS.get(scale), real_model(scale, DENOISE_MODELS)
-    paths = [resolve(n, weights_dir=weights_dir) for n in names]
+    clean, real = (load_generator(resolve(n, weights_dir=weights_dir), weights_dir=weights_dir) for n in names)
 
-    def blended(s: float) -> Upscaler:  # the files read again for each strength met: each its own network
-        clean, real = (load_generator(p, weights_dir=weights_dir) for p in paths)
-        return Upscaler(interpolated(clean, real, s), dev, **options)
+    def blended(s: float) -> Upscaler:  # each strength its own network; the files are read once
+        return Upscaler(interpolated(copy.deepcopy(clean), real, s), dev, **options)
 
     if strength == AUTO:
         top = AUTO_TOP[scale]

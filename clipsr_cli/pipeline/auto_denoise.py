@@ -71,6 +71,6 @@ class AutoDenoise:
                 outputs[i] = out
         return torch.stack(outputs)
 
-    def upscale(self, rgb: torch.Tensor, caption: str, image) -> torch.Tensor:
+    def upscale(self, rgb: torch.Tensor, caption: str, image) -> torch.Tensor:  # not delegated: it would skip auto
         self.check_caption(caption, image)
         return self.upscale_batch([rgb], [caption])[0]
