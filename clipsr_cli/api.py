@@ -32,9 +32,10 @@ ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor
 class Model:
     """A clipsr generator on its device, ready to upscale (built by `load_model`)."""
 
-    def __init__(self, upscaler, weights: Path | None):
+    def __init__(self, upscaler, weights: Path | str | None, denoise_strength: float | str | None = None):
         self.upscaler = upscaler
-        self.weights = weights  # the file it was loaded from (None: an untrained preset)
+        self.weights = weights  # the file it was loaded from, a real model's name, None: a preset or a blend
+        self.denoise_strength = denoise_strength  # the clean and denoising models blended: "auto" or 0..1
 
     @property
     def scale(self) -> int:
@@ -99,7 +100,8 @@ def load_model(weights: str | Path | None = None, *, preset: str | None = None, 
     """A generator ready to upscale.  `weights`: a bundled or manifest model name
     (`clipsr-default-x8`), a generator file, a training checkpoint or an
     experiment folder; None: `preset` with untrained (seeded) weights, or the
-    bundled default for `scale` (4 unless given).  `device` "auto" and
+    bundled default for `scale` (4 unless given): its real model (the clean
+    model on an image that shows no JPEG, see `denoise_strength` "auto").  `device` "auto" and
     `precision` None choose as the CLI does (half on CUDA, fp32 elsewhere).
     `denoise_strength` (0..1): the bundled clean and real-world models of the
     scale blended weight by weight (Real-ESRGAN's option; 1 is the denoising
@@ -107,7 +109,15 @@ def load_model(weights: str | Path | None = None, *, preset: str | None = None, 
     the real models (`clipsr-default-real-x4`, `--real`) do.
     `note(text)` hears which model was chosen and why; `warn(text)` hears
     warnings (long captions, out-of-memory retries)."""
-    from clipsr_cli.model.bundled import AUTO, default_model, model_file, real_model_scale
+    from clipsr_cli.model.bundled import (
+        AUTO,
+        DEFAULT_MODELS,
+        DENOISE_MODELS,
+        REAL_MODELS,
+        default_model,
+        model_file,
+        real_model_scale,
+    )
     from clipsr_cli.model.checkpoint import checkpoint_config, load_generator, read_metadata
     from clipsr_cli.model.clip import load_clip
     from clipsr_cli.model.config import check_scale, load_preset
@@ -117,15 +127,24 @@ def load_model(weights: str | Path | None = None, *, preset: str | None = None, 
     dev, dtype = pick(device, precision)
     note = note or (lambda text: None)
     real_scale = real_model_scale(weights)
-    if real_scale is not None:  # a real model's name: the auto blend of its scale
+    default_real = (real_scale is None and weights is None and preset is None and denoise_strength is None
+                    and (scale or 4) in REAL_MODELS)
+    if default_real:  # the real model: the clean model itself on an image that shows no JPEG, ahead of
+        real_scale = scale or 4  # it on every compressed one measured (README, "Which model by default")
+        note(f"no --weights: using the bundled default {REAL_MODELS[real_scale]}: {DEFAULT_MODELS[real_scale]} "
+             f"on images that show no JPEG compression, blended with {DENOISE_MODELS[real_scale]} by the JPEG "
+             f"quality an image shows (--weights {DEFAULT_MODELS[real_scale]}: the clean model on every image)")
+    elif real_scale is not None:  # a real model's name: the auto blend of its scale
         if denoise_strength is not None:
             raise UsageError(f"{weights} is --denoise-strength auto: drop --denoise-strength, or --weights for "
                              "another strength")
         if scale is not None and scale != real_scale:
             raise UsageError(f"--scale {scale} but {weights} is a x{real_scale} model; drop --scale")
+    if real_scale is not None:
         weights, scale, denoise_strength = None, real_scale, AUTO
     if denoise_strength is not None:
-        return _denoising(denoise_strength, weights, preset, scale, weights_dir, note,
+        return _denoising(denoise_strength, weights, preset, scale, weights_dir,
+                          (lambda text: None) if default_real else note,  # the default's note said it all
                           dict(warn=warn, dtype=dtype, tile=tile, tile_pad=tile_pad, outscale=outscale), dev)
     if weights is None and preset is None:
         weights, said = default_model(scale or 4, weights_dir)
@@ -161,7 +180,15 @@ def load_model(weights: str | Path | None = None, *, preset: str | None = None, 
 def _denoising(strength: float | str, weights, preset, scale, weights_dir, note, options: dict, dev) -> Model:
     import copy
 
-    from clipsr_cli.model.bundled import AUTO, AUTO_TOP, DEFAULT_MODELS, DENOISE_MODELS, interpolated, real_model
+    from clipsr_cli.model.bundled import (
+        AUTO,
+        AUTO_TOP,
+        DEFAULT_MODELS,
+        DENOISE_MODELS,
+        REAL_MODELS,
+        interpolated,
+        real_model,
+    )
     from clipsr_cli.model.checkpoint import load_generator
     from clipsr_cli.model.weights import resolve
     from clipsr_cli.pipeline.auto_denoise import FULL_DENOISE, NO_DENOISE, AutoDenoise
@@ -182,9 +209,9 @@ def _denoising(strength: float | str, weights, preset, scale, weights_dir, note,
         note(f"denoise strength auto: {names[0]} and {names[1]} blended for each image by the JPEG quality "
              f"its pixels show (none without JPEG traces, {top:g} at quality {FULL_DENOISE} and below, "
              f"falling to none at {NO_DENOISE})")
-        return Model(AutoDenoise(blended, top), None)
+        return Model(AutoDenoise(blended, top), REAL_MODELS[scale], AUTO)
     note(f"--denoise-strength {strength:g}: {names[0]} and {names[1]} blended, {strength:.0%} of the denoising model")
-    return Model(blended(strength), None)
+    return Model(blended(strength), None, strength)
 
 
 def parse_strength(strength: float | str) -> float | str:

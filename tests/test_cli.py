@@ -747,18 +747,24 @@ def test_fp16_on_cpu_is_a_usage_error(folder, tmp_path):
 
 
 def test_upscale_without_weights_uses_the_bundled_default_once(tmp_path):
-    from clipsr_cli.model.bundled import DEFAULT_MODELS
+    """The default is the real model of the scale, said once and recorded in the report
+    (the outputs against --real and the clean model: test_degradations.py)."""
+    from clipsr_cli.model.bundled import DEFAULT_MODELS, DENOISE_MODELS
     from clipsr_cli.model.weights import get_entry, resolve
 
-    for _scale, name in DEFAULT_MODELS.items():  # shipped, and verified against the manifest
+    for name in (*DEFAULT_MODELS.values(), *DENOISE_MODELS.values()):  # shipped, verified against the manifest
         assert resolve(name).name == get_entry(name).filename
     folder = tmp_path / "lr"
     folder.mkdir()
     for name in ("a.png", "b.png"):
         Image.new("RGB", (12, 10), (200, 30, 30)).save(folder / name)
-    res = runner.invoke(app, ["upscale", str(folder), "-o", str(tmp_path / "sr"), "--caption", "a red square"])
+    res = runner.invoke(app, ["upscale", str(folder), "-o", str(tmp_path / "sr"), "--caption", "a red square",
+                              "--json", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output
-    assert res.output.count("bundled default model clipsr-default-x4") == 1
+    said = " ".join(res.output.split())
+    assert said.count("bundled default clipsr-default-real-x4") == 1 and said.count("note:") == 1, said
+    setup = json.loads((tmp_path / "r.json").read_text())["setup"]
+    assert (setup["weights"], setup["denoise_strength"], setup["scale"]) == ("clipsr-default-real-x4", "auto", 4)
     assert Image.open(tmp_path / "sr" / "a.png").size == (48, 40)
     res = runner.invoke(app, ["upscale", str(folder), "-o", str(tmp_path / "sr2"), "--caption", "x", "-s", "2"])
     assert res.exit_code == 2 and "no bundled model for x2" in res.output and "--preset" in res.output

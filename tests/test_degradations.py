@@ -180,7 +180,7 @@ def photo_like(seed: int, size: int = 48) -> Image.Image:
 
 
 def test_the_real_model_is_chosen_by_name_or_by_real_and_denoise_strength_blends_it(tmp_path):
-    """--real, --weights clipsr-default-real-x4 and --denoise-strength auto are one model:
+    """No --weights, --real, --weights clipsr-default-real-x4 and --denoise-strength auto are one model:
     each image at the strength its JPEG quality calls for (a clean PNG: the clean model;
     a JPEG saved at 40: the denoising model).  --denoise-strength s blends the pair at run
     time (0: clean, 1: the denoising model)."""
@@ -194,7 +194,7 @@ def test_the_real_model_is_chosen_by_name_or_by_real_and_denoise_strength_blends
     photo.save(lr / "a.png")
     photo.save(lr / "b.jpg", quality=40)
     runner, out = CliRunner(), {}
-    for name, args in (("real", ["--real"]), ("named", ["--weights", "clipsr-default-real-x4"]),
+    for name, args in (("default", []), ("real", ["--real"]), ("named", ["--weights", "clipsr-default-real-x4"]),
                        ("auto", ["--denoise-strength", "auto"]),
                        ("clean", ["--weights", "clipsr-default-x4"]), ("s0", ["--denoise-strength", "0"]),
                        ("s1", ["--denoise-strength", "1"]), ("half", ["--denoise-strength", "0.5"]),
@@ -204,7 +204,7 @@ def test_the_real_model_is_chosen_by_name_or_by_real_and_denoise_strength_blends
         assert res.exit_code == 0, (name, res.output)
         out[name] = {f: np.asarray(Image.open(tmp_path / name / f"{f}.png"), dtype=np.int16) for f in "ab"}
     for f in "ab":
-        assert np.array_equal(out["real"][f], out["named"][f]) and np.array_equal(out["real"][f], out["auto"][f])
+        assert all(np.array_equal(out["real"][f], out[other][f]) for other in ("default", "named", "auto"))
         assert np.abs(out["s1"][f] - out["denoise"][f]).max() <= 1 and np.abs(out["s0"][f] - out["clean"][f]).max() <= 1
     assert np.abs(out["real"]["a"] - out["clean"]["a"]).max() <= 1  # no JPEG traces: the clean model
     assert np.abs(out["real"]["b"] - out["denoise"]["b"]).max() <= 1  # quality 40: the denoising model

@@ -35,9 +35,11 @@ def upscale(
         None, "--outscale",
         help="Output size over input size, any value > 0: the network's output resized (Real-ESRGAN's --outscale)."),
     weights: Optional[Path] = typer.Option(
-        None, "--weights", help="A generator or training checkpoint (.safetensors), an experiment folder, or a model's name (`clipsr weights list`)."),
-    real: bool = typer.Option(False, "--real", help="The bundled real-world model (compressed, noisy photos): "
-                                                   "--denoise-strength auto."),
+        None, "--weights", help="A generator or training checkpoint (.safetensors), an experiment folder, or a model's name "
+                             "(`clipsr weights list`).  Default: the real model of the scale (--real)."),
+    real: bool = typer.Option(False, "--real", help="The bundled real-world model, the default: the clean model on "
+                                                   "images without JPEG traces, denoising by the JPEG quality on "
+                                                   "others (--denoise-strength auto)."),
     denoise_strength: Optional[str] = typer.Option(
         None, "--denoise-strength", help="0..1: the clean and real-world models blended (Real-ESRGAN's option); "
                                          "0 keeps the most texture, 1 removes the most noise; auto: each image's "
@@ -140,6 +142,7 @@ def _setup(model, shard_spec: str | None, policy) -> dict:
     up = model.upscaler
     return {"clipsr_version": __version__, "weights": str(model.weights) if model.weights else None,
             "preset": model.preset, "scale": model.scale, "outscale": up.outscale, "device": str(model.device),
+            "denoise_strength": model.denoise_strength,
             "precision": str(model.dtype).removeprefix("torch."), "tile": up.tile, "tile_pad": up.tile_pad,
             "shard": shard_spec, "missing_caption": policy.value}
 
