@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--photos", type=int, default=80)
     p.add_argument("--scale", type=int, default=4, choices=[4, 8])
     args = p.parse_args()
-    models = {s: clipsr.load_model(denoise_strength=s, scale=args.scale, device="cpu") for s in STRENGTHS}
+    models = {s: clipsr.load_model(denoise_strength=s, scale=args.scale, device="cpu", precision="fp32") for s in STRENGTHS}
     rows, misread = [], 0
     for path in sorted(TRAIN.glob("*.jpg"))[: args.photos]:
         photo = Image.open(path).convert("RGB")

@@ -34,7 +34,7 @@ def main() -> None:
     args = p.parse_args()
     names = sorted(q for q in (*args.hr.glob("*"), *args.hr.glob("*/*")) if q.suffix.lower() in (".png", ".jpg"))
     captions = first_captions(args.hr)  # as real_inputs.py upscales
-    models = {"bicubic": None} | {m: clipsr.load_model(m, device="cpu") for m in args.models}
+    models = {"bicubic": None} | {m: clipsr.load_model(m, device="cpu", precision="fp32") for m in args.models}
     scores: dict[tuple[str, str], list[float]] = {}
     for path in names:
         hr = Image.open(path).convert("RGB")

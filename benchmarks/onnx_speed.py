@@ -33,7 +33,7 @@ def main() -> None:
         onnx_file = Path(work) / "model.onnx"
         subprocess.run([sys.executable, "-m", "clipsr_cli", "export", args.model, "--onnx", str(onnx_file)],
                        check=True, capture_output=True)
-        models = {"pytorch": clipsr.load_model(args.model, device="cpu"), "onnxruntime": clipsr.load_model(onnx_file)}
+        models = {"pytorch": clipsr.load_model(args.model, device="cpu", precision="fp32"), "onnxruntime": clipsr.load_model(onnx_file)}
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8) for _ in range(args.images)]
         captions = [f"a photo of thing number {i}" for i in range(args.images)]

@@ -36,8 +36,8 @@ def main() -> None:
     hr = hr.crop((0, 0, hr.width - hr.width % 4, hr.height - hr.height % 4))
     lr = real_inputs.degrade(hr, args.level, seed=0)
     panels = [("bicubic", lr.resize(hr.size, Image.BICUBIC)),
-              ("clean model", clipsr.load_model("clipsr-default-x4").upscale(lr, args.caption)),
-              ("real model", clipsr.load_model("clipsr-default-real-x4").upscale(lr, args.caption)),
+              ("clean model", clipsr.load_model("clipsr-default-x4", precision="fp32").upscale(lr, args.caption)),
+              ("real model", clipsr.load_model("clipsr-default-real-x4", precision="fp32").upscale(lr, args.caption)),
               ("HR", hr)]
     w, h, label = hr.width * args.zoom, hr.height * args.zoom, 18
     canvas = Image.new("RGB", (4 * w + 12, h + label), "white")

@@ -5,6 +5,8 @@ levels (blur, bicubic x4 down, Gaussian noise, JPEG), scored with PSNR / SSIM
     python3 benchmarks/real_inputs.py [--models clipsr-default-x4 clipsr-default-real-x4] [--work DIR]
     python3 benchmarks/real_inputs.py --hr examples --work /tmp/real-examples   # other photographs
     python3 benchmarks/real_inputs.py --scale 8 --models clipsr-default-x8 --denoise 0.5 1   # the x8 models
+    python3 benchmarks/real_inputs.py --models --real-with DENOISE.safetensors   # the real model (auto) with
+                                                                  # another denoising model, e.g. a candidate
 
 The degraded LR files are made once into WORK/lr/<level>/ (x8: WORK/lr-x8/<level>/) from fixed
 seeds (the same bytes every run) and reused.
@@ -31,14 +33,17 @@ LEVELS = {  # blur sigma (HR px), Gaussian noise sigma (8-bit levels), JPEG qual
     "medium": (1.2, 5.0, 60),
     "strong": (1.6, 10.0, 40),
 }
+# Clean LRs saved as JPEG at a high quality, as a camera or a careful export saves them
+# (--levels jpeg90 ...; not run by default): is the real model safe on photos that are clean?
+CLEAN_JPEGS = {f"jpeg{q}": (0.0, 0.0, q) for q in (95, 90, 85)}
 
 
 def degrade(hr: Image.Image, level: str, seed: int, scale: int = SCALE, noise: bool = True,
             jpeg: bool = True) -> Image.Image:
     """The LR of one HR image at one level; the noise drawn from `seed`.  `noise` or `jpeg`
     False leaves that part of the level out (degradation_parts.py)."""
-    spec = LEVELS[level]
-    if spec is not None:
+    spec = (LEVELS | CLEAN_JPEGS)[level]
+    if spec is not None and spec[0] > 0:
         hr = hr.filter(ImageFilter.GaussianBlur(spec[0]))
     lr = hr.resize((hr.width // scale, hr.height // scale), Image.BICUBIC)
     if spec is None or not (noise or jpeg):
@@ -62,12 +67,13 @@ def first_captions(hr_dir: Path) -> dict[str, str]:
     return {name: c[0] if isinstance(c, list) else c for name, c in captions.items()}
 
 
-def make_inputs(work: Path, bench: Path, scale: int = SCALE) -> dict[str, list[tuple[str, Image.Image, Path]]]:
+def make_inputs(work: Path, bench: Path, scale: int = SCALE,
+                levels=tuple(LEVELS)) -> dict[str, list[tuple[str, Image.Image, Path]]]:
     """(name, HR cropped to a multiple of the scale, LR file) per level."""
     out = {}
     names = sorted(p.relative_to(bench).as_posix() for p in (*bench.glob("*"), *bench.glob("*/*"))  # Set5/x.png
                    if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    for level in LEVELS:
+    for level in levels:
         rows = []
         for name in names:
             hr = Image.open(bench / name).convert("RGB")
@@ -82,19 +88,43 @@ def make_inputs(work: Path, bench: Path, scale: int = SCALE) -> dict[str, list[t
     return out
 
 
+def real_with(denoise_file: Path, scale: int):
+    """The real model of `scale` (auto strength) with `denoise_file` as its denoising model."""
+    import copy
+
+    import torch
+
+    from clipsr_cli.api import Model
+    from clipsr_cli.model.bundled import AUTO, AUTO_TOP, DEFAULT_MODELS, interpolated
+    from clipsr_cli.model.checkpoint import load_generator
+    from clipsr_cli.model.weights import resolve
+    from clipsr_cli.pipeline.auto_denoise import AutoDenoise
+    from clipsr_cli.pipeline.upscaler import Upscaler
+
+    clean, real = load_generator(resolve(DEFAULT_MODELS[scale])), load_generator(denoise_file)
+    cpu = torch.device("cpu")
+    return Model(AutoDenoise(lambda s: Upscaler(interpolated(copy.deepcopy(clean), real, s), cpu), AUTO_TOP[scale]),
+                 None, AUTO)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--models", nargs="*", default=["clipsr-default-x4", "clipsr-default-real-x4"])
     p.add_argument("--work", type=Path, default=Path("/tmp/clipsr-real-inputs"))
     p.add_argument("--hr", type=Path, default=BENCH, help="folder of HR photos (+ captions.json): default Set5 + Set14")
-    p.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
+    p.add_argument("--levels", nargs="+", default=list(LEVELS), choices=[*LEVELS, *CLEAN_JPEGS])
     p.add_argument("--denoise", nargs="*", type=float, default=[], help="--denoise-strength values to add")
     p.add_argument("--scale", type=int, default=SCALE, choices=[4, 8])
+    p.add_argument("--real-with", nargs="*", type=Path, default=[],
+                   help="denoising model files: the real model (--denoise-strength auto) with each in place of "
+                        "the bundled one")
     args = p.parse_args()
     captions = first_captions(args.hr)
-    inputs = make_inputs(args.work, args.hr, args.scale)
-    models = {"bicubic": None} | {m: clipsr.load_model(m, device="cpu") for m in args.models}
-    models |= {f"denoise-strength {s:g}": clipsr.load_model(denoise_strength=s, scale=args.scale, device="cpu") for s in args.denoise}
+    inputs = make_inputs(args.work, args.hr, args.scale, args.levels)
+    models = {"bicubic": None} | {m: clipsr.load_model(m, device="cpu", precision="fp32") for m in args.models}
+    models |= {f"denoise-strength {s:g}": clipsr.load_model(denoise_strength=s, scale=args.scale, device="cpu",
+                                                               precision="fp32") for s in args.denoise}
+    models |= {f"real with {f.stem}": real_with(f, args.scale) for f in args.real_with}
     print("| level | method | PSNR-Y | SSIM-Y | NIQE |\n|---|---|---|---|---|")
     for level in args.levels:
         rows = inputs[level]

