@@ -110,15 +110,7 @@ def load_model(weights: str | Path | None = None, *, preset: str | None = None, 
     the real models (`clipsr-default-real-x4`, `--real`) do.
     `note(text)` hears which model was chosen and why; `warn(text)` hears
     warnings (long captions, out-of-memory retries)."""
-    from clipsr_cli.model.bundled import (
-        AUTO,
-        DEFAULT_MODELS,
-        DENOISE_MODELS,
-        REAL_MODELS,
-        default_model,
-        model_file,
-        real_model_scale,
-    )
+    from clipsr_cli.model.bundled import AUTO, default_model, model_file
     from clipsr_cli.model.checkpoint import checkpoint_config, load_generator, read_metadata
     from clipsr_cli.model.clip import load_clip
     from clipsr_cli.model.config import check_scale, load_preset
@@ -127,26 +119,13 @@ def load_model(weights: str | Path | None = None, *, preset: str | None = None, 
 
     dev, dtype = pick(device, precision)
     note = note or (lambda text: None)
-    real_scale = real_model_scale(weights)
-    default_real = (real_scale is None and weights is None and preset is None and denoise_strength is None
-                    and (scale or 4) in REAL_MODELS)
-    if default_real:  # the real model: the clean model itself on an image that shows no JPEG, ahead of
-        real_scale = scale or 4  # it on every compressed one measured (README, "Which model by default")
-        note(f"no --weights: using the bundled default {REAL_MODELS[real_scale]}: {DEFAULT_MODELS[real_scale]} "
-             f"where an image shows no JPEG compression, blended with {DENOISE_MODELS[real_scale]} by the "
-             "quality where one does (weights/MODEL_CARD.md)")
-    elif real_scale is not None:  # a real model's name: the auto blend of its scale
-        if denoise_strength is not None:
-            raise UsageError(f"{weights} is --denoise-strength auto: drop --denoise-strength, or --weights for "
-                             "another strength")
-        if scale is not None and scale != real_scale:
-            raise UsageError(f"--scale {scale} but {weights} is a x{real_scale} model; drop --scale")
-    if real_scale is not None:
+    real_scale, as_default = _real_model_asked(weights, preset, scale, denoise_strength)
+    if real_scale is not None:  # the auto blend of the scale's clean and denoising models
         weights, scale, denoise_strength = None, real_scale, AUTO
     if denoise_strength is not None:
-        return _denoising(denoise_strength, weights, preset, scale, weights_dir,
-                          (lambda text: None) if default_real else note,  # the default's note said it all
-                          dict(warn=warn, dtype=dtype, tile=tile, tile_pad=tile_pad, outscale=outscale), dev)
+        return _denoising(denoise_strength, weights, preset, scale, weights_dir, note,
+                          dict(warn=warn, dtype=dtype, tile=tile, tile_pad=tile_pad, outscale=outscale), dev,
+                          as_default)
     if weights is None and preset is None:
         weights, said = default_model(scale or 4, weights_dir)
         note(said)
@@ -178,7 +157,27 @@ def load_model(weights: str | Path | None = None, *, preset: str | None = None, 
     return Model(upscaler, weights)
 
 
-def _denoising(strength: float | str, weights, preset, scale, weights_dir, note, options: dict, dev) -> Model:
+def _real_model_asked(weights, preset, scale, denoise_strength) -> tuple[int | None, bool]:
+    """(the scale whose real model is asked for, whether as the default), or (None, False).
+    A real model's name asks for it; so does nothing at all (no weights, preset or strength):
+    the real model is the clean model itself on an image that shows no JPEG, and ahead of it on
+    every compressed one measured (README, "Which model by default")."""
+    from clipsr_cli.model.bundled import REAL_MODELS, real_model_scale
+
+    real_scale = real_model_scale(weights)
+    if real_scale is None:
+        default = weights is None and preset is None and denoise_strength is None and (scale or 4) in REAL_MODELS
+        return (scale or 4, True) if default else (None, False)
+    if denoise_strength is not None:
+        raise UsageError(f"{weights} is --denoise-strength auto: drop --denoise-strength, or --weights for "
+                         "another strength")
+    if scale is not None and scale != real_scale:
+        raise UsageError(f"--scale {scale} but {weights} is a x{real_scale} model; drop --scale")
+    return real_scale, False
+
+
+def _denoising(strength: float | str, weights, preset, scale, weights_dir, note, options: dict, dev,
+               as_default: bool = False) -> Model:
     import copy
 
     from clipsr_cli.model.bundled import (
@@ -207,7 +206,10 @@ def _denoising(strength: float | str, weights, preset, scale, weights_dir, note,
 
     if strength == AUTO:
         top = AUTO_TOP[scale]
-        note(f"denoise strength auto: {names[0]} and {names[1]} blended for each image by the JPEG quality "
+        note(f"no --weights: using the bundled default {REAL_MODELS[scale]}: {names[0]} where an image shows no "
+             f"JPEG compression, blended with {names[1]} by the quality where one does (weights/MODEL_CARD.md)"
+             if as_default else
+             f"denoise strength auto: {names[0]} and {names[1]} blended for each image by the JPEG quality "
              f"its pixels show (none without JPEG traces, {top:g} at quality {FULL_DENOISE} and below, "
              f"falling to none at {NO_DENOISE})")
         return Model(AutoDenoise(blended, top), REAL_MODELS[scale], AUTO)
